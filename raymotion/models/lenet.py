@@ -1,0 +1,30 @@
+"""LeNet-5 style CNN, from scratch: the fast baseline of the zoo."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from raymotion.models.registry import register_model
+
+
+class LeNet(nn.Module):
+    def __init__(self, num_classes: int = 3, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 5, padding=2, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(block(3, width), block(width, width * 2), block(width * 2, width * 4))
+        # Global pooling keeps the head independent of the input size.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(width * 4, 120),
+                                        nn.ReLU(inplace=True), nn.Linear(120, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model("lenet", input_size=64)
+def lenet(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
+    return LeNet(num_classes)

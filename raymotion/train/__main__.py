@@ -1,0 +1,50 @@
+"""``python -m raymotion.train --model NAME --data ROOT``: train one model with Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+from raymotion.config import TrainConfig
+from raymotion.data import index_image_folders, resolve_data_root
+from raymotion.data.pipeline import load_cached
+from raymotion.runtime import init_ray
+from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer, input_size_of
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    parser = argparse.ArgumentParser(prog="python -m raymotion.train", description=__doc__)
+    parser.add_argument("--data", help="root with train/ and val/ class folders (default: ../shared/data/emotions)")
+    parser.add_argument("--out", default="runs/train", help="Ray Train storage path")
+    parser.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
+    for f in dataclasses.fields(TrainConfig):
+        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
+        if f.name == "pretrained":
+            kind = lambda s: s if s not in ("true", "false", "1", "0") else s in ("true", "1")  # noqa: E731
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return args, cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, cfg = parse_args(argv)
+    root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
+    folders = index_image_folders(root)
+    print(f"data: {root} ({how})\n{folders.summary()}")
+    init_ray(args.address)
+    cached = load_cached(folders, input_size_of(cfg))
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, classes=folders.classes, cached=cached,
+                            storage_path=os.path.abspath(args.out), name=f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max")
+    print(f"trained {cfg.model} in {time.perf_counter() - started:.0f}s; last epoch: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val_") and isinstance(v, float)))
+    print(f"best checkpoint ({CHECKPOINT_METRIC}): {best.path if best else None}")
+
+
+if __name__ == "__main__":
+    main()
