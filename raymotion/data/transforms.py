@@ -31,7 +31,9 @@ def decode_image(data: bytes) -> Image.Image:
             return to_rgb(img)
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:
+        raise InvalidImage("not a readable image: unrecognised format") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InvalidImage(f"not a readable image: {err}") from None
 
 

@@ -1,0 +1,1 @@
+"""Serving stage: the Ray Serve ensemble application (``serve.app``)."""

@@ -1,0 +1,152 @@
+"""Ray Serve application: an HTTP ingress over one ONNX deployment per model of a run directory.
+
+    serve run serve.app:build_app run_dir=runs/<run>        # 127.0.0.1:8000
+
+HTTP contract:
+    POST /predict   body = image bytes (image/jpeg, image/png, ...) or multipart field "file"
+                    -> {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
+                    unreadable image -> 400 {"error": ...}; body too large -> 413
+    GET  /healthz   200 when every model deployment answers, else 503
+    GET  /models    the run's manifest
+"""
+
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
+from raymotion.export.bundle import read_manifest, sha256_file
+from raymotion.export.onnx import create_session, onnx_probabilities
+
+MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
+HEALTH_TIMEOUT_S = 5.0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
+class OnnxModel:
+    """One model: its own preprocessing (size, normalization) and an onnxruntime session."""
+
+    def __init__(self, name: str, path: str, sha256: str, input_size: int, mean: list[float], std: list[float],
+                 device: str = "cpu", intra_op_threads: int = 1):
+        if sha256_file(path) != sha256:
+            raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
+        self.name, self.input_size, self.mean, self.std = name, input_size, mean, std
+        self.session = create_session(path, device=device, intra_op_threads=intra_op_threads)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 HWC RGB images (any size) -> class probabilities; concurrent requests share one run."""
+        batch = np.stack([resize_rgb(Image.fromarray(img), self.input_size) for img in images])
+        return list(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)))
+
+    async def ready(self) -> str:
+        return self.name
+
+
+api = FastAPI(title="raymotion", description="Facial-emotion classification ensemble")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_image_bytes(request: Request):
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return _error(413, f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_BODY_BYTES)
+        except Exception as err:
+            return _error(400, f"malformed multipart body: {err}")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return _error(400, "multipart body has no file field named 'file'")
+        data = await upload.read(MAX_BODY_BYTES + 1)
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return _error(413, f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    if len(data) > MAX_BODY_BYTES:
+        return _error(413, f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+    return data
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+@serve.ingress(api)
+class EnsembleIngress:
+    def __init__(self, manifest: dict[str, Any], *members: DeploymentHandle):
+        self.manifest = manifest
+        self.classes: list[str] = manifest["classes"]
+        names = manifest["ensemble"]["members"]
+        self.members = dict(zip(names, members))
+        weights = manifest["ensemble"]["weights"]
+        total = sum(weights[n] for n in names)
+        self.weights = {n: weights[n] / total for n in names}
+
+    @api.post("/predict")
+    async def predict(self, request: Request):
+        data = await _read_image_bytes(request)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            image = await asyncio.to_thread(lambda: np.asarray(decode_image(data)))
+        except InvalidImage as err:
+            return _error(400, str(err))
+        names = list(self.members)
+        # Fan out to every model at once; each deployment batches across concurrent requests.
+        results = await asyncio.gather(*(self.members[n].predict.remote(image) for n in names))
+        per_model = dict(zip(names, results))
+        combined = sum(per_model[n] * self.weights[n] for n in names)
+        as_dict = lambda p: {c: float(v) for c, v in zip(self.classes, p)}  # noqa: E731
+        return {
+            "label": self.classes[int(np.argmax(combined))],
+            "probabilities": as_dict(combined),
+            "models": {n: as_dict(p) for n, p in per_model.items()},
+        }
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            ready = await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.members.values())),
+                                           HEALTH_TIMEOUT_S)
+        except Exception as err:  # a member is down or too slow: not healthy
+            return JSONResponse({"status": "unavailable", "error": repr(err)}, status_code=503)
+        return {"status": "ok", "models": ready}
+
+    @api.get("/models")
+    async def models(self):
+        return self.manifest
+
+
+def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int = 1, replicas: int = 1):
+    """The Serve application for a run directory (see the module docstring)."""
+    run_dir = os.path.abspath(run_dir)
+    manifest = read_manifest(run_dir)
+    members = []
+    for name in manifest["ensemble"]["members"]:
+        m = manifest["models"][name]
+        members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
+            name, os.path.join(run_dir, m["file"]), m["sha256"], m["input_size"], m["mean"], m["std"],
+            device, intra_op_threads))
+    return EnsembleIngress.options(name="ingress").bind(manifest, *members)
+
+
+def build_app(args: dict[str, str]):
+    """Entry point for ``serve run serve.app:build_app run_dir=... [device=cuda] [replicas=2]``."""
+    if "run_dir" not in args:
+        raise ValueError("pass run_dir=<path to a run directory with manifest.json>")
+    return build_ensemble(args["run_dir"], device=args.get("device", "cpu"),
+                          intra_op_threads=int(args.get("intra_op_threads", 1)), replicas=int(args.get("replicas", 1)))
