@@ -77,7 +77,8 @@ def _augment_normalize_batch(
 ) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     gen = torch.Generator().manual_seed(hash((seed, int(uids[0]) if len(uids) else 0, next(_batch_counter))) & 0x7FFF_FFFF)
-    x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).float().div_(255.0)
+    # torch.tensor copies: Ray hands out read-only arrays.
+    x = torch.tensor(batch["image"]).permute(0, 3, 1, 2).float().div_(255.0)
     x = augment_batch(x, gen, rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return {"image": x.contiguous().numpy(), "label": batch["label"]}

@@ -1,4 +1,4 @@
-"""LeNet-5 style CNN, from scratch: the fast baseline of the zoo."""
+"""LeNet-5 style CNN, from scratch: the fast baseline of the zoo (~30 M multiply-adds at 64 px)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from raymotion.models.registry import register_model
 
 
 class LeNet(nn.Module):
-    def __init__(self, num_classes: int = 3, width: int = 32):
+    def __init__(self, num_classes: int = 3, width: int = 16):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:

@@ -106,7 +106,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scaler.update()
             scheduler.step()
             seen += len(labels)
-            loss_sum += float(loss) * len(labels)
+            loss_sum += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
         train_seconds = time.perf_counter() - started
 

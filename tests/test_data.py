@@ -1,0 +1,103 @@
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raymotion.data import DataError, index_image_folders
+from raymotion.data.augment import augment_batch, random_contrast, random_hflip, random_rotation
+from raymotion.data.pipeline import eval_stream, load_cached, train_stream
+from raymotion.data.transforms import InvalidImage, decode_image, normalize
+
+
+def test_labels_follow_folder_names(faces_root):
+    folders = index_image_folders(faces_root)
+    assert folders.classes == ["angry", "happy", "sad"]
+    for split in (folders.train, folders.val):
+        for path, label in zip(split.paths, split.labels):
+            assert os.path.basename(os.path.dirname(path)) == folders.classes[label]
+    assert folders.train.counts(folders.classes) == {"angry": 100, "happy": 100, "sad": 100}
+
+
+def _tree(root, layout):
+    for rel in layout:
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        if not rel.endswith("/"):
+            Image.new("RGB", (8, 8)).save(os.path.join(root, rel))
+
+
+@pytest.mark.parametrize("layout, message", [
+    (["train/a/1.jpg", "train/b/1.jpg"], "no val/"),
+    (["train/a/1.jpg", "val/a/1.jpg"], "at least two"),
+    (["train/a/1.jpg", "train/b/", "val/a/1.jpg"], "empty class folder"),
+    (["train/a/1.jpg", "train/b/1.jpg", "val/c/1.jpg"], "classes that train/ lacks"),
+])
+def test_bad_roots_fail_fast_with_one_message(tmp_path, layout, message):
+    _tree(tmp_path, layout)
+    with pytest.raises(DataError, match=message):
+        index_image_folders(tmp_path)
+
+
+def test_decode_converts_every_mode_to_rgb_and_rejects_garbage():
+    for mode, size in [("L", (5, 4)), ("RGBA", (5, 4)), ("CMYK", (5, 4)), ("P", (5, 4)), ("I;16", (5, 4))]:
+        buf = io.BytesIO()
+        Image.new(mode, size).save(buf, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+        img = decode_image(buf.getvalue())
+        assert img.mode == "RGB" and img.size == size
+    for bad in (b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 20):
+        with pytest.raises(InvalidImage):
+            decode_image(bad)
+
+
+def test_augmentations_keep_shape_and_range():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    out = augment_batch(x, gen, rotation_deg=20, hflip_p=0.5, contrast=0.4)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.allclose(out, x)
+
+
+def test_each_augmentation_does_what_it_says():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(random_hflip(x, 1.0, gen), x.flip(-1))
+    assert torch.equal(random_hflip(x, 0.0, gen), x)
+    assert torch.equal(random_contrast(x, 0.0, gen), x)
+    assert torch.equal(random_rotation(x, 0.0, gen), x)
+    # Contrast keeps each image's mean (up to clamping) and changes its spread.
+    flat = torch.full((2, 3, 8, 8), 0.5)
+    flat[:, :, :4] = 0.4
+    c = random_contrast(flat.clone(), 0.5, gen)
+    assert torch.allclose(c.mean(dim=(1, 2, 3)), flat.mean(dim=(1, 2, 3)), atol=1e-6)
+    # A small rotation moves pixels but keeps the image close to the original.
+    r = random_rotation(x, 5.0, gen)
+    assert r.shape == x.shape and float((r - x).abs().mean()) < 0.5
+
+
+def test_normalize_is_nchw_standardised():
+    images = np.full((2, 4, 4, 3), 255, np.uint8)
+    out = normalize(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert out.shape == (2, 3, 4, 4) and out.dtype == np.float32
+    assert np.allclose(out, 1.0)
+
+
+def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, faces_root):
+    folders = index_image_folders(faces_root)
+    cached = load_cached(folders, 32)
+    assert cached["train"].count() == 300 and cached["val"].count() == 60
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    train = train_stream(cached["train"], mean=mean, std=std, seed=0, rotation_deg=10, hflip_p=0.5, contrast=0.2)
+    labels = []
+    for batch in train.iter_batches(batch_size=64):
+        assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].dtype == np.float32
+        assert batch["image"].min() >= -1.0 - 1e-5 and batch["image"].max() <= 1.0 + 1e-5
+        labels.extend(batch["label"].tolist())
+    assert sorted(labels) == sorted(folders.train.labels)
+    # Val is not augmented: two passes give identical pixels.
+    val = eval_stream(cached["val"], mean=mean, std=std)
+    first = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
+    second = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
+    assert np.array_equal(first, second)

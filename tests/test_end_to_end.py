@@ -1,0 +1,120 @@
+"""The whole chain for real: Tune+Optuna (Ray Train trials) -> ONNX -> Ray Serve -> HTTP on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from raymotion.export.bundle import sha256_file
+from raymotion.tune.__main__ import parse_args, tune_and_export
+
+CLASSES = ["angry", "happy", "sad"]
+TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, faces_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = parse_args(["--data", faces_root, "--models", "lenet,mobilenet_v2", "--preset", "smoke",
+                       "--num-samples", "2", "--epochs", "4", "--out", str(out)])
+    run_dir, manifest, owns_ray = tune_and_export(args)
+    assert not owns_ray  # it joined the session's Ray
+    return run_dir, manifest
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    from ray import serve
+
+    from serve.app import build_ensemble
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_ensemble(run[0]), name="raymotion", route_prefix="/", blocking=False)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def test_run_directory_is_self_contained(run):
+    run_dir, manifest = run
+    assert manifest["classes"] == CLASSES
+    assert set(manifest["models"]) == {"lenet", "mobilenet_v2"}
+    for name, entry in manifest["models"].items():
+        assert sha256_file(os.path.join(run_dir, entry["file"])) == entry["sha256"]
+        assert entry["parity_max_abs_diff"] <= 1e-4
+        assert entry["tune"]["trials"] == 2 and entry["tune"]["failed"] == 0
+        for key in ("accuracy", "top2_accuracy", "macro_f1"):
+            assert 0.0 <= entry["val"][key] <= 1.0
+    assert manifest["ensemble"]["members"] == ["lenet", "mobilenet_v2"]
+    with open(os.path.join(run_dir, "manifest.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(manifest))
+
+
+def test_health_and_models(server, run):
+    health = requests.get(f"{server}/healthz", timeout=TIMEOUT_S)
+    assert health.status_code == 200 and sorted(health.json()["models"]) == ["lenet", "mobilenet_v2"]
+    assert requests.get(f"{server}/models", timeout=TIMEOUT_S).json() == json.loads(json.dumps(run[1]))
+
+
+def _check_contract(body: dict) -> None:
+    assert set(body) == {"label", "probabilities", "models"}
+    assert list(body["probabilities"]) == CLASSES
+    assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-5
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert set(body["models"]) == {"lenet", "mobilenet_v2"}
+    for probs in body["models"].values():
+        assert list(probs) == CLASSES and abs(sum(probs.values()) - 1.0) < 1e-5
+
+
+def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root):
+    correct = total = 0
+    for label in CLASSES:
+        folder = os.path.join(faces_root, "val", label)
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                response = requests.post(f"{server}/predict", data=f.read(),
+                                         headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            _check_contract(body)
+            correct += body["label"] == label
+            total += 1
+    accuracy = correct / total
+    assert accuracy >= 0.5, f"ensemble right on {correct}/{total}"
+    # Serving preprocesses exactly as export-time evaluation did: the same accuracy, to the image.
+    assert accuracy == pytest.approx(run[1]["ensemble"]["val"]["accuracy"])
+
+
+def test_bad_bodies_get_400_json_and_service_recovers(server, faces_root):
+    good_path = os.path.join(faces_root, "val", "happy", sorted(os.listdir(os.path.join(faces_root, "val", "happy")))[0])
+    with open(good_path, "rb") as f:
+        good = f.read()
+    for body, ctype in [(os.urandom(4096), "image/jpeg"), (b"", "image/png"), (good[:300], "image/jpeg"),
+                        (b"hello", "text/plain")]:
+        response = requests.post(f"{server}/predict", data=body, headers={"Content-Type": ctype}, timeout=TIMEOUT_S)
+        assert response.status_code == 400 and "error" in response.json()
+    multipart = requests.post(f"{server}/predict", files={"file": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
+    assert multipart.status_code == 200
+    _check_contract(multipart.json())
+    wrong_field = requests.post(f"{server}/predict", files={"image": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
+    assert wrong_field.status_code == 400
+    again = requests.post(f"{server}/predict", data=good, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+    assert again.status_code == 200 and again.json() == multipart.json()
+
+
+def test_bad_data_root_fails_before_ray_starts(tmp_path):
+    (tmp_path / "train" / "happy").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-m", "raymotion.tune", "--data", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "no val/ folder" in result.stderr

@@ -1,0 +1,27 @@
+"""Ray Train, data-parallel: two workers (DDP over gloo) on the generated faces."""
+
+import os
+
+from raymotion.config import TrainConfig
+from raymotion.data import index_image_folders
+from raymotion.data.pipeline import load_cached
+from raymotion.train.checkpoint import load_checkpoint
+from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
+
+
+def test_two_worker_training_reports_every_epoch_and_keeps_the_best_checkpoint(ray_session, faces_root, tmp_path):
+    folders = index_image_folders(faces_root)
+    cfg = TrainConfig(model="lenet", input_size=32, epochs=2, batch_size=16, num_workers=2, cpus_per_worker=0.5)
+    trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32),
+                            storage_path=str(tmp_path), name="ddp")
+    result = trainer.fit()
+    history = result.metrics_dataframe
+    assert list(history["epoch"]) == [1, 2]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_top2_accuracy", "val_macro_f1"):
+        assert history[key].notna().all(), key
+    assert (history["val_top2_accuracy"] >= history["val_accuracy"]).all()
+    best = result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max")
+    model, meta = load_checkpoint(best.path)
+    assert meta["classes"] == folders.classes and meta["input_size"] == 32
+    assert meta["metrics"][CHECKPOINT_METRIC] == history[CHECKPOINT_METRIC].max()
+    assert os.path.isfile(os.path.join(best.path, "model.pt"))
