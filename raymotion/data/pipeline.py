@@ -85,13 +85,14 @@ def _augment_normalize_batch(
 
 
 def train_stream(cached_train: ray.data.Dataset, *, mean, std, seed: int, rotation_deg: float,
-                 hflip_p: float, contrast: float, batch_size: int = 64) -> ray.data.Dataset:
+                 hflip_p: float, contrast: float) -> ray.data.Dataset:
     """Shuffled block order + random augmentation + normalization; re-executed every epoch."""
     return cached_train.randomize_block_order().map_batches(
         _augment_normalize_batch,
         fn_kwargs=dict(mean=tuple(mean), std=tuple(std), seed=seed, rotation_deg=rotation_deg,
                        hflip_p=hflip_p, contrast=contrast),
-        batch_size=batch_size,
+        # Whole blocks per task: one task per training batch costs more in scheduling than it augments.
+        batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
     )
 

@@ -16,9 +16,10 @@ class LeNet(nn.Module):
                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
         self.features = nn.Sequential(block(3, width), block(width, width * 2), block(width * 2, width * 4))
-        # Global pooling keeps the head independent of the input size.
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(width * 4, 120),
+        # A 4x4 map, not a global average: an expression is *where* things are (mouth corners vs brows),
+        # and global pooling throws that away. Adaptive pooling keeps the head input-size independent.
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(width * 4 * 16, 120),
                                         nn.ReLU(inplace=True), nn.Linear(120, num_classes))
 
     def forward(self, x):

@@ -35,8 +35,7 @@ def build_trainer(
     quiet_progress()
     datasets = {
         "train": train_stream(cached["train"], mean=spec.mean, std=spec.std, seed=cfg.seed,
-                              rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
-                              batch_size=cfg.batch_size),
+                              rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast),
         "val": eval_stream(cached["val"], mean=spec.mean, std=spec.std),
     }
     return TorchTrainer(

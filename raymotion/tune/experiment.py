@@ -7,6 +7,7 @@ Ray Train V2 pattern: each trial is a small function trainable that builds and f
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -77,17 +78,22 @@ def tune_model(base: TrainConfig, *, classes: list[str], cached: dict[str, ray.d
     grid = tuner.fit()
     seconds = time.perf_counter() - started
 
-    best_row, best_trial, histories = None, None, {}
+    sign = 1.0 if settings.mode == "max" else -1.0
+    best_row, best_trial, best_key, histories = None, None, None, {}
     for result in grid:
-        if result.error or result.metrics_dataframe is None:
+        if result.metrics_dataframe is None:
             continue
         rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
         histories[id(result)] = rows
         for row in rows:
-            if row.get(CHECKPOINT_PATH_KEY) and settings.metric in row and (
-                best_row is None or (row[settings.metric] > best_row[settings.metric]) == (settings.mode == "max")
-            ):
-                best_row, best_trial = row, result
+            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
+            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
+            path = row.get(CHECKPOINT_PATH_KEY)
+            if not path or settings.metric not in row or not os.path.isdir(path):
+                continue
+            key = (sign * row[settings.metric], row.get("epoch", 0))
+            if best_key is None or key > best_key:
+                best_row, best_trial, best_key = row, result, key
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
