@@ -19,10 +19,20 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    # Augmentations, applied on Ray Data CPU workers to the training stream only.
+    # Augmentations, applied on Ray Data CPU workers to the training stream only; each is off at its
+    # neutral value (0, or 1.0 for crop_scale).
     rotation_deg: float = 10.0
     hflip_p: float = 0.5
     contrast: float = 0.2
+    brightness: float = 0.1
+    crop_scale: float = 0.85  # random resized crop: minimum area fraction kept
+    # Batch-level mixing (soft labels): at most one of CutMix / MixUp per batch.
+    cutmix_p: float = 0.0
+    cutmix_alpha: float = 1.0
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.2
+    # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
+    class_weighting: str = "none"
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
     max_batches_per_epoch: int = 0
     seed: int = 0
@@ -40,6 +50,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def augmentations(self) -> str:
+        """The augmentations in force, for the pre-training summary."""
+        parts = [f"rotation +-{self.rotation_deg:.0f} deg" if self.rotation_deg > 0 else "",
+                 f"hflip p={self.hflip_p:.2f}" if self.hflip_p > 0 else "",
+                 f"contrast +-{self.contrast:.2f}" if self.contrast > 0 else "",
+                 f"brightness +-{self.brightness:.2f}" if self.brightness > 0 else "",
+                 f"random resized crop >= {self.crop_scale:.2f} area" if self.crop_scale < 1 else "",
+                 f"CutMix p={self.cutmix_p:.2f} alpha={self.cutmix_alpha}" if self.cutmix_p > 0 else "",
+                 f"MixUp p={self.mixup_p:.2f} alpha={self.mixup_alpha}" if self.mixup_p > 0 else ""]
+        return ", ".join(p for p in parts if p) or "none"
 
 
 @dataclass

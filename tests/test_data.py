@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from raymotion.data import DataError, index_image_folders
-from raymotion.data.augment import augment_batch, random_contrast, random_hflip, random_rotation
+from raymotion.data.augment import (augment_batch, random_brightness, random_contrast, random_hflip,
+                                    random_resized_crop, random_rotation)
 from raymotion.data.pipeline import eval_stream, load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
 
@@ -54,7 +55,7 @@ def test_decode_converts_every_mode_to_rgb_and_rejects_garbage():
 def test_augmentations_keep_shape_and_range():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
-    out = augment_batch(x, gen, rotation_deg=20, hflip_p=0.5, contrast=0.4)
+    out = augment_batch(x, gen, rotation_deg=20, hflip_p=0.5, contrast=0.4, brightness=0.2, crop_scale=0.5)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     assert not torch.allclose(out, x)
@@ -67,6 +68,18 @@ def test_each_augmentation_does_what_it_says():
     assert torch.equal(random_hflip(x, 0.0, gen), x)
     assert torch.equal(random_contrast(x, 0.0, gen), x)
     assert torch.equal(random_rotation(x, 0.0, gen), x)
+    assert torch.equal(random_brightness(x, 0.0, gen), x)
+    assert torch.equal(random_resized_crop(x, 1.0, gen), x)
+    # Brightness shifts a mid-grey image uniformly.
+    grey = torch.full((4, 3, 8, 8), 0.5)
+    b = random_brightness(grey, 0.3, gen)
+    assert torch.allclose(b, b[:, :1, :1, :1].expand_as(b)) and ((b - 0.5).abs() <= 0.3 + 1e-6).all()
+    # A crop of a left/right split image zooms in: the boundary moves but both halves stay present
+    # unless the crop falls inside one half; values stay within the original range.
+    split = torch.zeros(16, 3, 32, 32)
+    split[..., 16:] = 1.0
+    c = random_resized_crop(split, 0.3, gen)
+    assert c.shape == split.shape and c.min() >= 0 and c.max() <= 1 and not torch.equal(c, split)
     # Contrast keeps each image's mean (up to clamping) and changes its spread.
     flat = torch.full((2, 3, 8, 8), 0.5)
     flat[:, :, :4] = 0.4
@@ -86,15 +99,21 @@ def test_normalize_is_nchw_standardised():
 
 def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, faces_root):
     folders = index_image_folders(faces_root)
-    cached = load_cached(folders, 32)
+    cached, report = load_cached(folders, 32)
+    assert not report.skipped
     assert cached["train"].count() == 300 and cached["val"].count() == 60
     mean, std = (0.5,) * 3, (0.5,) * 3
-    train = train_stream(cached["train"], mean=mean, std=std, seed=0, rotation_deg=10, hflip_p=0.5, contrast=0.2)
-    labels = []
+    train = train_stream(cached["train"], mean=mean, std=std, seed=0, num_classes=3, rotation_deg=10, hflip_p=0.5,
+                         contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5, mixup_p=0.5)
+    labels, mixed = [], 0
     for batch in train.iter_batches(batch_size=64):
         assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].dtype == np.float32
         assert batch["image"].min() >= -1.0 - 1e-5 and batch["image"].max() <= 1.0 + 1e-5
+        assert batch["target"].shape == (len(batch["label"]), 3)
+        assert np.allclose(batch["target"].sum(1), 1.0, atol=1e-5)
+        mixed += int((batch["target"].max(1) < 1.0 - 1e-6).sum())
         labels.extend(batch["label"].tolist())
+    assert mixed > 0  # CutMix/MixUp at p=0.5 each mixes some rows
     assert sorted(labels) == sorted(folders.train.labels)
     # Val is not augmented: two passes give identical pixels.
     val = eval_stream(cached["val"], mean=mean, std=std)

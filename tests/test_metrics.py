@@ -8,7 +8,7 @@ def test_metrics_match_hand_computed_values():
     classes = ["a", "b", "c"]
     labels = np.array([0, 0, 1, 1, 2, 2])
     # predictions: 0,1 | 1,1 | 2,0 ; second choices chosen so that top-2 misses only one sample
-    scores = np.array([[.9, .1, 0], [.2, .7, .1], [.1, .8, .1], [.1, .8, .1], [.1, .2, .7], [.6, .1, .3]])
+    scores = np.array([[.9, .1, 0], [.1, .7, .2], [.1, .8, .1], [.1, .8, .1], [.1, .2, .7], [.6, .1, .3]])
     m = classification_metrics(scores, labels, classes)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["top2_accuracy"] == pytest.approx(5 / 6)

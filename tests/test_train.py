@@ -12,7 +12,7 @@ from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
 def test_two_worker_training_reports_every_epoch_and_keeps_the_best_checkpoint(ray_session, faces_root, tmp_path):
     folders = index_image_folders(faces_root)
     cfg = TrainConfig(model="lenet", input_size=32, epochs=2, batch_size=16, num_workers=2, cpus_per_worker=0.5)
-    trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32),
+    trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
                             storage_path=str(tmp_path), name="ddp")
     result = trainer.fit()
     history = result.metrics_dataframe

@@ -1,10 +1,16 @@
-"""``python -m raymotion.data synth --out DIR``: write the generated face data set."""
+"""Data commands:
+
+    python -m raymotion.data synth --out DIR                          generated face data set
+    python -m raymotion.data prepare --data ROOT --out DIR --size N   Parquet cache of decoded images
+    python -m raymotion.data summary --data ROOT                      images per class per split
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from raymotion.data.folders import index_image_folders
+from raymotion.data.folders import index_image_folders, open_data
 from raymotion.data.synthetic import make_synthetic_faces
 
 
@@ -17,14 +23,42 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--val-per-class", type=int, default=100)
     synth.add_argument("--size", type=int, default=96)
     synth.add_argument("--seed", type=int, default=0)
+    prepare = sub.add_parser("prepare", help="decode + resize once into Parquet shards (a --data for every command)")
+    prepare.add_argument("--data", required=True, help="class-folder root")
+    prepare.add_argument("--out", required=True)
+    prepare.add_argument("--size", type=int, default=96)
+    prepare.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
     summary = sub.add_parser("summary", help="images per class per split")
     summary.add_argument("--data", required=True)
     args = parser.parse_args(argv)
     if args.command == "synth":
         make_synthetic_faces(args.out, args.train_per_class, args.val_per_class, args.size, args.seed)
         print(index_image_folders(args.out).summary())
+    elif args.command == "prepare":
+        prepare_parquet(args.data, args.out, args.size, args.address)
     else:
-        print(index_image_folders(args.data).summary())
+        print(open_data(args.data).summary())
+
+
+def prepare_parquet(root: str, out: str, size: int, address: str | None = None) -> None:
+    from raymotion.data.parquet import write_cache_meta
+    from raymotion.data.pipeline import DecodeReport, decode_split
+    from raymotion.runtime import init_ray
+
+    folders = index_image_folders(root)
+    print(folders.summary(), flush=True)
+    init_ray(address)
+    out = os.path.abspath(out)
+    report, counts = DecodeReport(), {}
+    for split in ("train", "val"):
+        ds, split_report = decode_split(folders.split(split), size)
+        ds.write_parquet(os.path.join(out, split))
+        report.add(split_report)
+        labels = [int(v) for b in ds.iter_batches(batch_size=None) for v in b["label"]]
+        counts[split] = {c: labels.count(i) for i, c in enumerate(folders.classes)}
+    write_cache_meta(out, classes=folders.classes, size=size, counts=counts, source=folders.root,
+                     skipped=report.to_dict(max_paths=50))
+    print(f"wrote {out} at {size}px: {report.summary()}")
 
 
 if __name__ == "__main__":

@@ -42,12 +42,29 @@ class ImageFolders:
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val}[name]
 
+    def counts(self, split: str) -> dict[str, int]:
+        return self.split(split).counts(self.classes)
+
     def summary(self) -> str:
-        lines = [f"data root: {self.root}", "split  " + " ".join(f"{c:>8}" for c in self.classes) + "    total"]
-        for name in SPLITS:
-            counts = self.split(name).counts(self.classes)
-            lines.append(f"{name:<6} " + " ".join(f"{counts[c]:>8}" for c in self.classes) + f" {len(self.split(name)):>8}")
-        return "\n".join(lines)
+        return counts_table(f"data root: {self.root} (class folders)", self.classes,
+                            {s: self.counts(s) for s in SPLITS})
+
+    def arrays(self, split: str, size: int):
+        """Readable images of a split decoded in-process (uint8 NHWC at ``size``) and their labels."""
+        import numpy as np
+
+        from raymotion.data.transforms import load_images
+
+        images, kept = load_images(list(self.split(split).paths), size)
+        return images, np.asarray(self.split(split).labels, np.int64)[kept]
+
+
+def counts_table(title: str, classes: list[str], counts: dict[str, dict[str, int]]) -> str:
+    lines = [title, "split  " + " ".join(f"{c:>8}" for c in classes) + "    total"]
+    for name, per_class in counts.items():
+        lines.append(f"{name:<6} " + " ".join(f"{per_class.get(c, 0):>8}" for c in classes)
+                     + f" {sum(per_class.values()):>8}")
+    return "\n".join(lines)
 
 
 def _list_class_images(split_dir: Path) -> dict[str, list[str]]:
@@ -94,6 +111,13 @@ def index_image_folders(root: str | os.PathLike) -> ImageFolders:
         return Split(tuple(paths), tuple(labels))
 
     return ImageFolders(str(root_path), classes, to_split(per_split["train"]), to_split(per_split["val"]))
+
+
+def open_data(root: str | os.PathLike):
+    """A class-folder root (``ImageFolders``) or a Parquet cache directory (``ParquetCache``)."""
+    from raymotion.data.parquet import ParquetCache, is_parquet_cache
+
+    return ParquetCache.open(root) if is_parquet_cache(root) else index_image_folders(root)
 
 
 def default_data_root() -> str | None:

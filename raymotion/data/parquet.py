@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
@@ -33,7 +34,7 @@ class ParquetCache:
     root: str
     classes: list[str]
     size: int
-    counts: dict[str, dict[str, int]]  # split -> class -> images
+    counts_by_split: dict[str, dict[str, int]]  # split -> class -> images
     meta: dict[str, Any]
 
     @classmethod
@@ -45,19 +46,37 @@ class ParquetCache:
             raise ValueError(f"{root}: not a {CACHE_FORMAT} directory")
         return cls(root, meta["classes"], meta["size"], meta["counts"], meta)
 
+    def counts(self, split: str) -> dict[str, int]:
+        return self.counts_by_split[split]
+
+    def summary(self) -> str:
+        from raymotion.data.folders import counts_table
+
+        return counts_table(f"data root: {self.root} (Parquet cache at {self.size}px of {self.meta['source']})",
+                            self.classes, self.counts_by_split)
+
     def split_dir(self, split: str) -> str:
         return os.path.join(self.root, split)
 
     def read(self, split: str) -> ray.data.Dataset:
         return ray.data.read_parquet(self.split_dir(split))
 
-    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All images (uint8 NHWC, sorted by uid) and labels of a split, in-process with pyarrow."""
-        table = pq.read_table(self.split_dir(split))
+    def arrays(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All images (uint8 NHWC, in uid order, resized to ``size`` if given) and labels of a split."""
+        from PIL import Image
+
+        from raymotion.data.transforms import resize_rgb
+
+        table = pq.read_table(self.split_dir(split), columns=["image", "label", "uid"])
         order = np.argsort(table.column("uid").to_numpy())
-        images = np.stack([np.asarray(v, np.uint8).reshape(self.size, self.size, 3)
-                           for v in table.column("image").to_pylist()])
-        return images[order], table.column("label").to_numpy()[order]
+        column = table.column("image").combine_chunks()
+        # Ray's tensor extension type when ray.data registered it, else its plain list storage.
+        storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+        flat = np.asarray(storage.values, np.uint8)
+        images = flat.reshape(len(table), self.size, self.size, 3)[order]
+        if size and size != self.size:
+            images = np.stack([resize_rgb(Image.fromarray(img), size) for img in images])
+        return images, table.column("label").to_numpy()[order].astype(np.int64)
 
 
 def write_cache_meta(out: str, *, classes: list[str], size: int, counts: dict[str, dict[str, int]],

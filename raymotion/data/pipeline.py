@@ -1,13 +1,16 @@
-"""Ray Data: stream class-folder images into train-ready batches.
+"""Ray Data: stream images into train-ready batches.
 
 Decode and resize are deterministic, so they run once per input size and are materialized in the
-object store; the random augmentation runs after that, lazily, so it is drawn anew every epoch.
+object store (or read from a Parquet cache, see data.parquet); the random augmentation runs after
+that, lazily, so it is drawn anew every epoch.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -15,12 +18,15 @@ import torch
 
 from raymotion.data.augment import augment_batch
 from raymotion.data.folders import ImageFolders, Split
-from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
+from raymotion.data.mixing import mix_batch
+from raymotion.data.parquet import ParquetCache
+from raymotion.data.transforms import InvalidImage, decode_image_kind, normalize, resize_rgb
 
-log = logging.getLogger(__name__)
+# Rows kept in the per-epoch local shuffle buffer: several blocks.
+SHUFFLE_BUFFER_ROWS = 4 * 256
 
-# Rows per block: small enough that two CPUs share the work evenly, large enough to keep per-task
-# overhead low.
+# Rows per block and per map task: small enough that two CPUs share the work evenly, large enough
+# that scheduling a task costs far less than the work in it.
 ROWS_PER_BLOCK = 256
 
 # CPU request of the per-epoch (augment/normalize) tasks. They are light and vectorised; asking for a
@@ -31,67 +37,154 @@ STREAM_TASK_CPUS = 0.5
 _batch_counter = itertools.count()
 
 
-def _decode_resize(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    images, labels, uids = [], [], []
-    for path, label, uid in zip(batch["path"], batch["label"], batch["uid"]):
-        try:
-            with open(path, "rb") as f:
-                images.append(resize_rgb(decode_image(f.read()), size))
-        except (InvalidImage, OSError) as err:
-            log.warning("skipping %s: %s", path, err)
-            continue
-        labels.append(label)
-        uids.append(uid)
-    return {
-        "image": np.stack(images) if images else np.empty((0, size, size, 3), np.uint8),
-        "label": np.asarray(labels, np.int64),
-        "uid": np.asarray(uids, np.int64),
-    }
-
-
-def read_split(split: Split, size: int) -> ray.data.Dataset:
-    """Decoded, resized uint8 images of one split: columns image (N,H,W,3), label, uid."""
-    rows = [{"path": p, "label": label, "uid": i} for i, (p, label) in enumerate(zip(split.paths, split.labels))]
-    num_blocks = max(2, -(-len(rows) // ROWS_PER_BLOCK))
-    return ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
-        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK
-    )
-
-
-def load_cached(folders: ImageFolders, size: int) -> dict[str, ray.data.Dataset]:
-    """Decode both splits once at ``size`` and keep them in the object store."""
-    return {name: read_split(folders.split(name), size).materialize() for name in ("train", "val")}
-
-
 def quiet_progress() -> None:
     """No per-operator progress bars: they flood job logs. Ray Train copies this context to its workers."""
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@dataclass
+class DecodeReport:
+    """What decoding found: files skipped (by kind, first paths) and converted (by source mode)."""
+
+    skipped: Counter = field(default_factory=Counter)
+    converted: Counter = field(default_factory=Counter)
+    skipped_paths: list[str] = field(default_factory=list)
+
+    def add(self, other: "DecodeReport") -> None:
+        self.skipped.update(other.skipped)
+        self.converted.update(other.converted)
+        self.skipped_paths.extend(other.skipped_paths)
+
+    def to_dict(self, max_paths: int = 10) -> dict:
+        return {"skipped": dict(self.skipped), "converted": dict(self.converted),
+                "skipped_paths": self.skipped_paths[:max_paths]}
+
+    def summary(self, max_paths: int = 5) -> str:
+        if not self.skipped and not self.converted:
+            return "every file decoded as RGB"
+        lines = []
+        if self.skipped:
+            lines.append(f"skipped {sum(self.skipped.values())} unreadable file(s): "
+                         + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())))
+            lines += [f"  {p}" for p in self.skipped_paths[:max_paths]]
+        if self.converted:
+            lines.append(f"converted to RGB: " + ", ".join(f"{n} {k}" for k, n in sorted(self.converted.items())))
+        return "\n".join(lines)
+
+
+def _decode_resize(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Every input row comes out, flagged ``ok``; failed rows carry a blank image and their failure kind."""
+    n = len(batch["path"])
+    images = np.zeros((n, size, size, 3), np.uint8)
+    ok = np.zeros(n, bool)
+    kinds = []
+    for i, path in enumerate(batch["path"]):
+        try:
+            with open(path, "rb") as f:
+                img, kind = decode_image_kind(f.read())
+            images[i] = resize_rgb(img, size)
+            ok[i] = True
+        except InvalidImage as err:
+            kind = err.kind
+        except OSError:
+            kind = "unreadable"
+        kinds.append(kind)
+    return {"image": images, "label": batch["label"], "uid": batch["uid"], "ok": ok,
+            "kind": np.asarray(kinds, dtype=object), "path": batch["path"]}
+
+
+def _status_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"kind": batch["kind"], "path": batch["path"], "ok": batch["ok"]}
+
+
+def _keep_ok(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    keep = batch["ok"]
+    return {"image": batch["image"][keep], "label": batch["label"][keep], "uid": batch["uid"][keep]}
+
+
+def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.data.Dataset, DecodeReport]:
+    """Decoded, resized uint8 images of one split (materialized): columns image (N,H,W,3), label, uid."""
+    rows = [{"path": p, "label": label, "uid": i} for i, (p, label) in enumerate(zip(split.paths, split.labels))]
+    # Files are listed class by class; shuffled once here (seeded) so that every block holds every
+    # class. Per epoch, block order is randomised and rows are shuffled within a buffer of several
+    # blocks; without this, batches are near single-class and BatchNorm models collapse.
+    random.Random(shuffle_seed).shuffle(rows)
+    num_blocks = max(2, -(-len(rows) // ROWS_PER_BLOCK))
+    decoded = ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
+        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK).materialize()
+    report = DecodeReport()
+    # An explicit projection UDF: Ray's select_columns on this materialized plan lost the column here.
+    status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS)
+    for batch in status.iter_batches(batch_size=None):
+        for kind, path, ok in zip(batch["kind"], batch["path"], batch["ok"]):
+            if not ok:
+                report.skipped[kind] += 1
+                report.skipped_paths.append(str(path))
+            elif kind != "rgb":
+                report.converted[kind] += 1
+    good = decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS).materialize()
+    return good, report
+
+
+def _resize_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    images = np.stack([resize_rgb(Image.fromarray(img), size) for img in batch["image"]])
+    return {"image": images, "label": batch["label"], "uid": batch["uid"]}
+
+
+def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[str, ray.data.Dataset], DecodeReport]:
+    """Both splits decoded once at ``size`` and kept in the object store, and what decoding skipped."""
+    quiet_progress()
+    if isinstance(source, ParquetCache):
+        cached = {}
+        for split in ("train", "val"):
+            ds = source.read(split)
+            if source.size != size:  # a cache at another size: resize once, never decode JPEGs
+                ds = ds.map_batches(_resize_batch, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK)
+            cached[split] = ds.materialize()
+        report = DecodeReport()
+        skipped = source.meta.get("skipped", {})
+        report.skipped.update(skipped.get("skipped", {}))
+        report.converted.update(skipped.get("converted", {}))
+        report.skipped_paths.extend(skipped.get("skipped_paths", []))
+        return cached, report
+    cached, report = {}, DecodeReport()
+    for split in ("train", "val"):
+        cached[split], split_report = decode_split(source.split(split), size)
+        report.add(split_report)
+    return cached, report
 
 
 def _normalize_batch(batch: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
     return {"image": normalize(batch["image"], mean, std), "label": batch["label"]}
 
 
-def _augment_normalize_batch(
-    batch: dict[str, np.ndarray], mean, std, seed: int, rotation_deg: float, hflip_p: float, contrast: float
-) -> dict[str, np.ndarray]:
+def _augment_normalize_batch(batch: dict[str, np.ndarray], mean, std, seed: int, num_classes: int,
+                             augment: dict, mixing: dict) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     gen = torch.Generator().manual_seed(hash((seed, int(uids[0]) if len(uids) else 0, next(_batch_counter))) & 0x7FFF_FFFF)
     # torch.tensor copies: Ray hands out read-only arrays.
     x = torch.tensor(batch["image"]).permute(0, 3, 1, 2).float().div_(255.0)
-    x = augment_batch(x, gen, rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast)
+    x = augment_batch(x, gen, **augment)
+    x, target = mix_batch(x, torch.tensor(batch["label"]), num_classes, gen, **mixing)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return {"image": x.contiguous().numpy(), "label": batch["label"]}
+    return {"image": x.contiguous().numpy(), "label": batch["label"], "target": target.numpy()}
 
 
-def train_stream(cached_train: ray.data.Dataset, *, mean, std, seed: int, rotation_deg: float,
-                 hflip_p: float, contrast: float) -> ray.data.Dataset:
-    """Shuffled block order + random augmentation + normalization; re-executed every epoch."""
+def train_stream(cached_train: ray.data.Dataset, *, mean, std, seed: int, num_classes: int,
+                 rotation_deg: float = 0.0, hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
+                 crop_scale: float = 1.0, cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0,
+                 mixup_alpha: float = 0.2) -> ray.data.Dataset:
+    """Shuffled block order + random augmentation + mixing + normalization; re-executed every epoch.
+    Columns: image (float NCHW), label (int), target (float soft labels, rows sum to 1)."""
+    augment = dict(rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast, brightness=brightness,
+                   crop_scale=crop_scale)
+    mixing = dict(cutmix_p=cutmix_p, cutmix_alpha=cutmix_alpha, mixup_p=mixup_p, mixup_alpha=mixup_alpha)
     return cached_train.randomize_block_order().map_batches(
         _augment_normalize_batch,
-        fn_kwargs=dict(mean=tuple(mean), std=tuple(std), seed=seed, rotation_deg=rotation_deg,
-                       hflip_p=hflip_p, contrast=contrast),
-        # Whole blocks per task: one task per training batch costs more in scheduling than it augments.
+        fn_kwargs=dict(mean=tuple(mean), std=tuple(std), seed=seed, num_classes=num_classes, augment=augment,
+                       mixing=mixing),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
     )

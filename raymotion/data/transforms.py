@@ -16,25 +16,38 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 
 class InvalidImage(ValueError):
-    """Bytes that are not a readable image."""
+    """Bytes that are not a readable image; ``kind`` names the failure for skip reports."""
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def decode_image_kind(data: bytes) -> tuple[Image.Image, str]:
+    """Decode bytes into an RGB PIL image and say what it was: "rgb" or "converted:<mode>" (L, RGBA,
+    CMYK, I;16, ...). Raises InvalidImage with kind empty / not-an-image / truncated / too-large /
+    unreadable."""
+    if not data:
+        raise InvalidImage("empty body: no image bytes", "empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InvalidImage(f"image of {img.width}x{img.height} pixels is too large", "too-large")
+            img.load()
+            mode = img.mode
+            return to_rgb(img), "rgb" if mode == "RGB" else f"converted:{mode}"
+    except InvalidImage:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImage("not a readable image: unrecognised format", "not-an-image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        kind = "truncated" if "truncat" in str(err).lower() else "unreadable"
+        raise InvalidImage(f"not a readable image: {err}", kind) from None
 
 
 def decode_image(data: bytes) -> Image.Image:
     """Decode bytes into an RGB PIL image; raises InvalidImage for anything unreadable."""
-    if not data:
-        raise InvalidImage("empty body: no image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise InvalidImage(f"image of {img.width}x{img.height} pixels is too large")
-            img.load()
-            return to_rgb(img)
-    except InvalidImage:
-        raise
-    except UnidentifiedImageError:
-        raise InvalidImage("not a readable image: unrecognised format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise InvalidImage(f"not a readable image: {err}") from None
+    return decode_image_kind(data)[0]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -66,10 +79,16 @@ def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """Decode and resize files in-process (export checks, benchmarks): uint8 NHWC."""
-    out = np.empty((len(paths), size, size, 3), np.uint8)
+def load_images(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and resize files in-process (export checks, benchmarks): uint8 NHWC of the readable
+    files, and the indices (into ``paths``) of those files."""
+    images, kept = [], []
     for i, path in enumerate(paths):
-        with open(path, "rb") as f:
-            out[i] = resize_rgb(decode_image(f.read()), size)
-    return out
+        try:
+            with open(path, "rb") as f:
+                images.append(resize_rgb(decode_image(f.read()), size))
+        except (InvalidImage, OSError):
+            continue
+        kept.append(i)
+    out = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
+    return out, np.asarray(kept, np.int64)

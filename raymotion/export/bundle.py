@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from raymotion.data.folders import ImageFolders
-from raymotion.data.transforms import load_images, normalize
+from raymotion.data.transforms import normalize
 from raymotion.export.onnx import (OPSET, PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
                                    parity_max_abs_diff)
 from raymotion.train.checkpoint import load_checkpoint
@@ -87,29 +86,31 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> 
     return entry, probs
 
 
-def build_run_bundle(run_dir: str, checkpoints: dict[str, str], folders: ImageFolders,
+def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
                      extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Export every checkpoint, score members and their (equal-weight) ensemble on val, write the manifest."""
-    labels = np.asarray(folders.val.labels)
-    val_cache: dict[int, np.ndarray] = {}
+    """Export every checkpoint, score members and their (equal-weight) ensemble on val, write the manifest.
+
+    ``source``: the run's data (ImageFolders or ParquetCache: ``classes``, ``counts``, ``arrays``).
+    """
+    val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, member_probs = {}, {}
     for name, checkpoint_dir in checkpoints.items():
         with open(os.path.join(checkpoint_dir, "meta.json")) as f:
             size = json.load(f)["input_size"]
         if size not in val_cache:
-            val_cache[size] = load_images(list(folders.val.paths), size)
-        entry, probs = export_member(checkpoint_dir, run_dir, val_cache[size])
-        entry["val"] = classification_metrics(probs, labels, folders.classes)
+            val_cache[size] = source.arrays("val", size)
+        images, labels = val_cache[size]
+        entry, probs = export_member(checkpoint_dir, run_dir, images)
+        entry["val"] = classification_metrics(probs, labels, source.classes)
         entry.update((extra or {}).get(name, {}))
         models[name], member_probs[name] = entry, probs
     weights = {name: 1.0 / len(models) for name in models}
-    ensemble_val = classification_metrics(ensemble_probabilities(member_probs, weights), labels, folders.classes)
+    ensemble_val = classification_metrics(ensemble_probabilities(member_probs, weights), labels, source.classes)
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "classes": folders.classes,
-        "data": {"root": folders.root, "train": folders.train.counts(folders.classes),
-                 "val": folders.val.counts(folders.classes)},
+        "classes": source.classes,
+        "data": {"root": source.root, "train": source.counts("train"), "val": source.counts("val")},
         "models": models,
         "ensemble": {"members": list(models), "weights": weights, "combine": "weighted mean of probabilities",
                      "val": ensemble_val},

@@ -8,7 +8,7 @@ import os
 import time
 
 from raymotion.config import TrainConfig
-from raymotion.data import index_image_folders, resolve_data_root
+from raymotion.data import open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer, input_size_of
@@ -32,12 +32,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
 def main(argv: list[str] | None = None) -> None:
     args, cfg = parse_args(argv)
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
-    folders = index_image_folders(root)
-    print(f"data: {root} ({how})\n{folders.summary()}")
+    source = open_data(root)
+    print(f"data: {root} ({how})\n{source.summary()}\ninput size: {input_size_of(cfg)}px; "
+          f"augmentations: {cfg.augmentations()}; class weighting: {cfg.class_weighting}")
     init_ray(args.address)
-    cached = load_cached(folders, input_size_of(cfg))
+    cached, report = load_cached(source, input_size_of(cfg))
+    print(f"decoded: {report.summary()}")
     started = time.perf_counter()
-    trainer = build_trainer(cfg, classes=folders.classes, cached=cached,
+    trainer = build_trainer(cfg, classes=source.classes, class_counts=[source.counts("train")[c] for c in source.classes],
+                            cached=cached,
                             storage_path=os.path.abspath(args.out), name=f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = trainer.fit()
     best = result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max")

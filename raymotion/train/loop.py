@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from raymotion.config import TrainConfig
+from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.checkpoint import save_checkpoint
 from raymotion.train.metrics import classification_metrics
@@ -57,7 +58,8 @@ def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int}."""
+    """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
+    "class_weights": [...] or None}."""
     cfg = TrainConfig(**loop_config["train"])
     classes: list[str] = loop_config["classes"]
     spec = get_model_spec(cfg.model)
@@ -78,7 +80,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     scheduler = cosine_with_warmup(optimizer, total, warmup_steps=min(total // 10, steps_per_epoch))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    class_weights = loop_config.get("class_weights")
+    # Soft targets (CutMix/MixUp rows) and optional class weights, one loss for both.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                  weight=torch.tensor(class_weights, device=device) if class_weights else None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -90,16 +95,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         started = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         batches = train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, drop_last=True, local_shuffle_buffer_size=cfg.batch_size * 4,
+            batch_size=cfg.batch_size, drop_last=True, local_shuffle_buffer_size=max(SHUFFLE_BUFFER_ROWS, cfg.batch_size * 4),
             local_shuffle_seed=cfg.seed + epoch, device=device,
         )
         for step, batch in enumerate(batches):
             if step >= steps_per_epoch:
                 break
-            images, labels = batch["image"], batch["label"]
+            images, labels, target = batch["image"], batch["label"], batch["target"]
             with torch.autocast(device.type, enabled=amp):
                 logits = model(images)
-                loss = loss_fn(logits, labels)
+                loss = loss_fn(logits, target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -107,11 +112,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.step()
             seen += len(labels)
             loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            # Against the dominant class of each (possibly mixed) target.
+            correct += int((logits.argmax(1) == target.argmax(1)).sum())
         train_seconds = time.perf_counter() - started
 
-        # Every worker reads the whole (unsplit) val set; rank 0's figures are the ones reported.
-        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), device, classes, amp) if rank == 0 else {}
+        # Every worker reads the whole (unsplit) val set and must consume it: Ray Train feeds an unsplit
+        # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
+        # are the ones Tune sees.
+        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), device, classes, amp)
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(1, seen),

@@ -21,10 +21,21 @@ def input_size_of(cfg: TrainConfig) -> int:
     return cfg.input_size or get_model_spec(cfg.model).input_size
 
 
+def class_weights(cfg: TrainConfig, class_counts: list[int] | None) -> list[float] | None:
+    """Loss weights n / (k * n_c) for class_weighting="balanced"; None otherwise."""
+    if cfg.class_weighting == "none" or not class_counts:
+        return None
+    if cfg.class_weighting != "balanced":
+        raise ValueError(f"class_weighting must be 'none' or 'balanced', not {cfg.class_weighting!r}")
+    total, k = sum(class_counts), len(class_counts)
+    return [total / (k * max(1, n)) for n in class_counts]
+
+
 def build_trainer(
     cfg: TrainConfig,
     *,
     classes: list[str],
+    class_counts: list[int] | None = None,
     cached: dict[str, ray.data.Dataset],
     storage_path: str,
     name: str,
@@ -34,13 +45,16 @@ def build_trainer(
     spec = get_model_spec(cfg.model)
     quiet_progress()
     datasets = {
-        "train": train_stream(cached["train"], mean=spec.mean, std=spec.std, seed=cfg.seed,
-                              rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast),
+        "train": train_stream(cached["train"], mean=spec.mean, std=spec.std, seed=cfg.seed, num_classes=len(classes),
+                              rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
+                              brightness=cfg.brightness, crop_scale=cfg.crop_scale, cutmix_p=cfg.cutmix_p,
+                              cutmix_alpha=cfg.cutmix_alpha, mixup_p=cfg.mixup_p, mixup_alpha=cfg.mixup_alpha),
         "val": eval_stream(cached["val"], mean=spec.mean, std=spec.std),
     }
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count()},
+        train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
+                           "class_weights": class_weights(cfg, class_counts)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),

@@ -14,7 +14,7 @@ import sys
 import time
 
 from raymotion.config import PRESETS, TrainConfig, preset_overrides
-from raymotion.data import DataError, index_image_folders, resolve_data_root
+from raymotion.data import DataError, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.export.bundle import build_run_bundle, results_table
 from raymotion.runtime import init_ray
@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
     """Returns the run directory, its manifest, and whether this process started its own Ray."""
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
-    folders = index_image_folders(root)  # fails fast, before Ray starts, on a bad root
-    print(f"data: {root} ({how})\n{folders.summary()}", flush=True)
+    source = open_data(root)  # fails fast, before Ray starts, on a bad root
+    print(f"data: {root} ({how})\n{source.summary()}", flush=True)
+    class_counts = [source.counts("train")[c] for c in source.classes]
     preset = PRESETS[args.preset]
     settings = preset.tune
     settings.seed = args.seed
@@ -68,10 +69,13 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
             base = base.replace(epochs=args.epochs)
         base = base.replace(input_size=input_size_of(base))
         if base.input_size not in cached_by_size:
-            cached_by_size[base.input_size] = load_cached(folders, base.input_size)
-        print(f"tuning {model}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px",
-              flush=True)
-        result = tune_model(base, classes=folders.classes, cached=cached_by_size[base.input_size],
+            cached_by_size[base.input_size], report = load_cached(source, base.input_size)
+            print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
+        print(f"tuning {model}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
+              f"augmentations (before the search space varies them): {base.augmentations()}; "
+              f"class weighting: {base.class_weighting}", flush=True)
+        result = tune_model(base, classes=source.classes, class_counts=class_counts,
+                            cached=cached_by_size[base.input_size],
                             settings=settings, storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces)
         checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
@@ -81,7 +85,7 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
               f"({result.trials} trials, {result.stopped_early} stopped early, {result.seconds:.0f}s)", flush=True)
     cached_by_size.clear()
 
-    manifest = build_run_bundle(run_dir, checkpoints, folders, extra)
+    manifest = build_run_bundle(run_dir, checkpoints, source, extra)
     elapsed = time.perf_counter() - started
     print(f"\n{results_table(manifest)}\n\ntune + export took {elapsed / 60:.1f} min; run directory: {run_dir}",
           flush=True)

@@ -39,12 +39,12 @@ class ModelTuneResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics of the best trial
 
 
-def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str],
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
               cached: dict[str, ray.data.Dataset], storage_path: str) -> None:
     """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
     cfg = TrainConfig(**base).replace(**config)
     trial_id = tune.get_context().get_trial_id()
-    trainer = build_trainer(cfg, classes=classes, cached=cached, storage_path=storage_path,
+    trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
                             name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -53,12 +53,13 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def tune_model(base: TrainConfig, *, classes: list[str], cached: dict[str, ray.data.Dataset],
+def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
                settings: TuneSettings, storage_path: str, spaces_dir: str | None = None) -> ModelTuneResult:
     """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial."""
     space = load_search_space(base.model, spaces_dir)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, cached=cached, storage_path=storage_path),
+        tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
+                             storage_path=storage_path),
         # The trial itself only drives; Train workers request their own CPUs.
         {"cpu": 0.1},
     )
