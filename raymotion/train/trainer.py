@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import ray.data
 import ray.train
@@ -40,6 +40,8 @@ def build_trainer(
     storage_path: str,
     name: str,
     callbacks: Sequence[object] = (),
+    train_loop: Callable[[dict], None] = train_loop_per_worker,
+    loop_config_extra: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
     spec = get_model_spec(cfg.model)
@@ -52,9 +54,9 @@ def build_trainer(
         "val": eval_stream(cached["val"], mean=spec.mean, std=spec.std),
     }
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
-                           "class_weights": class_weights(cfg, class_counts)},
+                           "class_weights": class_weights(cfg, class_counts), **(loop_config_extra or {})},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),

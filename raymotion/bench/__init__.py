@@ -1,0 +1,1 @@
+"""Benchmarks: speed and accuracy figures come from here (tables + JSON), never from tests."""

@@ -1,0 +1,127 @@
+"""``python -m raymotion.bench data``: is the input pipeline the bottleneck?
+
+(a) Ray Data -> Ray Train worker and (b) a plain ``torch.utils.data.DataLoader`` feed the same model and
+the same train step with the same transforms and the same number of CPU workers for data, alternating
+a, b, a, b in one run. Steady-state images/s excludes the first batches; start-up (to the first batch)
+is reported separately. (c) the pipeline alone: decode + augment images/s from class folders vs from a
+Parquet cache.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import torch
+import torch.nn as nn
+
+from raymotion.config import TrainConfig
+from raymotion.data.augment import augment_batch
+from raymotion.data.folders import ImageFolders
+from raymotion.data.parquet import ParquetCache
+from raymotion.data.pipeline import decode_split, train_stream
+from raymotion.data.transforms import decode_image, resize_rgb
+from raymotion.models import create_model, get_model_spec
+from raymotion.train.loop import resolve_torch_threads
+from raymotion.train.trainer import build_trainer
+
+AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
+
+
+def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float) -> dict[str, float]:
+    """Run ``steps`` train steps; seconds from ``t0`` (wall clock) to the first batch, and images/s
+    after ``warmup`` batches."""
+    loss_fn = nn.CrossEntropyLoss()
+    first = steady_start = None
+    images = 0
+    for step, (x, y) in enumerate(batches):
+        if first is None:
+            first = time.time() - t0
+        if step == warmup:
+            steady_start, images = time.perf_counter(), 0
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        images += len(y)
+        if step + 1 >= steps:
+            break
+    return {"startup_s": first, "images_per_s": images / (time.perf_counter() - steady_start)}
+
+
+def _bench_loop_per_worker(config: dict[str, Any]) -> None:
+    bench = config["bench"]
+    torch.set_num_threads(resolve_torch_threads(0, ray.train.get_context().get_local_world_size()))
+    torch.manual_seed(0)
+    model = create_model(bench["model"], num_classes=len(config["classes"]), pretrained=False).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    shard = ray.train.get_dataset_shard("train")
+    batches = ((b["image"], b["label"]) for b in shard.iter_torch_batches(
+        batch_size=bench["batch_size"], drop_last=True, local_shuffle_buffer_size=1024))
+    ray.train.report(_train_steps(model, optimizer, batches, bench["steps"], bench["warmup"], bench["t0"]))
+
+
+def bench_ray(source, cached, size: int, model: str, batch_size: int, steps: int, warmup: int) -> dict[str, float]:
+    """The training path's datasets and scaling (build_trainer); only the loop is the timing one."""
+    cfg = TrainConfig(model=model, input_size=size, batch_size=batch_size, **AUG)
+    bench = {"model": model, "batch_size": batch_size, "steps": steps, "warmup": warmup, "t0": time.time()}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(cfg, classes=source.classes, cached=cached, storage_path=tmp, name="bench",
+                                train_loop=_bench_loop_per_worker, loop_config_extra={"bench": bench})
+        return dict(trainer.fit().metrics)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, size):
+        self.paths, self.labels, self.size = list(paths), list(labels), size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with open(self.paths[i], "rb") as f:
+            return torch.from_numpy(resize_rgb(decode_image(f.read()), self.size)), self.labels[i]
+
+
+class AugmentCollate:
+    """The same batch transforms as the Ray pipeline, run in the DataLoader's worker processes."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __call__(self, items):
+        x = torch.stack([img for img, _ in items]).permute(0, 3, 1, 2).float().div_(255.0)
+        x = augment_batch(x, self.gen, **AUG)
+        return (x - self.mean) / self.std, torch.tensor([label for _, label in items])
+
+
+def bench_dataloader(source: ImageFolders, size: int, model: str, batch_size: int, steps: int, warmup: int,
+                     data_workers: int) -> dict[str, float]:
+    spec = get_model_spec(model)
+    torch.set_num_threads(resolve_torch_threads(0, 1))
+    torch.manual_seed(0)
+    t0 = time.time()
+    net = create_model(model, num_classes=len(source.classes), pretrained=False).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    loader = torch.utils.data.DataLoader(
+        FolderDataset(source.train.paths, source.train.labels, size), batch_size=batch_size, shuffle=True,
+        drop_last=True, num_workers=data_workers, collate_fn=AugmentCollate(spec.mean, spec.std),
+        persistent_workers=False, prefetch_factor=4 if data_workers else None)
+    return _train_steps(net, optimizer, iter(loader), steps, warmup, t0)
+
+
+def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int, mean, std) -> dict[str, float]:
+    """Images/s of decode (or Parquet read) + augment + normalize over the whole train split."""
+    out = {}
+    for name in ("folders", "parquet"):
+        started = time.perf_counter()
+        if name == "folders":
+            ds, _ = decode_split(folders.train, size)
+        else:
+            ds = parquet.read("train")
+        stream = train_stream(ds, mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
+        rows = sum(len(b["label"]) for b in stream.iter_batches(batch_size=256))
+        out[name] = rows / (time.perf_counter() - started)
+    return out
