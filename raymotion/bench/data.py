@@ -25,7 +25,7 @@ from raymotion.data.pipeline import decode_split, train_stream
 from raymotion.data.transforms import decode_image, resize_rgb
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.loop import resolve_torch_threads
-from raymotion.train.trainer import build_trainer
+from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
 
 AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
 
@@ -59,7 +59,13 @@ def _bench_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     batches = ((b["image"], b["label"]) for b in shard.iter_torch_batches(
         batch_size=bench["batch_size"], drop_last=True, local_shuffle_buffer_size=1024))
-    ray.train.report(_train_steps(model, optimizer, batches, bench["steps"], bench["warmup"], bench["t0"]))
+    result = _train_steps(model, optimizer, batches, bench["steps"], bench["warmup"], bench["t0"])
+    # Train V2 keeps metrics only for reports that carry a checkpoint; the score key satisfies the
+    # trainer's CheckpointConfig.
+    result[CHECKPOINT_METRIC] = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if ray.train.get_context().get_world_rank() == 0 else None
+        ray.train.report(result, checkpoint=checkpoint)
 
 
 def bench_ray(source, cached, size: int, model: str, batch_size: int, steps: int, warmup: int) -> dict[str, float]:
