@@ -54,8 +54,8 @@ def prepare_parquet(root: str, out: str, size: int, address: str | None = None) 
         ds, split_report = decode_split(folders.split(split), size)
         ds.write_parquet(os.path.join(out, split))
         report.add(split_report)
-        labels = [int(v) for b in ds.iter_batches(batch_size=None) for v in b["label"]]
-        counts[split] = {c: labels.count(i) for i, c in enumerate(folders.classes)}
+        # Counted during decoding: no second pass over the images.
+        counts[split] = {c: split_report.kept_labels[i] for i, c in enumerate(folders.classes)}
     write_cache_meta(out, classes=folders.classes, size=size, counts=counts, source=folders.root,
                      skipped=report.to_dict(max_paths=50))
     print(f"wrote {out} at {size}px: {report.summary()}")

@@ -49,8 +49,10 @@ class DecodeReport:
     skipped: Counter = field(default_factory=Counter)
     converted: Counter = field(default_factory=Counter)
     skipped_paths: list[str] = field(default_factory=list)
+    kept_labels: Counter = field(default_factory=Counter)  # label id -> images decoded
 
     def add(self, other: "DecodeReport") -> None:
+        self.kept_labels.update(other.kept_labels)
         self.skipped.update(other.skipped)
         self.converted.update(other.converted)
         self.skipped_paths.extend(other.skipped_paths)
@@ -94,7 +96,7 @@ def _decode_resize(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndar
 
 
 def _status_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"kind": batch["kind"], "path": batch["path"], "ok": batch["ok"]}
+    return {"kind": batch["kind"], "path": batch["path"], "ok": batch["ok"], "label": batch["label"]}
 
 
 def _keep_ok(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,11 +118,13 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
     # An explicit projection UDF: Ray's select_columns on this materialized plan lost the column here.
     status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS)
     for batch in status.iter_batches(batch_size=None):
-        for kind, path, ok in zip(batch["kind"], batch["path"], batch["ok"]):
+        for kind, path, ok, label in zip(batch["kind"], batch["path"], batch["ok"], batch["label"]):
             if not ok:
                 report.skipped[kind] += 1
                 report.skipped_paths.append(str(path))
-            elif kind != "rgb":
+                continue
+            report.kept_labels[int(label)] += 1
+            if kind != "rgb":
                 report.converted[kind] += 1
     good = decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS).materialize()
     return good, report

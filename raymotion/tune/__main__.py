@@ -9,6 +9,7 @@ the stage modules themselves never import a later stage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -50,10 +51,9 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
     print(f"data: {root} ({how})\n{source.summary()}", flush=True)
     class_counts = [source.counts("train")[c] for c in source.classes]
     preset = PRESETS[args.preset]
-    settings = preset.tune
-    settings.seed = args.seed
-    if args.num_samples:
-        settings.num_samples = args.num_samples
+    # A copy: the presets are module-level defaults shared by every call in this process.
+    settings = dataclasses.replace(preset.tune, seed=args.seed,
+                                   num_samples=args.num_samples or preset.tune.num_samples)
     run_dir = os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     os.makedirs(run_dir, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
