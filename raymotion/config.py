@@ -16,7 +16,13 @@ class TrainConfig:
     pretrained: bool | str = True  # True: the packaged ImageNet weights; str: a local state-dict path
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # the whole network's learning rate (after the head-only phase, if any)
+    # Transfer learning, phase 1: this many epochs train only the new head (backbone frozen) at head_lr;
+    # the remaining epochs fine-tune everything at lr. 0 = one phase. Ignored for models without weights.
+    head_epochs: int = 0
+    head_lr: float = 3e-3
+    # Early stopping on val macro-F1: stop after this many epochs without a new best (0 = never).
+    early_stopping_patience: int = 0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     # Augmentations, applied on Ray Data CPU workers to the training stream only; each is off at its

@@ -38,3 +38,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
+    """Equal-width confidence bins of the top-class probability: mean confidence, accuracy and count per bin."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, np.int64)
+    confidence, correct = probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 goes to bin 0.
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(np.float64)
+    safe = np.maximum(count, 1)
+    return {
+        "edges": np.linspace(0.0, 1.0, bins + 1),
+        "confidence": np.bincount(index, weights=confidence, minlength=bins) / safe,
+        "accuracy": np.bincount(index, weights=correct, minlength=bins) / safe,
+        "count": count,
+    }
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    if len(labels) == 0:
+        return float("nan")
+    rb = reliability_bins(probs, labels, bins)
+    return float((rb["count"] * np.abs(rb["accuracy"] - rb["confidence"])).sum() / rb["count"].sum())
