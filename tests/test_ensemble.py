@@ -1,0 +1,117 @@
+"""Ensemble weights, temperature and cross-fitting on probabilities built from a seeded generator (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raymotion.export.ensemble import (combine, cross_fitted, fit_temperature, fit_weights, log_loss,
+                                       served_members, stratified_folds)
+from raymotion.train.metrics import expected_calibration_error, softmax
+
+C = 3
+
+
+def _world(seed: int, n: int = 600):
+    """True logits z, labels drawn from softmax(z), and members of different quality seeing z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, (n, C))
+    labels = np.array([rng.choice(C, p=p) for p in softmax(z)])
+    members = {
+        "soft": softmax(0.6 * z),                                    # right ranking, under-confident
+        "noisy": softmax(z + rng.normal(0.0, 1.5, (n, C))),          # informative but noisy
+        "sharp": softmax(3.0 * z + rng.normal(0.0, 1.0, (n, C))),    # over-confident
+        "useless": rng.dirichlet(np.ones(C), n),                     # independent of the labels
+    }
+    return z, labels, members
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fitted_weights_are_on_the_simplex_and_never_worse_than_the_best_member(seed):
+    _, labels, members = _world(seed)
+    weights = fit_weights(members, labels)
+    assert list(weights) == list(members)  # every member kept, unpicked ones at 0
+    values = np.array(list(weights.values()))
+    assert (values >= 0).all() and values.sum() == pytest.approx(1.0, abs=1e-12)
+    best_single = min(log_loss(p, labels) for p in members.values())
+    fitted = log_loss(combine(members, weights), labels)
+    assert fitted <= best_single + 1e-12
+    # The members really are complementary here: mixing beats any single one, so > 1 member is used.
+    assert fitted < best_single - 1e-3 and (values > 0).sum() >= 2
+
+
+def test_useless_member_gets_weight_zero_and_is_not_served():
+    _, labels, members = _world(7)
+    weights = fit_weights(members, labels)
+    assert weights["useless"] == 0.0
+    assert "useless" not in served_members(weights)
+    # combine must not need probabilities of an unweighted member (the server does not run it).
+    without = {n: p for n, p in members.items() if n != "useless"}
+    np.testing.assert_array_equal(combine(without, weights, 1.3), combine(members, weights, 1.3))
+
+
+def test_duplicate_member_tie_keeps_fewer_members():
+    _, labels, members = _world(3)
+    weights = fit_weights({"a": members["noisy"], "b": members["noisy"].copy()}, labels)
+    assert weights == {"a": 1.0, "b": 0.0}
+
+
+def test_temperature_on_over_confident_probabilities_is_above_one_and_helps():
+    z, labels, _ = _world(11, n=2000)
+    over = softmax(2.5 * z)  # the labels come from softmax(z): these are 2.5x too sharp
+    temperature = fit_temperature(over, labels)
+    assert temperature > 1.5
+    scaled = combine({"m": over}, {"m": 1.0}, temperature)
+    assert log_loss(scaled, labels) < log_loss(over, labels) - 0.05
+    assert expected_calibration_error(scaled, labels) < expected_calibration_error(over, labels) / 2
+    # Deterministic, and on under-confident probabilities it sharpens instead.
+    assert fit_temperature(over, labels) == temperature
+    assert fit_temperature(softmax(0.5 * z), labels) < 1.0
+
+
+def test_temperature_is_the_nll_minimum_of_a_bounded_search():
+    z, labels, _ = _world(5)
+    probs = softmax(1.7 * z)
+    t = fit_temperature(probs, labels)
+    nll = lambda temp: log_loss(combine({"m": probs}, {"m": 1.0}, temp), labels)  # noqa: E731
+    assert nll(t) <= min(nll(t * 0.98), nll(t * 1.02))
+    assert 0.05 <= t <= 20.0
+
+
+def test_combine_one_hot_weight_at_t1_is_that_member_and_rows_sum_to_one():
+    _, _, members = _world(2)
+    for name in members:
+        weights = {n: float(n == name) for n in members}
+        np.testing.assert_allclose(combine(members, weights), members[name], atol=1e-9)
+    mixed = combine(members, {n: 1.0 for n in members}, 0.7)
+    np.testing.assert_allclose(mixed.sum(1), 1.0, atol=1e-12)
+    # T=1 with equal weights is the plain mean.
+    np.testing.assert_allclose(combine(members, {n: 2.0 for n in members}), sum(members.values()) / len(members),
+                               atol=1e-9)
+    with pytest.raises(ValueError):
+        combine(members, {n: 0.0 for n in members})
+
+
+def test_cross_fitted_predicts_every_row_from_a_fit_that_excluded_it():
+    _, labels, members = _world(4, n=300)
+    out = cross_fitted(members, labels, folds=5, seed=0)
+    probs, fold = out["probs"], out["fold"]
+    assert probs.shape == (len(labels), C) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    assert sorted(set(fold.tolist())) == list(range(5))
+    np.testing.assert_array_equal(fold, stratified_folds(labels, 5, 0))
+    for k in range(5):  # stratified: each fold holds about a fifth of each class
+        for c in range(C):
+            assert abs((fold[labels == c] == k).sum() - (labels == c).sum() / 5) <= 1
+    # Each fold's rows are exactly what weights + T fitted on the other folds predict.
+    for k in range(5):
+        rest, held = fold != k, fold == k
+        weights = fit_weights({n: p[rest] for n, p in members.items()}, labels[rest])
+        assert weights == out["weights"][k]
+        t = fit_temperature(combine({n: p[rest] for n, p in members.items()}, weights), labels[rest])
+        assert t == out["temperatures"][k]
+        np.testing.assert_allclose(probs[held], combine({n: p[held] for n, p in members.items()}, weights, t))
+    metrics = out["metrics"]
+    assert metrics["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    assert metrics["log_loss"] == pytest.approx(log_loss(probs, labels))
+    assert np.array(metrics["confusion"]).sum() == len(labels)
