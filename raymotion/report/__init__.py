@@ -1,0 +1,266 @@
+"""An HTML report of one run directory: what was trained, how well, how calibrated, and which images fail.
+
+    write_report(run_dir) -> RUN_DIR/report/index.html, with its PNGs beside it (relative links)
+
+Reads ``manifest.json`` and, when present, ``predictions/val.npz``; the last stage, imported by nothing
+but the tune CLI.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from raymotion.report import page, plots
+from raymotion.report.run import (ENSEMBLE, ENSEMBLE_RAW, RunData, confusion_of, created_at, ensemble_metrics,
+                                  grid_order, grid_predictions, history_of, is_number, load_run, member_metrics,
+                                  metrics_for, per_class, train_seconds, uncalibrated_metrics)
+from raymotion.train.metrics import expected_calibration_error
+
+REPORT_DIR = "report"
+INDEX = "index.html"
+THUMBS_DIR = "thumbs"
+MAX_THUMBS = 240  # a page, not an archive: mistakes come first, so the cap drops correct images
+
+SECTIONS = [("summary", "Run summary"), ("results", "Results"), ("curves", "Training curves"),
+            ("confusion", "Confusion matrices"), ("per-class", "Per-class precision, recall and F1"),
+            ("ensemble", "Ensemble members and weights"), ("reliability", "Reliability (calibration)"),
+            ("images", "Validation images")]
+
+
+def write_report(run_dir: str, out: str | None = None) -> str:
+    """Write the report for ``run_dir`` into ``out`` (default RUN_DIR/report); return the index.html path."""
+    run = load_run(run_dir)
+    out = plots.ensure_dir(os.path.abspath(out or os.path.join(run_dir, REPORT_DIR)))
+    files = _FileNames()
+    builders = {"summary": _summary, "results": _results, "curves": _curves, "confusion": _confusions,
+                "per-class": _per_class, "ensemble": _ensemble, "reliability": _reliability, "images": _images}
+    sections = [page.section(sid, title, builders[sid](run, out, files)) for sid, title in SECTIONS]
+    toc = "<nav><p>" + " · ".join(f'<a href="#{page.esc(sid)}">{page.esc(title)}</a>' for sid, title in SECTIONS) \
+        + "</p></nav>"
+    title = f"raymotion run: {os.path.basename(os.path.abspath(run_dir))}"
+    subtitle = f"{os.path.abspath(run_dir)} · report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    path = os.path.join(out, INDEX)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page.document(title, subtitle, [toc, *sections]))
+    return path
+
+
+class _FileNames:
+    """File-system-safe, unique PNG names for model names that could hold anything."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, stem: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "figure"
+        name, i = f"{base}.png", 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}.png"
+        self.used.add(name)
+        return name
+
+
+def _metric_cells(m: dict[str, Any]) -> list[str]:
+    return [page.fmt(m.get("accuracy")), page.fmt(m.get("top2_accuracy")), page.fmt(m.get("macro_f1")),
+            page.fmt(m.get("ece"))]
+
+
+# --- sections -------------------------------------------------------------------------------------------------
+
+def _summary(run: RunData, out: str, files: _FileNames) -> str:
+    data = run.manifest.get("data") or {}
+    train, val = data.get("train") or {}, data.get("val") or {}
+    rows = [[c, train.get(c, "n/a"), val.get(c, "n/a")] for c in run.classes]
+
+    def total(counts: dict[str, Any]) -> Any:
+        return sum(counts.values()) if counts and all(is_number(v) for v in counts.values()) else "n/a"
+
+    rows.append(["total", total(train), total(val)])
+    facts = [("run directory", os.path.abspath(run.run_dir)), ("created", created_at(run)),
+             ("data root", data.get("root", "n/a")), ("classes", ", ".join(run.classes) or "n/a"),
+             ("models", ", ".join(run.members) or "none"),
+             ("val predictions", f"{len(run.labels)} images (predictions/val.npz)" if run.labels is not None
+              else "none (no predictions/val.npz): figures that need them are skipped")]
+    return (page.table(["", ""], facts) + page.table(["class", "train images", "val images"], rows,
+                                                     [""] * len(run.classes) + ["emph"]))
+
+
+def _results(run: RunData, out: str, files: _FileNames) -> str:
+    header = ["model", "input px", "best epoch / max", "train min (best trial)", "tune min (all trials)",
+              "trials (stopped early, failed)", "ONNX MB", "val acc", "top-2", "macro-F1", "ECE", "weight"]
+    weights = run.ensemble.get("weights") or {}
+    rows, classes = [], []
+    for name in run.members:
+        entry = run.manifest["models"][name] or {}
+        cfg, tune = entry.get("train_config") or {}, entry.get("tune") or {}
+        seconds = train_seconds(history_of(run, name))
+        trials = f"{tune['trials']} ({tune.get('stopped_early', 'n/a')}, {tune.get('failed', 'n/a')})" \
+            if "trials" in tune else "n/a"
+        rows.append([name, entry.get("input_size", "n/a"),
+                     f"{entry.get('epoch', 'n/a')} / {cfg.get('epochs', 'n/a')}",
+                     page.fmt(seconds / 60 if seconds is not None else None, ".1f"),
+                     page.fmt(tune["seconds"] / 60 if is_number(tune.get("seconds")) else None, ".1f"),
+                     trials, page.fmt(entry["bytes"] / 2**20 if is_number(entry.get("bytes")) else None, ".2f"),
+                     *_metric_cells(member_metrics(run, name)), page.fmt(weights.get(name))])
+        classes.append("")
+    blanks = ["-"] * 6
+    ens = run.ensemble
+    if ens or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
+        t = ens.get("temperature")
+        label = "ensemble" + (f" (fitted weights, T = {page.fmt(t, '.3g')})" if is_number(t) else "")
+        rows.append([label, *blanks, *_metric_cells(ensemble_metrics(run)),
+                     page.fmt(sum(weights.values())) if weights and all(map(is_number, weights.values())) else "-"])
+        classes.append("emph")
+        variants = [("val_uncalibrated", "ensemble before temperature scaling", ENSEMBLE_RAW),
+                    ("val_equal_weights", "ensemble, equal weights", None),
+                    ("val_out_of_fold", "ensemble, out-of-fold", None)]
+        for key, label, probs_key in variants:
+            stored = ens.get(key)
+            if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
+                rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
+                classes.append("")
+    body = page.table(header, rows, classes)
+    notes = ["Train minutes: the best trial's epochs (training + validation) from its history; tune minutes: "
+             "the whole search for that model. ECE: expected calibration error, 15 equal-width bins."]
+    before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
+    if ens or run.probs:
+        notes.append(f"Ensemble ECE before temperature scaling: {page.fmt(before)}; after: {page.fmt(after)} "
+                     f"(T = {page.fmt(ens.get('temperature'), '.3g')}, method: {ens.get('method', 'n/a')}).")
+    if isinstance(ens.get("val_out_of_fold"), dict):
+        notes.append("Out-of-fold: the ensemble scored on val images that its weights and temperature were not "
+                     "fitted on, an estimate free of the optimism of fitting and scoring on the same images.")
+    else:
+        notes.append("Out-of-fold: n/a (this manifest records no out-of-fold score); the fitted-ensemble row "
+                     "is scored on the images its weights were chosen on.")
+    return body + "".join(page.note(n) for n in notes)
+
+
+def _curves(run: RunData, out: str, files: _FileNames) -> str:
+    parts = []
+    for name in run.members:
+        history = history_of(run, name)
+        png = plots.training_curves(history, f"{name} (best trial)", os.path.join(out, files(f"curves_{name}")))
+        if png:
+            parts.append(page.figure(os.path.basename(png), f"{name}: loss and val macro-F1 / accuracy per epoch"))
+        else:
+            parts.append(page.note(f"{name}: n/a (no per-epoch history in the manifest)"))
+    if not parts:
+        return page.note("n/a: no models in the manifest")
+    return f'<div class="figs">{"".join(parts)}</div>'
+
+
+def _confusion_sources(run: RunData) -> list[tuple[str, np.ndarray | None]]:
+    k = len(run.classes)
+    out = [(name, confusion_of(member_metrics(run, name), k)) for name in run.members]
+    if run.ensemble or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
+        out.append(("ensemble", confusion_of(ensemble_metrics(run), k)))
+    return out
+
+
+def _confusions(run: RunData, out: str, files: _FileNames) -> str:
+    parts = []
+    for name, cm in _confusion_sources(run):
+        if cm is None:
+            parts.append(page.note(f"{name}: n/a (no confusion matrix in the manifest and no predictions)"))
+            continue
+        acc = np.trace(cm) / max(1, cm.sum())
+        png = plots.confusion(cm, run.classes, f"{name}: accuracy {acc:.3f}, n = {cm.sum()}",
+                              os.path.join(out, files(f"confusion_{name}")))
+        parts.append(page.figure(os.path.basename(png), f"{name}: rows true, columns predicted (counts)"))
+    return f'<div class="figs">{"".join(parts)}</div>' + page.note("Colour: share of the true class's images.")
+
+
+def _per_class(run: RunData, out: str, files: _FileNames) -> str:
+    sources = [(name, per_class(cm)) for name, cm in _confusion_sources(run) if cm is not None]
+    if not sources:
+        return page.note("n/a: no confusion matrices to derive it from")
+    header = ["class", "support"] + [f"{name} {m}" for name, _ in sources for m in ("P", "R", "F1")]
+    rows = []
+    for i, c in enumerate(run.classes):
+        row = [c, int(sources[0][1]["support"][i])]
+        for _, pc in sources:
+            row += [page.fmt(pc["precision"][i]), page.fmt(pc["recall"][i]), page.fmt(pc["f1"][i])]
+        rows.append(row)
+    return page.table(header, rows) + page.note("P: precision, R: recall; from the confusion matrices above.")
+
+
+def _ensemble(run: RunData, out: str, files: _FileNames) -> str:
+    ens = run.ensemble
+    if not ens:
+        return page.note("n/a: the manifest records no ensemble")
+    weights = {str(k): float(v) for k, v in (ens.get("weights") or {}).items() if is_number(v)}
+    members = ens.get("members") or list(weights)
+    facts = [("members", ", ".join(map(str, members)) or "n/a"), ("method", ens.get("method", ens.get("combine", "n/a"))),
+             ("temperature", page.fmt(ens.get("temperature"), ".4g"))]
+    shown = {"members", "weights", "method", "combine", "temperature"}
+    # Whatever else the manifest says about the ensemble in one value (e.g. fold counts), without guessing names.
+    facts += [(k, v if isinstance(v, str) else page.fmt(v, ".4g")) for k, v in ens.items()
+              if k not in shown and (isinstance(v, str) or is_number(v))]
+    body = page.table(["", ""], facts)
+    if weights:
+        png = plots.weights_bar(weights, os.path.join(out, files("ensemble_weights")))
+        body += f'<div class="figs">{page.figure(os.path.basename(png), "weight per member")}</div>'
+    else:
+        body += page.note("weights: n/a")
+    return body
+
+
+def _reliability(run: RunData, out: str, files: _FileNames) -> str:
+    if run.labels is None or not run.probs or len(run.labels) == 0:
+        return page.note("n/a: needs predictions/val.npz")
+    t = run.ensemble.get("temperature")
+    curves = []
+    if ENSEMBLE_RAW in run.probs:
+        curves.append(("before temperature scaling", run.probs[ENSEMBLE_RAW]))
+    if ENSEMBLE in run.probs:
+        label = "after temperature scaling" + (f" (T = {page.fmt(t, '.3g')})" if is_number(t) else "")
+        curves.append((label, run.probs[ENSEMBLE]))
+    text = "The ensemble with its fitted weights, before (T = 1) and after temperature scaling."
+    if not curves:  # an older run without ensemble predictions: the members instead
+        curves = [(name, run.probs[name]) for name in run.members if name in run.probs]
+        text = "No ensemble predictions in this run: the members."
+    curves = [(label, probs, expected_calibration_error(probs, run.labels)) for label, probs in curves]
+    png = plots.reliability(curves, run.labels, os.path.join(out, files("reliability")))
+    return (f'<div class="figs">{page.figure(os.path.basename(png), "reliability diagram")}</div>'
+            + page.note(text + " Points below the diagonal: over-confident. ECE in the legend."))
+
+
+def _images(run: RunData, out: str, files: _FileNames) -> str:
+    chosen = grid_predictions(run)
+    if run.labels is None or run.thumbs is None or chosen is None or len(run.thumb_index) == 0:
+        return page.note("n/a: needs thumbnails and predictions in predictions/val.npz")
+    source, probs = chosen
+    index = run.thumb_index
+    order = grid_order(run.labels, probs, index)
+    thumbs_dir = plots.ensure_dir(os.path.join(out, THUMBS_DIR))
+    for stale in glob.glob(os.path.join(thumbs_dir, "val_*.png")):  # ours, from an earlier report
+        os.remove(stale)
+    members = [m for m in run.members if m in run.probs]
+    cells = []
+    for pos in order[:MAX_THUMBS]:
+        i = int(index[pos])
+        true, pred = int(run.labels[i]), int(probs[i].argmax())
+        wrong = pred != true
+        name = f"val_{i:06d}.png"
+        plots.thumbnail(run.thumbs[pos], os.path.join(thumbs_dir, name))
+        votes = ", ".join(f"{m}: {run.classes[int(run.probs[m][i].argmax())]}" for m in members)
+        cells.append(
+            f'<figure class="thumb {"wrong" if wrong else "right"}" title="{page.esc(votes)}">'
+            + page.img(f"{THUMBS_DIR}/{name}", f"val image {i}")
+            + f'<figcaption><span class="mark">{"✗ wrong" if wrong else "✓"}</span><br>'
+            f"pred {page.esc(run.classes[pred])} {probs[i, pred]:.2f}<br>true {page.esc(run.classes[true])}"
+            "</figcaption></figure>")
+    all_wrong = int((probs[index].argmax(1) != run.labels[index]).sum())
+    text = (f"{len(index)} val images sampled, {all_wrong} misclassified by the {source} predictions; "
+            "mistakes first (most confident first), then correct ones (least confident first). "
+            "Hover an image for each member's prediction.")
+    if len(order) > MAX_THUMBS:
+        text += f" Showing the first {MAX_THUMBS}."
+    return page.note(text) + f'<div class="grid">{"".join(cells)}</div>'

@@ -1,0 +1,23 @@
+"""``python -m raymotion.report RUN_DIR [--out DIR]``: write the run's HTML report and print its path."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from raymotion.report import write_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m raymotion.report", description=__doc__)
+    p.add_argument("run_dir", help="a run directory holding manifest.json (and predictions/val.npz)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.run_dir, "manifest.json")):
+        sys.exit(f"error: {args.run_dir}/manifest.json not found")
+    print(write_report(args.run_dir, args.out))
+
+
+if __name__ == "__main__":
+    main()
