@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -47,16 +49,131 @@ def export_onnx(model: nn.Module, path: str, input_size: int) -> str:
         return "torchscript"
 
 
-def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime session; ``device="cuda"`` puts CUDA first (CPU stays as the fallback)."""
+# Offline optimisation levels that are safe to write to disk. "basic" rewrites with standard ONNX ops
+# only (constant folding, Conv+BatchNorm / Conv+Add fusion, redundant node removal), so the file still
+# runs on any execution provider (CPU, CUDA, TensorRT) and any CPU. "extended" adds com.microsoft fused
+# ops (FusedConv, FusedGemm, ...) that only the CPU/CUDA providers implement; "all" would also bake in
+# the NCHWc layout of *this* CPU's vector width (onnxruntime warns such files are hardware specific).
+# Sessions still apply "all" at load time on whatever machine they run on, so nothing is lost.
+OFFLINE_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+SESSION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, **OFFLINE_LEVELS,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+DEFAULT_OFFLINE_LEVEL = "basic"
+EXECUTION_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+
+class ParityError(AssertionError):
+    """An exported / optimised file does not compute what the torch model computes."""
+
+
+def optimize_onnx(src: str, dst: str, level: str = DEFAULT_OFFLINE_LEVEL) -> str:
+    """Write onnxruntime's offline-optimised graph of ``src`` to ``dst`` (``level``: basic or extended)."""
+    if level not in OFFLINE_LEVELS:
+        raise ValueError(f"offline optimisation level {level!r}: use one of {sorted(OFFLINE_LEVELS)} "
+                         "(\"all\" writes a hardware-specific file)")
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("optimize_onnx needs a destination different from its source")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = OFFLINE_LEVELS[level]
+    options.optimized_model_filepath = dst
+    options.log_severity_level = 3
+    # Creating the session writes the file; the CPU provider alone so that no GPU-only node lands in it.
+    ort.InferenceSession(src, sess_options=options, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def export_optimized(model: nn.Module, path: str, input_size: int, check_images: np.ndarray, *,
+                     level: str | None = DEFAULT_OFFLINE_LEVEL, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Export ``model`` to ``path`` (optimised offline unless ``level`` is None) and check, on
+    ``check_images`` (normalized float32 NCHW, real images), that the written file agrees with torch.
+
+    Returns {"exporter", "optimization", "parity_max_abs_diff"}; raises ParityError beyond ``tolerance``.
+    """
+    raw = path if level is None else path + ".raw.onnx"
+    exporter = export_onnx(model, raw, input_size)
+    try:
+        if level is not None:
+            optimize_onnx(raw, path, level)
+    finally:
+        if raw != path and os.path.exists(raw):
+            os.remove(raw)
+    diff = parity_max_abs_diff(model, create_session(path), check_images)
+    if not diff <= tolerance:
+        raise ParityError(f"{path}: ONNX and torch probabilities differ by {diff:.2e} > {tolerance:.0e}")
+    return {"exporter": exporter, "optimization": level or "none", "parity_max_abs_diff": diff}
+
+
+def session_options(*, intra_op_threads: int = 0, inter_op_threads: int = 1, graph_optimization: str = "all",
+                    enable_mem_arena: bool = True, execution_mode: str = "sequential",
+                    allow_spinning: bool = True) -> ort.SessionOptions:
+    """SessionOptions from plain arguments (see ``create_session`` for what the defaults rest on)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = SESSION_LEVELS[graph_optimization]
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(path, sess_options=options, providers=providers)
+    options.inter_op_num_threads = inter_op_threads
+    options.enable_cpu_mem_arena = enable_mem_arena
+    options.execution_mode = EXECUTION_MODES[execution_mode]
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    options.log_severity_level = 3
+    return options
+
+
+def session_providers(device: str = "cpu") -> list[str]:
+    """Execution providers for ``device`` ("cpu", "cuda", "tensorrt"), best first, CPU always last.
+
+    A provider this onnxruntime build lacks is skipped (so "cuda" on a CPU-only machine runs on CPU).
+    """
+    if device not in ("cpu", "cuda", "tensorrt"):
+        raise ValueError(f"device {device!r}: use cpu, cuda or tensorrt")
+    wanted = {"cpu": [], "cuda": ["CUDAExecutionProvider"],
+              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}[device]
+    available = set(ort.get_available_providers())
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0, inter_op_threads: int = 1,
+                   graph_optimization: str = "all", enable_mem_arena: bool = True,
+                   execution_mode: str = "sequential", allow_spinning: bool = True) -> ort.InferenceSession:
+    """An onnxruntime session; ``device`` picks CUDA / TensorRT first when present, CPU stays the fallback.
+
+    ``intra_op_threads=0`` lets onnxruntime use one thread per physical core. The other defaults are
+    onnxruntime's own, kept because measurement on the 2-core CPU found nothing better (see README).
+    """
+    options = session_options(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                              graph_optimization=graph_optimization, enable_mem_arena=enable_mem_arena,
+                              execution_mode=execution_mode, allow_spinning=allow_spinning)
+    providers = session_providers(device)
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=providers)
+    except Exception as err:  # a GPU provider that is installed but cannot start (no driver, no device)
+        if providers == ["CPUExecutionProvider"]:
+            raise
+        log.warning("onnxruntime providers %s failed (%s); using the CPU", providers[:-1], err)
+        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def measure_latency(call: Callable[[], object], *, iters: int = 200, warmup: int = 5,
+                    max_seconds: float = 10.0) -> dict[str, float]:
+    """Time ``call()`` up to ``iters`` times (after ``warmup`` calls), stopping early after ``max_seconds``;
+    p50/p95/mean in milliseconds and the number of timed calls (at least one)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        call()
+        if time.perf_counter() - started > max_seconds / 4:
+            break
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+        if t0 > deadline:
+            break
+    ms = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "mean_ms": float(ms.mean()), "iters": len(ms)}
 
 
 def onnx_probabilities(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
