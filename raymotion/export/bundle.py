@@ -2,9 +2,15 @@
 
     RUN_DIR/
       manifest.json          classes, per-model input size / normalization / val metrics / sha256,
-                             ensemble members, weights and val metrics
+                             ensemble members, fitted weights and temperature, val metrics (in-sample,
+                             uncalibrated, equal weights, out-of-fold)
       models/<name>.onnx
       checkpoints/<name>/    the torch checkpoint each ONNX file came from
+      predictions/val.npz    val labels, every member's and the ensemble's probabilities, thumbnails
+
+Format 2 (this one): the ensemble is ``raymotion.export.ensemble.combine`` with the manifest's fitted
+weights and ``temperature``. Format 1 had equal weights and no temperature; readers treat a missing
+temperature as 1, so both still serve.
 """
 
 from __future__ import annotations
@@ -16,16 +22,22 @@ import time
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from raymotion.data.transforms import normalize
+from raymotion.data.transforms import normalize, resize_rgb
+from raymotion.export import ensemble
 from raymotion.export.onnx import (OPSET, PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
                                    parity_max_abs_diff)
 from raymotion.train.checkpoint import load_checkpoint
-from raymotion.train.metrics import classification_metrics
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PARITY_IMAGES = 64
+PREDICTIONS = os.path.join("predictions", "val.npz")
+THUMBNAILS = 96
+THUMB_SIZE = 64
+OUT_OF_FOLD_FOLDS = 5
 
 
 class ParityError(AssertionError):
@@ -43,14 +55,9 @@ def sha256_file(path: str) -> str:
 def read_manifest(run_dir: str) -> dict[str, Any]:
     with open(os.path.join(run_dir, MANIFEST)) as f:
         manifest = json.load(f)
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{run_dir}/{MANIFEST}: unsupported format_version {manifest.get('format_version')}")
     return manifest
-
-
-def ensemble_probabilities(member_probs: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    total = sum(weights[name] for name in member_probs)
-    return sum(member_probs[name] * (weights[name] / total) for name in member_probs)
 
 
 def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
@@ -88,47 +95,113 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> 
 
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
                      extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Export every checkpoint, score members and their (equal-weight) ensemble on val, write the manifest.
+    """Export every checkpoint, fit the ensemble's weights and temperature on val, score everything on val,
+    write the manifest and ``predictions/val.npz``.
 
     ``source``: the run's data (ImageFolders or ParquetCache: ``classes``, ``counts``, ``arrays``).
     """
+    classes = source.classes
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    models, member_probs = {}, {}
+    models, member_probs, labels = {}, {}, None
     for name, checkpoint_dir in checkpoints.items():
         with open(os.path.join(checkpoint_dir, "meta.json")) as f:
             size = json.load(f)["input_size"]
         if size not in val_cache:
             val_cache[size] = source.arrays("val", size)
-        images, labels = val_cache[size]
+        images, size_labels = val_cache[size]
+        # Members at different sizes must be scored on the same rows, or their probabilities cannot be mixed.
+        if labels is not None and not np.array_equal(labels, size_labels):
+            raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
+        labels = size_labels
         entry, probs = export_member(checkpoint_dir, run_dir, images)
-        entry["val"] = classification_metrics(probs, labels, source.classes)
+        entry["val"] = ensemble.scores(probs, labels, classes)
         entry.update((extra or {}).get(name, {}))
         models[name], member_probs[name] = entry, probs
-    weights = {name: 1.0 / len(models) for name in models}
-    ensemble_val = classification_metrics(ensemble_probabilities(member_probs, weights), labels, source.classes)
+
+    weights, temperature = ensemble.fit(member_probs, labels)
+    raw = ensemble.combine(member_probs, weights)
+    calibrated = ensemble.combine(member_probs, weights, temperature)
+    equal = ensemble.combine(member_probs, {name: 1.0 for name in member_probs})
+    oof = ensemble.cross_fitted(member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes)
+    out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
+                       uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "classes": source.classes,
+        "classes": classes,
         "data": {"root": source.root, "train": source.counts("train"), "val": source.counts("val")},
         "models": models,
-        "ensemble": {"members": list(models), "weights": weights, "combine": "weighted mean of probabilities",
-                     "val": ensemble_val},
+        "ensemble": {
+            "members": list(models),
+            "served": ensemble.served_members(weights),
+            "weights": weights,
+            "temperature": temperature,
+            "method": ensemble.METHOD,
+            "combine": ensemble.COMBINE,
+            # In-sample: weights and T were fitted on these very images; val_out_of_fold is the honest figure.
+            "val": ensemble.scores(calibrated, labels, classes),
+            "val_uncalibrated": ensemble.scores(raw, labels, classes),
+            "val_equal_weights": ensemble.scores(equal, labels, classes),
+            "val_out_of_fold": out_of_fold,
+        },
     }
+    os.makedirs(os.path.join(run_dir, "predictions"), exist_ok=True)
+    thumb_index = thumbnail_order(calibrated, labels, THUMBNAILS)
+    largest = val_cache[max(val_cache)][0]
+    arrays = {"labels": np.asarray(labels, np.int64)}
+    arrays.update({f"probs__{name}": p.astype(np.float32) for name, p in member_probs.items()})
+    arrays.update(probs__ensemble_raw=raw.astype(np.float32), probs__ensemble=calibrated.astype(np.float32),
+                  thumb_index=thumb_index, thumbs=thumbnails(largest, thumb_index, THUMB_SIZE))
+    np.savez_compressed(os.path.join(run_dir, PREDICTIONS), **arrays)
     with open(os.path.join(run_dir, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=False)
     return manifest
 
 
+def thumbnail_order(probs: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
+    """Row indices to show: every mistake first (most confident first), then correct rows dealt round-robin
+    over the true classes in val order, so each class appears; at most ``limit``."""
+    preds, confidence = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(preds != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    right = np.flatnonzero(preds == labels)
+    per_class = [right[labels[right] == c] for c in np.unique(labels[right])]
+    dealt = [r[i] for i in range(max((len(r) for r in per_class), default=0)) for r in per_class if i < len(r)]
+    return np.asarray(list(wrong) + dealt, np.int64)[:limit]
+
+
+def thumbnails(images: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (K, size, size, 3) of the chosen rows of uint8 NHWC ``images``."""
+    if len(index) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_rgb(Image.fromarray(images[i]), size) for i in index]).astype(np.uint8)
+
+
 def results_table(manifest: dict[str, Any]) -> str:
-    """Model, best config, val accuracy, macro-F1 — one row per member and one for the ensemble."""
-    rows = [("model", "input", "val_acc", "macro_f1", "best config")]
+    """Model, input, val accuracy, macro-F1, ECE, best config — a row per member, then the ensemble:
+    fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble."""
+    rows = [("model", "input", "val_acc", "macro_f1", "ece", "best config / ensemble")]
+
+    def fmt(val: dict[str, Any], key: str) -> str:
+        return f"{val[key]:.4f}" if key in val else "-"
+
     for name, m in manifest["models"].items():
         cfg = m["train_config"]
         best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['rotation_deg']:.1f} contrast={cfg['contrast']:.2f}"
-        rows.append((name, str(m["input_size"]), f"{m['val']['accuracy']:.4f}", f"{m['val']['macro_f1']:.4f}", best))
+        v = m["val"]
+        rows.append((name, str(m["input_size"]), fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"), best))
     ens = manifest["ensemble"]
-    rows.append(("ensemble", "-", f"{ens['val']['accuracy']:.4f}", f"{ens['val']['macro_f1']:.4f}",
-                 "mean of " + ", ".join(ens["members"])))
+    weights = " ".join(f"{n}={ens['weights'][n]:.2f}" for n in ens["members"])
+    temperature = ens.get("temperature", 1.0)
+    rows.append(("ensemble", "-", fmt(ens["val"], "accuracy"), fmt(ens["val"], "macro_f1"), fmt(ens["val"], "ece"),
+                 f"weights {weights}, T={temperature:.3f} (fitted on val: in-sample)"))
+    if "val_equal_weights" in ens:
+        v = ens["val_equal_weights"]
+        rows.append(("ensemble (equal)", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+                     "plain mean of " + ", ".join(ens["members"]) + ", T=1"))
+    if "val_out_of_fold" in ens:
+        v = ens["val_out_of_fold"]
+        rows.append(("ensemble (oof)", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+                     f"weights and T refitted on {v['folds']}-1 folds, scored on the held-out fold (honest)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
