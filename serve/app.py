@@ -1,13 +1,18 @@
-"""Ray Serve application: an HTTP ingress over one ONNX deployment per model of a run directory.
+"""Ray Serve application: an HTTP ingress over one ONNX deployment per served model of a run directory.
 
     serve run serve.app:build_app run_dir=runs/<run>        # 127.0.0.1:8000
 
 HTTP contract:
     POST /predict   body = image bytes (image/jpeg, image/png, ...) or multipart field "file"
                     -> {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
+                    "probabilities" is the manifest's ensemble (raymotion.export.ensemble.combine with its
+                    weights and temperature); "models" holds each served model's own probabilities
                     unreadable image -> 400 {"error": ...}; body too large -> 413
     GET  /healthz   200 when every model deployment answers, else 503
-    GET  /models    the run's manifest
+    GET  /models    the run's manifest; its ensemble "served" lists the deployed models
+
+Only ensemble members with a positive weight are deployed: a weight-0 member cannot change an answer, and
+on a small machine each replica costs a CPU share and its memory.
 """
 
 
@@ -24,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
 from raymotion.export.bundle import read_manifest, sha256_file
+from raymotion.export.ensemble import combine, served_members
 from raymotion.export.onnx import create_session, onnx_probabilities
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
@@ -90,11 +96,10 @@ class EnsembleIngress:
     def __init__(self, manifest: dict[str, Any], *members: DeploymentHandle):
         self.manifest = manifest
         self.classes: list[str] = manifest["classes"]
-        names = manifest["ensemble"]["members"]
-        self.members = dict(zip(names, members))
-        weights = manifest["ensemble"]["weights"]
-        total = sum(weights[n] for n in names)
-        self.weights = {n: weights[n] / total for n in names}
+        self.members = dict(zip(served(manifest), members))
+        self.weights = {n: float(manifest["ensemble"]["weights"][n]) for n in self.members}
+        # Format 1 manifests have no temperature: their ensemble was the plain weighted mean.
+        self.temperature = float(manifest["ensemble"].get("temperature", 1.0))
 
     @api.post("/predict")
     async def predict(self, request: Request):
@@ -109,7 +114,8 @@ class EnsembleIngress:
         # Fan out to every model at once; each deployment batches across concurrent requests.
         results = await asyncio.gather(*(self.members[n].predict.remote(image) for n in names))
         per_model = dict(zip(names, results))
-        combined = sum(per_model[n] * self.weights[n] for n in names)
+        # The function the bundle scored val with: served probabilities are the reported ones.
+        combined = combine({n: p[None] for n, p in per_model.items()}, self.weights, self.temperature)[0]
         as_dict = lambda p: {c: float(v) for c, v in zip(self.classes, p)}  # noqa: E731
         return {
             "label": self.classes[int(np.argmax(combined))],
@@ -131,12 +137,18 @@ class EnsembleIngress:
         return self.manifest
 
 
+def served(manifest: dict[str, Any]) -> list[str]:
+    """The members to deploy: those with a positive weight (the bundle's "served" list is made the same way)."""
+    ens = manifest["ensemble"]
+    return served_members({n: ens["weights"][n] for n in ens["members"]})
+
+
 def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int = 1, replicas: int = 1):
     """The Serve application for a run directory (see the module docstring)."""
     run_dir = os.path.abspath(run_dir)
     manifest = read_manifest(run_dir)
     members = []
-    for name in manifest["ensemble"]["members"]:
+    for name in served(manifest):
         m = manifest["models"][name]
         members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
             name, os.path.join(run_dir, m["file"]), m["sha256"], m["input_size"], m["mean"], m["std"],
