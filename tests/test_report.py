@@ -11,10 +11,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from raymotion.export import ensemble
 from raymotion.report import SECTIONS, write_report
 from raymotion.report.run import grid_order, per_class
-from raymotion.train.metrics import (classification_metrics, confusion_matrix, expected_calibration_error,
-                                     softmax)
+from raymotion.train.metrics import classification_metrics, expected_calibration_error, softmax
 
 CLASSES = ["angry", "happy", "sad"]
 MEMBERS = ["lenet", "mobilenet_v2"]
@@ -89,33 +89,33 @@ def make_predictions(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -> str:
-    """A run directory in the report's input contract; ``full=False`` drops every optional manifest key."""
+    """A run directory in the report's input contract, the ensemble fitted by ``raymotion.export.ensemble``;
+    ``full=False`` is an older run: no optional manifest key, and predictions of the members only."""
     run_dir = root / ("full" if full else "minimal")
     os.makedirs(run_dir / "predictions")
     arrays = make_predictions(seed)
     labels = arrays["labels"]
-    weights = {"lenet": 0.3, "mobilenet_v2": 0.7}
-    raw = sum(arrays[f"probs__{m}"].astype(np.float64) * w for m, w in weights.items())
-    temperature = 2.0
-    calibrated = softmax(np.log(raw) / temperature)
+    member_probs = {m: arrays[f"probs__{m}"] for m in MEMBERS}
+    if full:
+        weights, temperature = ensemble.fit(member_probs, labels)
+    else:
+        weights, temperature = {m: 1 / len(MEMBERS) for m in MEMBERS}, 1.0
+    raw = ensemble.combine(member_probs, weights)
+    calibrated = ensemble.combine(member_probs, weights, temperature)
     arrays["probs__ensemble_raw"] = raw.astype(np.float32)
     arrays["probs__ensemble"] = calibrated.astype(np.float32)
     rng = np.random.default_rng(seed + 1)
     arrays["thumb_index"] = np.sort(rng.choice(N, K, replace=False)).astype(np.int64)
     arrays["thumbs"] = rng.integers(0, 256, (K, 64, 64, 3), dtype=np.uint8)
 
-    def val(probs, extras: bool) -> dict:
-        m = classification_metrics(probs, labels, CLASSES)
-        if extras:
-            m["ece"] = expected_calibration_error(probs, labels)
-            m["confusion"] = confusion_matrix(labels, probs.argmax(1), len(CLASSES)).tolist()
-        return m
+    def val(probs) -> dict:
+        return ensemble.scores(probs, labels, CLASSES) if full else classification_metrics(probs, labels, CLASSES)
 
     models = {}
     for i, name in enumerate(MEMBERS):
         entry = {"input_size": 32 + 64 * i, "epoch": 3 + i, "bytes": 250_000 * (i + 1),
                  "train_config": {"model": name, "epochs": 6, "lr": 1e-3, "batch_size": 64},
-                 "val": val(arrays[f"probs__{name}"], full)}
+                 "val": val(member_probs[name])}
         if full:
             history = [{"epoch": e, "train_loss": 1.1 / e, "val_loss": 1.0 / e + 0.1, "train_accuracy": 0.4 + 0.08 * e,
                         "val_accuracy": 0.35 + 0.07 * e, "val_macro_f1": 0.3 + 0.07 * e, "epoch_seconds": 30.0 + i}
@@ -124,16 +124,19 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
             entry["tune"] = {"trials": 4, "stopped_early": 2, "failed": 0, "seconds": 600.0 + 60 * i,
                              "history": history}
         models[name] = entry
-    ensemble = {"members": MEMBERS, "weights": weights, "val": val(calibrated if full else raw, full)}
+    ens = {"members": MEMBERS, "weights": weights, "val": val(raw)}
     if full:
-        ensemble.update(temperature=temperature, method="nll-weights+temperature",
-                        val_uncalibrated=val(raw, True),
-                        val_equal_weights=val(sum(arrays[f"probs__{m}"] for m in MEMBERS) / 2, True),
-                        val_out_of_fold={"accuracy": 0.61, "top2_accuracy": 0.85, "macro_f1": 0.6, "ece": 0.05})
+        oof = ensemble.cross_fitted(member_probs, labels, folds=4, classes=CLASSES)
+        ens.update(temperature=temperature, method=ensemble.METHOD, combine=ensemble.COMBINE,
+                   served=ensemble.served_members(weights), val=val(calibrated), val_uncalibrated=val(raw),
+                   val_equal_weights=val(ensemble.combine(member_probs, {m: 1.0 for m in MEMBERS})),
+                   val_out_of_fold=dict(oof["metrics"], fold_weights=oof["weights"],
+                                        fold_temperatures=oof["temperatures"],
+                                        uncalibrated=val(oof["probs_raw"])))
     manifest = {"classes": CLASSES,
                 "data": {"root": "/data/<faces> & more", "train": {c: 100 + i for i, c in enumerate(CLASSES)},
                          "val": {c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}},
-                "models": models, "ensemble": ensemble}
+                "models": models, "ensemble": ens}
     if full:
         manifest["created_at"] = "2025-01-02T03:04:05+0000"
     with open(run_dir / "manifest.json", "w") as f:
@@ -185,6 +188,9 @@ def test_full_report_has_every_section_and_figure(full_report):
     assert "/data/&lt;faces&gt; &amp; more" in text
 
 
+METRICS = ("accuracy", "top2_accuracy", "macro_f1", "log_loss", "ece")
+
+
 def test_results_table_holds_the_manifest_numbers(full_report):
     run_dir, _, report = full_report
     with open(os.path.join(run_dir, "manifest.json")) as f:
@@ -194,15 +200,22 @@ def test_results_table_holds_the_manifest_numbers(full_report):
         assert row[1] == str(m["input_size"])
         assert row[2] == f"{m['epoch']} / 6"
         assert row[3] == f"{6 * (30.0 + MEMBERS.index(name)) / 60:.1f}"  # sum of epoch_seconds
-        assert row[7:11] == [f"{m['val'][k]:.3f}" for k in ("accuracy", "top2_accuracy", "macro_f1", "ece")]
-        assert row[11] == f"{manifest['ensemble']['weights'][name]:.3f}"
+        assert row[7:12] == [f"{m['val'][k]:.3f}" for k in METRICS]
+        assert row[12] == f"{manifest['ensemble']['weights'][name]:.3f}"
     ens = manifest["ensemble"]
-    row = report.row("ensemble (fitted weights, T = 2)")
-    assert row[7:11] == [f"{ens['val'][k]:.3f}" for k in ("accuracy", "top2_accuracy", "macro_f1", "ece")]
-    assert report.row("ensemble before temperature scaling")[10] == f"{ens['val_uncalibrated']['ece']:.3f}"
-    assert report.row("ensemble, out-of-fold")[7:11] == ["0.610", "0.850", "0.600", "0.050"]
-    assert report.row("ensemble, equal weights")
+    row = report.row(f"ensemble (fitted weights, T = {ens['temperature']:.3g})")
+    assert row[7:12] == [f"{ens['val'][k]:.3f}" for k in METRICS]
+    for label, key in [("ensemble before temperature scaling", "val_uncalibrated"),
+                       ("ensemble, equal weights", "val_equal_weights"), ("ensemble, out-of-fold", "val_out_of_fold")]:
+        assert report.row(label)[7:12] == [f"{ens[key][k]:.3f}" for k in METRICS]
+    oof_raw = ens["val_out_of_fold"]["uncalibrated"]
+    assert report.row("ensemble, out-of-fold, before temperature scaling")[7:12] == \
+        [f"{oof_raw[k]:.3f}" for k in METRICS]
+    # Per-fold temperatures of the out-of-fold fits.
+    for k, t in enumerate(ens["val_out_of_fold"]["fold_temperatures"], start=1):
+        assert report.row(str(k), section="ensemble")[1] == f"{t:.3g}"
     # The scaling in the fixture really changed calibration, so before/after is a real comparison.
+    assert ens["temperature"] != pytest.approx(1.0, abs=0.05)
     assert ens["val_uncalibrated"]["ece"] != pytest.approx(ens["val"]["ece"], abs=1e-3)
 
 
@@ -248,14 +261,14 @@ def test_minimal_manifest_still_renders(tmp_path):
     for name in MEMBERS:
         # ECE absent from the manifest: computed from the saved predictions.
         ece = expected_calibration_error(arrays[f"probs__{name}"], arrays["labels"])
-        assert report.row(name)[10] == f"{ece:.3f}"
+        assert report.row(name)[11] == f"{ece:.3f}"
         assert report.row(name)[3] == "n/a"  # no history: no train minutes
     figures = {os.path.basename(s) for s in report.imgs}
     # No history, no ensemble predictions and no thumbnails; member confusion comes from the probabilities,
     # and the reliability diagram falls back to the members.
     assert figures == {"confusion_lenet.png", "confusion_mobilenet_v2.png", "ensemble_weights.png", "reliability.png"}
     assert not report.cells
-    assert report.row("ensemble")[10] == "n/a"
+    assert report.row("ensemble")[11] == "n/a"  # no ensemble predictions to compute it from
 
 
 def test_manifest_alone_renders(tmp_path):

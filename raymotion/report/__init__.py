@@ -67,9 +67,11 @@ class _FileNames:
         return name
 
 
+METRIC_HEADER = ["val acc", "top-2", "macro-F1", "log loss", "ECE"]
+
+
 def _metric_cells(m: dict[str, Any]) -> list[str]:
-    return [page.fmt(m.get("accuracy")), page.fmt(m.get("top2_accuracy")), page.fmt(m.get("macro_f1")),
-            page.fmt(m.get("ece"))]
+    return [page.fmt(m.get(k)) for k in ("accuracy", "top2_accuracy", "macro_f1", "log_loss", "ece")]
 
 
 # --- sections -------------------------------------------------------------------------------------------------
@@ -88,13 +90,13 @@ def _summary(run: RunData, out: str, files: _FileNames) -> str:
              ("models", ", ".join(run.members) or "none"),
              ("val predictions", f"{len(run.labels)} images (predictions/val.npz)" if run.labels is not None
               else "none (no predictions/val.npz): figures that need them are skipped")]
-    return (page.table(["", ""], facts) + page.table(["class", "train images", "val images"], rows,
+    return (page.facts(facts) + page.table(["class", "train images", "val images"], rows,
                                                      [""] * len(run.classes) + ["emph"]))
 
 
 def _results(run: RunData, out: str, files: _FileNames) -> str:
     header = ["model", "input px", "best epoch / max", "train min (best trial)", "tune min (all trials)",
-              "trials (stopped early, failed)", "ONNX MB", "val acc", "top-2", "macro-F1", "ECE", "weight"]
+              "trials (stopped early, failed)", "ONNX MB", *METRIC_HEADER, "weight"]
     weights = run.ensemble.get("weights") or {}
     rows, classes = [], []
     for name in run.members:
@@ -112,41 +114,46 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
         classes.append("")
     blanks = ["-"] * 6
     ens = run.ensemble
+    oof = ens.get("val_out_of_fold") if isinstance(ens.get("val_out_of_fold"), dict) else None
     if ens or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
         t = ens.get("temperature")
         label = "ensemble" + (f" (fitted weights, T = {page.fmt(t, '.3g')})" if is_number(t) else "")
         rows.append([label, *blanks, *_metric_cells(ensemble_metrics(run)),
                      page.fmt(sum(weights.values())) if weights and all(map(is_number, weights.values())) else "-"])
         classes.append("emph")
-        variants = [("val_uncalibrated", "ensemble before temperature scaling", ENSEMBLE_RAW),
-                    ("val_equal_weights", "ensemble, equal weights", None),
-                    ("val_out_of_fold", "ensemble, out-of-fold", None)]
-        for key, label, probs_key in variants:
-            stored = ens.get(key)
+        variants = [(ens.get("val_uncalibrated"), "ensemble before temperature scaling", ENSEMBLE_RAW),
+                    (ens.get("val_equal_weights"), "ensemble, equal weights", None),
+                    (oof, "ensemble, out-of-fold", None),
+                    (oof.get("uncalibrated") if oof else None, "ensemble, out-of-fold, before temperature scaling",
+                     None)]
+        for stored, label, probs_key in variants:
             if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
                 rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
-                classes.append("")
-    body = page.table(header, rows, classes)
+                classes.append("emph" if stored is oof else "")
     notes = ["Train minutes: the best trial's epochs (training + validation) from its history; tune minutes: "
-             "the whole search for that model. ECE: expected calibration error, 15 equal-width bins."]
-    before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
+             "the whole search for that model. ECE: expected calibration error, 15 equal-width confidence bins."]
     if ens or run.probs:
+        before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
         notes.append(f"Ensemble ECE before temperature scaling: {page.fmt(before)}; after: {page.fmt(after)} "
-                     f"(T = {page.fmt(ens.get('temperature'), '.3g')}, method: {ens.get('method', 'n/a')}).")
-    if isinstance(ens.get("val_out_of_fold"), dict):
-        notes.append("Out-of-fold: the ensemble scored on val images that its weights and temperature were not "
-                     "fitted on, an estimate free of the optimism of fitting and scoring on the same images.")
+                     f"(T = {page.fmt(ens.get('temperature'), '.3g')}).")
+    if oof:
+        folds = f"{oof['folds']} " if is_number(oof.get("folds")) else ""
+        notes.append(f"The fitted-ensemble rows are in-sample: weights and temperature were chosen on the val images "
+                     f"they are scored on. Out-of-fold: refitted on all but one of {folds}stratified val folds and "
+                     "scored on the held-out one, so every image is predicted by a fit that never saw it; the "
+                     "honest estimate.")
     else:
-        notes.append("Out-of-fold: n/a (this manifest records no out-of-fold score); the fitted-ensemble row "
-                     "is scored on the images its weights were chosen on.")
-    return body + "".join(page.note(n) for n in notes)
+        notes.append("Out-of-fold: n/a (this manifest records no out-of-fold score); the fitted-ensemble row is "
+                     "scored on the images its weights were chosen on.")
+    return page.table(header, rows, classes) + "".join(page.note(n) for n in notes)
 
 
 def _curves(run: RunData, out: str, files: _FileNames) -> str:
     parts = []
     for name in run.members:
         history = history_of(run, name)
-        png = plots.training_curves(history, f"{name} (best trial)", os.path.join(out, files(f"curves_{name}")))
+        png = plots.training_curves(history, f"{name} (best trial)", os.path.join(out, files(f"curves_{name}")),
+                                    best_epoch=(run.manifest["models"][name] or {}).get("epoch"))
         if png:
             parts.append(page.figure(os.path.basename(png), f"{name}: loss and val macro-F1 / accuracy per epoch"))
         else:
@@ -197,19 +204,38 @@ def _ensemble(run: RunData, out: str, files: _FileNames) -> str:
         return page.note("n/a: the manifest records no ensemble")
     weights = {str(k): float(v) for k, v in (ens.get("weights") or {}).items() if is_number(v)}
     members = ens.get("members") or list(weights)
-    facts = [("members", ", ".join(map(str, members)) or "n/a"), ("method", ens.get("method", ens.get("combine", "n/a"))),
-             ("temperature", page.fmt(ens.get("temperature"), ".4g"))]
-    shown = {"members", "weights", "method", "combine", "temperature"}
-    # Whatever else the manifest says about the ensemble in one value (e.g. fold counts), without guessing names.
+    served = ens.get("served") or [m for m, w in weights.items() if w > 0]
+    facts = [("members", ", ".join(map(str, members)) or "n/a"),
+             ("served (weight > 0)", ", ".join(map(str, served)) or "n/a"),
+             ("temperature", page.fmt(ens.get("temperature"), ".4g")),
+             ("combine", ens.get("combine", "n/a")), ("method", ens.get("method", "n/a"))]
+    shown = {"members", "served", "weights", "method", "combine", "temperature"}
+    # Whatever else the manifest says about the ensemble in one value, without guessing names.
     facts += [(k, v if isinstance(v, str) else page.fmt(v, ".4g")) for k, v in ens.items()
               if k not in shown and (isinstance(v, str) or is_number(v))]
-    body = page.table(["", ""], facts)
+    body = page.facts(facts)
     if weights:
         png = plots.weights_bar(weights, os.path.join(out, files("ensemble_weights")))
         body += f'<div class="figs">{page.figure(os.path.basename(png), "weight per member")}</div>'
     else:
         body += page.note("weights: n/a")
+    body += _fold_table(ens.get("val_out_of_fold"), list(weights) or list(map(str, members)))
     return body
+
+
+def _fold_table(oof: Any, members: list[str]) -> str:
+    """Per-fold weights and temperature of the out-of-fold fits: how stable the fitted ensemble is."""
+    if not isinstance(oof, dict):
+        return ""
+    fold_weights, temperatures = oof.get("fold_weights"), oof.get("fold_temperatures")
+    if not isinstance(fold_weights, list) or not isinstance(temperatures, list):
+        return ""
+    rows = []
+    for k, (w, t) in enumerate(zip(fold_weights, temperatures), start=1):
+        w = w if isinstance(w, dict) else {}
+        rows.append([k, page.fmt(t, ".3g"), *(page.fmt(w.get(m)) for m in members)])
+    return (page.table(["fold", "T", *members], rows)
+            + page.note("Out-of-fold fits: weights and temperature refitted without each fold in turn."))
 
 
 def _reliability(run: RunData, out: str, files: _FileNames) -> str:

@@ -15,6 +15,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f0f0f0; }
+table.facts th { background: #f6f6f6; text-align: left; font-weight: normal; }
+table.facts td { text-align: left; max-width: 60em; }
 tr.emph td { font-weight: bold; background: #f6f9fc; }
 .note { color: #666; font-size: 0.9em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
@@ -51,6 +53,12 @@ def table(header: list[str], rows: Iterable[list[Any]], row_classes: list[str] |
         attr = f' class="{esc(cls)}"' if cls else ""
         body.append(f"<tr{attr}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def facts(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A two-column key/value table without a header row."""
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="facts"><tbody>{body}</tbody></table>'
 
 
 def img(src: str, alt: str, width: int | None = None) -> str:

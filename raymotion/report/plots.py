@@ -33,8 +33,9 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return xs, ys
 
 
-def training_curves(history: list[dict[str, Any]], title: str, path: str) -> str | None:
-    """Loss (train, val) and val macro-F1 / accuracy (and train accuracy) against epoch; None without data."""
+def training_curves(history: list[dict[str, Any]], title: str, path: str, best_epoch: Any = None) -> str | None:
+    """Loss (train, val) and val macro-F1 / accuracy (and train accuracy) against epoch, the exported
+    checkpoint's epoch marked; None without data."""
     panels = [("loss", [("train_loss", "train loss"), ("val_loss", "val loss")]),
               ("score", [("val_macro_f1", "val macro-F1"), ("val_accuracy", "val accuracy"),
                          ("train_accuracy", "train accuracy")])]
@@ -47,6 +48,8 @@ def training_curves(history: list[dict[str, Any]], title: str, path: str) -> str
         for label, xs, ys in panel:
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if isinstance(best_epoch, (int, float)) and not isinstance(best_epoch, bool):
+            ax.axvline(float(best_epoch), color="grey", linestyle=":", linewidth=1, label="exported epoch")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

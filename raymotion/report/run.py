@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from raymotion.train.metrics import classification_metrics, confusion_matrix, expected_calibration_error
+from raymotion.export.ensemble import scores
 
 MANIFEST = "manifest.json"
 PREDICTIONS = os.path.join("predictions", "val.npz")
@@ -91,11 +91,11 @@ def metrics_for(run: RunData, stored: dict[str, Any] | None, probs_key: str | No
     probs = run.probs.get(probs_key) if probs_key else None
     if probs is None or run.labels is None or len(run.labels) == 0:
         return out
-    computed: dict[str, Any] = classification_metrics(probs, run.labels, run.classes)
-    computed["ece"] = expected_calibration_error(probs, run.labels)
-    computed["confusion"] = confusion_matrix(run.labels, probs.argmax(1), len(run.classes)).tolist()
-    for key, value in computed.items():
-        if key not in out or (key != "confusion" and not is_number(out[key])):
+    # The same scoring the export bundle writes into the manifest (accuracy ... log loss, ECE, confusion).
+    k = len(run.classes)
+    for key, value in scores(probs, run.labels, run.classes).items():
+        usable = confusion_of(out, k) is not None if key == "confusion" else is_number(out.get(key))
+        if not usable:
             out[key] = value
     return out
 
