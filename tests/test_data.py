@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from raymotion.data import DataError, index_image_folders
-from raymotion.data.augment import (augment_batch, random_brightness, random_contrast, random_hflip,
+from raymotion.data.augment import (augment_batch, random_brightness, random_contrast, random_geometry, random_hflip,
                                     random_resized_crop, random_rotation)
 from raymotion.data.pipeline import eval_stream, load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
@@ -88,6 +88,27 @@ def test_each_augmentation_does_what_it_says():
     # A small rotation moves pixels but keeps the image close to the original.
     r = random_rotation(x, 5.0, gen)
     assert r.shape == x.shape and float((r - x).abs().mean()) < 0.5
+
+
+def test_fused_geometry_equals_the_ops_in_sequence():
+    # One affine resample must compute what crop, then flip, then rotation compute one after another.
+    x = torch.rand(6, 3, 24, 24)
+    # Flip is exact, so flip-then-rotate in one resample equals rotating the flipped image.
+    fused = random_geometry(x, torch.Generator().manual_seed(3), hflip_p=1.0, rotation_deg=12)
+    gen = torch.Generator().manual_seed(3)
+    torch.rand(6, generator=gen)  # the flip draw
+    assert torch.allclose(fused, random_rotation(x.flip(-1), 12, gen), atol=1e-5)
+    # Crop alone: the same box as random_resized_crop for the same random draws.
+    assert torch.allclose(random_geometry(x, torch.Generator().manual_seed(4), crop_scale=0.5),
+                          random_resized_crop(x, 0.5, torch.Generator().manual_seed(4)), atol=1e-6)
+    # Crop + rotation of a constant image stays constant (border padding, no black corners).
+    const = torch.full((4, 3, 16, 16), 0.7)
+    out = random_geometry(const, torch.Generator().manual_seed(5), crop_scale=0.5, hflip_p=0.5, rotation_deg=30)
+    assert torch.allclose(out, const, atol=1e-5)
+    # A horizontal gradient: flipping every image reverses its left-right order after the crop.
+    ramp = torch.linspace(0, 1, 16).expand(2, 3, 16, 16).contiguous()
+    flipped = random_geometry(ramp, torch.Generator().manual_seed(6), crop_scale=0.6, hflip_p=1.0)
+    assert (flipped[..., 0] > flipped[..., -1]).all()
 
 
 def test_normalize_is_nchw_standardised():

@@ -1,4 +1,5 @@
-"""``python -m raymotion.bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader."""
+"""``python -m raymotion.bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader.
+``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble."""
 
 from __future__ import annotations
 
@@ -61,12 +62,40 @@ def run_data(args: argparse.Namespace) -> dict:
             ("ratio Parquet / folders", summary["ratio_parquet_over_folders"])]
     print("\n" + "\n".join(f"{name:<45} {value:>10.2f}" for name, value in rows))
     return {"benchmark": "data", "args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "rounds": rounds, "summary": summary}
+            "rounds": rounds, "pipeline_alone_passes": alone["passes"], "summary": summary}
+
+
+def run_models(args: argparse.Namespace) -> None:
+    from raymotion.bench.models import BenchConfig, format_table, plot, run_models_bench
+
+    cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
+                      threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
+                      calibration_images=args.calibration_images)
+    result = run_models_bench(cfg, log=lambda line: print(line, flush=True))
+    table = format_table(result)
+    result["table"] = table
+    print("\n" + table)
+    path = args.json or os.path.join(args.run_dir, "bench", f"models-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    result["chart"] = plot(result, os.path.splitext(path)[0] + ".png")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {path} and {result['chart']}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="torch vs ONNX fp32 vs ONNX int8: latency, throughput, size, accuracy")
+    models.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (manifest.json, models/, checkpoints/)")
+    models.add_argument("--json", help="output JSON (default RUN_DIR/bench/models-<time>.json; PNG beside it)")
+    models.add_argument("--iters", type=int, default=200, help="timed batch-1 calls per row (batch-N: iters/10)")
+    models.add_argument("--batch-size", type=int, default=32)
+    models.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: all CPUs)")
+    models.add_argument("--max-seconds", type=float, default=10.0, help="time limit of each timing loop")
+    models.add_argument("--data", help="data root for val metrics and int8 calibration (default: the manifest's)")
+    models.add_argument("--tolerance", type=float, default=0.5, help="int8 val accuracy tolerance, points")
+    models.add_argument("--calibration-images", type=int, default=300)
     data = sub.add_parser("data", help="Ray Data + Ray Train vs DataLoader; folders vs Parquet")
     data.add_argument("--data")
     data.add_argument("--model", default="mobilenet_v2")
@@ -79,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--address")
     data.add_argument("--out", default="runs/bench")
     args = parser.parse_args(argv)
+    if args.command == "models":
+        run_models(args)
+        return
     result = run_data(args)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"data-{time.strftime('%Y%m%d-%H%M%S')}.json")

@@ -36,35 +36,74 @@ def random_brightness(x: torch.Tensor, strength: float, gen: torch.Generator) ->
     return (x + offset[:, None, None, None]).clamp_(0.0, 1.0)
 
 
-def random_resized_crop(x: torch.Tensor, min_scale: float, gen: torch.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Crop a random box of area fraction in [min_scale, 1] and aspect ratio in ``ratio`` from each
-    image, resized back to the full size (one affine resample for the whole batch)."""
-    if min_scale >= 1:
-        return x
-    n = x.shape[0]
+def _crop_params(n: int, min_scale: float, gen: torch.Generator, ratio: tuple[float, float]):
+    """Per image: box scale (sw, sh) and centre (tx, ty) in normalised coordinates, box inside the image."""
     area = min_scale + torch.rand(n, generator=gen) * (1 - min_scale)
     log_ratio = math.log(ratio[0]) + torch.rand(n, generator=gen) * (math.log(ratio[1]) - math.log(ratio[0]))
     aspect = log_ratio.exp()
     sw, sh = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
-    # Centre anywhere that keeps the box inside the image (normalised coordinates, [-1, 1]).
     tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sw)
     ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sh)
-    zero = torch.zeros(n)
-    theta = torch.stack([torch.stack([sw, zero, tx], 1), torch.stack([zero, sh, ty], 1)], 1)
+    return sw, sh, tx, ty
+
+
+def _rotation_matrices(n: int, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = angle.cos(), angle.sin()
+    return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """One bilinear resample per batch; ``theta`` (N, 2, 3) maps output to input coordinates in [-1, 1]."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(x: torch.Tensor, min_scale: float, gen: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop a random box of area fraction in [min_scale, 1] and aspect ratio in ``ratio`` from each
+    image, resized back to the full size."""
+    if min_scale >= 1:
+        return x
+    n = x.shape[0]
+    sw, sh, tx, ty = _crop_params(n, min_scale, gen, ratio)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([sw, zero, tx], 1), torch.stack([zero, sh, ty], 1)], 1)
+    return _resample(x, theta)
 
 
 def random_rotation(x: torch.Tensor, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
     """Rotate each image by an angle in [-max_degrees, max_degrees]; edges repeat the border pixels."""
     if max_degrees <= 0:
         return x
-    angle = (torch.rand(x.shape[0], generator=gen) * 2 - 1) * math.radians(max_degrees)
-    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rot = _rotation_matrices(x.shape[0], max_degrees, gen)
+    return _resample(x, torch.cat([rot, torch.zeros(x.shape[0], 2, 1)], 2))
+
+
+def random_geometry(x: torch.Tensor, gen: torch.Generator, *, crop_scale: float = 1.0, hflip_p: float = 0.0,
+                    rotation_deg: float = 0.0, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Resized crop, then horizontal flip, then rotation, composed into ONE affine map per image.
+
+    Output pixel u samples the input at S·F·R·u + t (S: crop scale, F: flip, R: rotation, t: crop
+    centre), so the batch is resampled once instead of once per op: the resample is the costliest
+    part of augmentation, and one interpolation also blurs less than two.
+    """
+    n = x.shape[0]
+    crop, flip, rotate = crop_scale < 1, hflip_p > 0, rotation_deg > 0
+    if not (crop or rotate):
+        return random_hflip(x, hflip_p, gen)  # a flip alone is an exact index op, no resampling
+    linear = torch.eye(2).repeat(n, 1, 1)
+    shift = torch.zeros(n, 2)
+    if crop:
+        sw, sh, tx, ty = _crop_params(n, crop_scale, gen, ratio)
+        linear = torch.diag_embed(torch.stack([sw, sh], 1))
+        shift = torch.stack([tx, ty], 1)
+    if flip:
+        sign = torch.where(torch.rand(n, generator=gen) < hflip_p, -1.0, 1.0)
+        linear = linear * torch.stack([sign, torch.ones(n)], 1)[:, None, :]  # negate the x column
+    if rotate:
+        linear = linear @ _rotation_matrices(n, rotation_deg, gen)
+    return _resample(x, torch.cat([linear, shift[:, :, None]], 2))
 
 
 def augment_batch(
@@ -78,8 +117,8 @@ def augment_batch(
     crop_scale: float = 1.0,
 ) -> torch.Tensor:
     """float NCHW in [0, 1] -> float NCHW in [0, 1], same shape. Each op is off at its neutral value."""
-    x = random_resized_crop(images, crop_scale, gen)
-    x = random_hflip(x, hflip_p, gen)
-    x = random_contrast(x, contrast, gen)
+    # Photometric ops first: they are per-pixel (a grey-mean for contrast), so they commute with the
+    # geometry up to border effects, and the geometry is then one resample.
+    x = random_contrast(images, contrast, gen)
     x = random_brightness(x, brightness, gen)
-    return random_rotation(x, rotation_deg, gen)
+    return random_geometry(x, gen, crop_scale=crop_scale, hflip_p=hflip_p, rotation_deg=rotation_deg)
