@@ -1,6 +1,8 @@
 """Model zoo: one module per family, each registers its builders by name."""
 
-from raymotion.models import lenet, mobilenet  # noqa: F401  (registration side effect)
-from raymotion.models.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+# Registration side effect. timm and transformers are imported only when their models are built.
+from raymotion.models import efficientnet, hf_vit, lenet, mobilenet, resnet, vit  # noqa: F401
+from raymotion.models.registry import (ModelSpec, create_model, get_model_spec, list_models, register_model,
+                                       split_head_parameters)
 
-__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model", "split_head_parameters"]

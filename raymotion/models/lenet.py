@@ -26,6 +26,9 @@ class LeNet(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register_model("lenet", input_size=64)
+# The whole classifier MLP is the head: both of its Linear layers are new for every task.
+@register_model("lenet", input_size=64, head=("classifier.",))
 def lenet(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
+    if isinstance(pretrained, str):
+        raise ValueError("lenet trains from scratch: there is no pretrained format to load from a path")
     return LeNet(num_classes)

