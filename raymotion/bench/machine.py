@@ -1,0 +1,96 @@
+"""What machine a benchmark ran on, and how fast it multiplies float32 matrices (its practical peak)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (Linux); empty elsewhere."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU model, cores usable by this process, vector extensions, RAM, library versions."""
+    import numpy
+    import onnxruntime
+    import torch
+
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
+        "ram_gib": _mem_total_gib(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "numpy": numpy.__version__,
+    }
+
+
+def measured_peak_gflops(threads: int | None = None, n: int = 1024, repeats: int = 5,
+                         max_seconds: float = 10.0) -> float:
+    """Best float32 GFLOP/s of an n x n @ n x n matmul in torch (2 n^3 FLOPs per product).
+
+    ``threads``: torch threads during the measurement (None: torch's current setting), restored after;
+    use the benchmark's own thread count so that "fraction of peak" compares like with like. The best of
+    ``repeats`` (bounded by ``max_seconds``) is the figure: matmul is the most efficient kernel a CPU
+    runs, so this is the practical ceiling of a convolution network on it.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a = torch.randn(n, n, dtype=torch.float32)
+        b = torch.randn(n, n, dtype=torch.float32)
+        out = torch.empty(n, n, dtype=torch.float32)
+        torch.mm(a, b, out=out)  # warm-up: thread pool, caches, page faults
+        best = float("inf")
+        deadline = time.perf_counter() + max_seconds
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                break
+        return 2.0 * n**3 / best / 1e9
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,74 @@
+"""``python -m raymotion.bench models RUN_DIR`` on a tiny run directory (untrained models, generated faces)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from raymotion.data import index_image_folders
+from raymotion.data.transforms import load_images, normalize
+from raymotion.export.onnx import export_optimized
+from raymotion.models import create_model, get_model_spec
+from raymotion.train.checkpoint import save_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {"lenet": 64, "mobilenet_v2": 32}  # mobilenet_v2 at 32 px keeps the test fast
+
+
+def make_run_dir(run_dir, faces_root) -> dict:
+    """checkpoints/<name>/, models/<name>.onnx and a manifest.json with the fields bundle.py writes."""
+    folders = index_image_folders(faces_root)
+    torch.manual_seed(0)
+    entries = {}
+    for name, size in MODELS.items():
+        spec = get_model_spec(name)
+        model = create_model(name, num_classes=len(folders.classes), pretrained=False).eval()
+        save_checkpoint(str(run_dir / "checkpoints" / name), model,
+                        {"model": name, "classes": folders.classes, "input_size": size, "mean": list(spec.mean),
+                         "std": list(spec.std), "epoch": 0, "metrics": {}, "train_config": {}})
+        images, _ = load_images(list(folders.val.paths[:8]), size)
+        export_optimized(model, str(run_dir / "models" / f"{name}.onnx"), size, normalize(images, spec.mean, spec.std))
+        entries[name] = {"file": f"models/{name}.onnx", "input_size": size, "mean": list(spec.mean),
+                         "std": list(spec.std), "opset": 18}
+    manifest = {"format_version": 2, "classes": folders.classes,
+                "data": {"root": folders.root, "train": folders.counts("train"), "val": folders.counts("val")},
+                "models": entries,
+                "ensemble": {"members": list(entries), "served": list(entries),
+                             "weights": {"lenet": 0.25, "mobilenet_v2": 0.75}, "temperature": 1.5}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_bench_models_command_on_a_tiny_run(faces_root, tmp_path):
+    run_dir = tmp_path / "run"
+    make_run_dir(run_dir, faces_root)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymotion.bench", "models", str(run_dir), "--iters", "5", "--json", str(out),
+         "--calibration-images", "48", "--max-seconds", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["variant"]): r for r in result["rows"]}
+    expected = {(m, v) for m in [*MODELS, "ensemble"] for v in ("torch", "onnx-fp32", "onnx-int8")}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        for field in ("p50_ms", "p95_ms", "throughput_b32", "bytes", "accuracy", "macro_f1", "flops_per_image",
+                      "achieved_gflops", "fraction_of_peak"):
+            assert math.isfinite(row[field]) and row[field] > 0, (key, field, row[field])
+        assert row["p95_ms"] >= row["p50_ms"]
+    # The ensemble runs its members one after the other: its work and size are the members' sums.
+    for variant in ("torch", "onnx-fp32"):
+        ens = rows[("ensemble", variant)]
+        assert ens["flops_per_image"] == sum(rows[(m, variant)]["flops_per_image"] for m in MODELS)
+        assert ens["bytes"] == sum(rows[(m, variant)]["bytes"] for m in MODELS)
+    # int8 was built here (the manifest has none), and the decision and its reason are recorded.
+    for name in MODELS:
+        record = result["models"][name]["int8"]
+        assert record["selected"] in ("static", "dynamic", "fp32") and record["reason"]
+        assert rows[(name, "onnx-int8")]["bytes"] < 0.5 * rows[(name, "onnx-fp32")]["bytes"]
+    assert result["peak_gflops"] > 0 and result["machine"]["usable_cpus"] >= 1
+    assert os.path.getsize(result["chart"]) > 0 and "ensemble" in result["table"]
