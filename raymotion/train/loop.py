@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
-from raymotion.models import create_model, get_model_spec
+from raymotion.models import create_model, get_model_spec, split_head_parameters
 from raymotion.train.checkpoint import save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
@@ -57,6 +57,46 @@ def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str]
     return metrics
 
 
+def set_backbone_frozen(model: nn.Module, name: str, frozen: bool) -> None:
+    """Freeze (or release) everything but the head. Frozen BatchNorm layers also stop updating their
+    running statistics: the pretrained statistics are part of what is being transferred."""
+    backbone, _ = split_head_parameters(model, name)
+    for param in backbone:
+        param.requires_grad_(not frozen)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def transfer_phases(cfg: TrainConfig, pretrained: bool) -> list[tuple[str, int, float]]:
+    """[(phase, epochs, peak lr)]: head-only then the whole network for pretrained models with
+    ``head_epochs`` > 0 (the backbone's features are worth keeping while the new head is random), else one
+    phase. The head phase never takes every epoch: at least one epoch fine-tunes."""
+    head = min(cfg.head_epochs, cfg.epochs - 1) if pretrained else 0
+    phases = [("head", head, cfg.head_lr)] if head > 0 else []
+    return phases + [("full", cfg.epochs - head, cfg.lr)]
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a strictly better value (higher is better); 0 = never."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch = patience, float("-inf"), 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record this epoch's value; True when training should stop now."""
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
+            return False
+        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
     "class_weights": [...] or None}."""
@@ -70,16 +110,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     np.random.seed(cfg.seed)
 
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
-    model = ray.train.torch.prepare_model(model)  # moves to the device; wraps in DDP when world > 1
+    pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
+    phases = transfer_phases(cfg, pretrained)
     device = ray.train.torch.get_device()
     amp = cfg.amp and device.type == "cuda"
 
     steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = cosine_with_warmup(optimizer, total, warmup_steps=min(total // 10, steps_per_epoch))
     class_weights = loop_config.get("class_weights")
     # Soft targets (CutMix/MixUp rows) and optional class weights, one loss for both.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
@@ -90,8 +128,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     input_size = cfg.input_size or spec.input_size
 
+    # Epoch -> phase. Each phase gets its own optimizer and schedule (warm-up, then cosine to 0).
+    phase_of_epoch = [p for p in phases for _ in range(p[1])]
+    stopper, phase_name = EarlyStopping(cfg.early_stopping_patience), None
     for epoch in range(1, cfg.epochs + 1):
+        if phase_of_epoch[epoch - 1][0] != phase_name:
+            phase_name, phase_epochs, peak_lr = phase_of_epoch[epoch - 1]
+            module = unwrap(model)
+            if pretrained:
+                set_backbone_frozen(module, cfg.model, frozen=phase_name == "head")
+            # (Re)wrap for this phase: DDP only synchronises parameters that require grad when it is
+            # built, so the full phase needs a new wrapper after the head phase.
+            model = ray.train.torch.prepare_model(module)
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
+            total = steps_per_epoch * phase_epochs
+            scheduler = cosine_with_warmup(optimizer, total, warmup_steps=min(total // 10, steps_per_epoch))
         model.train()
+        if pretrained and phase_name == "head":
+            set_backbone_frozen(unwrap(model), cfg.model, frozen=True)  # model.train() re-enabled frozen BN
         started = time.perf_counter()
         seen, loss_sum, correct = 0, 0.0, 0
         batches = train_shard.iter_torch_batches(
@@ -127,16 +182,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_images_per_s": seen * world / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
+            "head_only": float(phase_name == "head"),  # 1 while the backbone is frozen
             **{f"val_{k}": v for k, v in val.items()},
         }
+        # Early stopping on val macro-F1; the best epoch's checkpoint is the one Train keeps.
+        stop = stopper.update(epoch, metrics.get("val_macro_f1", float("-inf")))
+        metrics["best_epoch"] = stopper.best_epoch
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                module = model.module if hasattr(model, "module") else model
-                save_checkpoint(tmp, module, {
+                save_checkpoint(tmp, unwrap(model), {
                     "model": cfg.model, "classes": classes, "input_size": input_size,
                     "mean": list(spec.mean), "std": list(spec.std), "epoch": epoch,
                     "train_config": cfg.to_dict(), "metrics": metrics,
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            break
