@@ -9,7 +9,7 @@ RAY    := $(VENV)/bin/ray
 STAMP  := $(VENV)/.installed
 NUM_CPUS ?= $(shell nproc)
 DATA   ?=
-MODELS ?= lenet,mobilenet_v2
+MODELS ?=
 PRESET ?= quick
 
 .PHONY: setup run test ray-up ray-down job
@@ -38,13 +38,13 @@ ray-down:
 	-$(RAY) stop
 
 run: ray-up
-	$(PY) -m raymotion.tune --preset $(PRESET) --models $(MODELS) --serve $(if $(DATA),--data $(DATA),)
+	$(PY) -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --serve $(if $(DATA),--data $(DATA),)
 
 # The main job as a Ray job on the local head (listed by the dashboard, /api/jobs/).
 job: ray-up
 	$(RAY) job submit --address http://127.0.0.1:8265 --working-dir . \
 	    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' -- \
-	    python -m raymotion.tune --preset $(PRESET) --models $(MODELS) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
+	    python -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -18,6 +18,7 @@ from raymotion.config import PRESETS, TrainConfig, preset_overrides
 from raymotion.data import DataError, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.export.bundle import build_run_bundle, results_table
+from raymotion.report import write_report
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import input_size_of
 from raymotion.tune.experiment import copy_checkpoint, tune_model
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="root with train/ and val/ class folders; default ../shared/data/emotions, "
                                   "else a generated face data set")
-    p.add_argument("--models", default="lenet,mobilenet_v2", help="comma-separated registry names")
+    p.add_argument("--models", help="comma-separated registry names (default: the preset's models)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--num-samples", type=int, help="trials per model (overrides the preset)")
@@ -52,8 +53,7 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
     class_counts = [source.counts("train")[c] for c in source.classes]
     preset = PRESETS[args.preset]
     # A copy: the presets are module-level defaults shared by every call in this process.
-    settings = dataclasses.replace(preset.tune, seed=args.seed,
-                                   num_samples=args.num_samples or preset.tune.num_samples)
+    settings = dataclasses.replace(preset.tune, seed=args.seed)
     run_dir = os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     os.makedirs(run_dir, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
@@ -61,7 +61,10 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
     owns_ray = init_ray(args.address)
     started = time.perf_counter()
     checkpoints, extra, cached_by_size = {}, {}, {}
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(preset.models)
+    for model in models:
+        model_settings = dataclasses.replace(
+            settings, num_samples=args.num_samples or preset.samples.get(model, preset.tune.num_samples))
         base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
                            use_gpu=args.device == "cuda", amp=args.device == "cuda")
         base = base.replace(**preset_overrides(preset, model))
@@ -71,12 +74,12 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
         if base.input_size not in cached_by_size:
             cached_by_size[base.input_size], report = load_cached(source, base.input_size)
             print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
-        print(f"tuning {model}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
+        print(f"tuning {model}: {model_settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
               f"augmentations (before the search space varies them): {base.augmentations()}; "
               f"class weighting: {base.class_weighting}", flush=True)
         result = tune_model(base, classes=source.classes, class_counts=class_counts,
                             cached=cached_by_size[base.input_size],
-                            settings=settings, storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces)
+                            settings=model_settings, storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces)
         checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
                                  "failed": result.failed, "seconds": round(result.seconds, 1),
@@ -87,8 +90,9 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
 
     manifest = build_run_bundle(run_dir, checkpoints, source, extra)
     elapsed = time.perf_counter() - started
-    print(f"\n{results_table(manifest)}\n\ntune + export took {elapsed / 60:.1f} min; run directory: {run_dir}",
-          flush=True)
+    report = write_report(run_dir)
+    print(f"\n{results_table(manifest)}\n\ntune + export took {elapsed / 60:.1f} min; run directory: {run_dir}"
+          f"\nreport: {report}", flush=True)
     return run_dir, manifest, owns_ray
 
 
