@@ -115,3 +115,32 @@ def test_cross_fitted_predicts_every_row_from_a_fit_that_excluded_it():
     assert metrics["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
     assert metrics["log_loss"] == pytest.approx(log_loss(probs, labels))
     assert np.array(metrics["confusion"]).sum() == len(labels)
+
+
+def test_calibrating_members_first_lets_the_accurate_overconfident_member_in():
+    """An accurate member that is far too sure of itself loses a raw log-loss selection to a less accurate,
+    humble one; tempered by its own temperature first, it carries the ensemble."""
+    from raymotion.export.ensemble import calibrate_members, fit_member_temperatures
+
+    rng = np.random.default_rng(7)
+    n = 900
+    z = rng.normal(0.0, 2.0, (n, C))
+    labels = z.argmax(1)
+    members = {
+        "accurate_overconfident": softmax(100.0 * (z + rng.normal(0.0, 1.2, (n, C)))),
+        "humble_weaker": softmax(0.5 * (z + rng.normal(0.0, 2.0, (n, C)))),
+    }
+    acc = {m: float((p.argmax(1) == labels).mean()) for m, p in members.items()}
+    assert acc["accurate_overconfident"] > acc["humble_weaker"] + 0.08
+    raw_weights = fit_weights(members, labels)
+    assert raw_weights["accurate_overconfident"] < 0.5  # the failure mode being fixed
+    temperatures = fit_member_temperatures(members, labels)
+    assert temperatures["accurate_overconfident"] > 1.0
+    calibrated = calibrate_members(members, temperatures)
+    weights = fit_weights(calibrated, labels)
+    assert weights["accurate_overconfident"] > 0.5
+    ensemble_acc = float((combine(calibrated, weights).argmax(1) == labels).mean())
+    assert ensemble_acc >= acc["accurate_overconfident"] - 0.01
+    # Out-of-fold with per-fold member temperatures predicts every row.
+    oof = cross_fitted(members, labels, folds=5, calibrate=True)
+    assert oof["probs"].shape == (n, C) and np.isfinite(oof["probs"]).all()

@@ -102,7 +102,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     """
     classes = source.classes
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    models, member_probs, labels = {}, {}, None
+    models, raw_member_probs, labels = {}, {}, None
     for name, checkpoint_dir in checkpoints.items():
         with open(os.path.join(checkpoint_dir, "meta.json")) as f:
             size = json.load(f)["input_size"]
@@ -114,15 +114,23 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
             raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
         labels = size_labels
         entry, probs = export_member(checkpoint_dir, run_dir, images)
-        entry["val"] = ensemble.scores(probs, labels, classes)
         entry.update((extra or {}).get(name, {}))
-        models[name], member_probs[name] = entry, probs
+        models[name], raw_member_probs[name] = entry, probs
 
+    # Members are calibrated one by one (their own temperature), then mixed, then the mixture is tempered.
+    member_temperatures = ensemble.fit_member_temperatures(raw_member_probs, labels)
+    member_probs = ensemble.calibrate_members(raw_member_probs, member_temperatures)
+    for name, entry in models.items():
+        entry["temperature"] = member_temperatures[name]
+        entry["val"] = ensemble.scores(member_probs[name], labels, classes)
+        entry["val_uncalibrated"] = ensemble.scores(raw_member_probs[name], labels, classes)
     weights, temperature = ensemble.fit(member_probs, labels)
     raw = ensemble.combine(member_probs, weights)
     calibrated = ensemble.combine(member_probs, weights, temperature)
-    equal = ensemble.combine(member_probs, {name: 1.0 for name in member_probs})
-    oof = ensemble.cross_fitted(member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes)
+    # The baseline: the plain mean of the members as exported (no temperatures at all).
+    equal = ensemble.combine(raw_member_probs, {name: 1.0 for name in raw_member_probs})
+    oof = ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
+                                calibrate=True)
     out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
                        uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
     manifest = {
@@ -149,7 +157,9 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     thumb_index = thumbnail_order(calibrated, labels, THUMBNAILS)
     largest = val_cache[max(val_cache)][0]
     arrays = {"labels": np.asarray(labels, np.int64)}
+    # probs__<model>: what the ensemble mixes (each member tempered by its own temperature, as served).
     arrays.update({f"probs__{name}": p.astype(np.float32) for name, p in member_probs.items()})
+    arrays.update({f"probs_raw__{name}": p.astype(np.float32) for name, p in raw_member_probs.items()})
     arrays.update(probs__ensemble_raw=raw.astype(np.float32), probs__ensemble=calibrated.astype(np.float32),
                   thumb_index=thumb_index, thumbs=thumbnails(largest, thumb_index, THUMB_SIZE))
     np.savez_compressed(os.path.join(run_dir, PREDICTIONS), **arrays)

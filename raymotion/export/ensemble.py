@@ -6,6 +6,11 @@
 ``combine`` is the one implementation of that formula: the export bundle scores the validation set with
 it and the Serve ingress answers requests with it, so served probabilities are the reported ones.
 
+Members are calibrated first: each member's probabilities are tempered by its own temperature T_m
+(fitted on val), and those calibrated probabilities are what the weights mix. An over-confident member
+otherwise loses the log-loss selection to a worse but humbler one (seen on real runs: the most accurate
+member got weight 0), and the mixture of calibrated members needs only a small final correction.
+
 What is optimised, and why log loss rather than accuracy:
   * Weights: greedy ensemble selection with replacement (Caruana et al., ICML 2004) minimising the val log
     loss (NLL). Accuracy is piecewise constant in the weights and moves in steps of 1/N: on a val set of a
@@ -37,7 +42,8 @@ GOLDEN_ITERATIONS = 80  # the bracket on log T shrinks by 0.618 per step: ~1e-16
 # and a tie keeps the smaller ensemble.
 IMPROVEMENT_TOL = 1e-12
 
-METHOD = (f"greedy ensemble selection with replacement (Caruana et al. 2004): start from the member with the lowest "
+METHOD = ("each member's probabilities tempered by its own fitted temperature, then "
+          f"greedy ensemble selection with replacement (Caruana et al. 2004): start from the member with the lowest "
           f"val log loss, then {ROUNDS} rounds each add one copy of the member that lowers val log loss most; "
           "weights = copy counts of the best prefix (ties keep fewer members); then one temperature T fitted by "
           f"golden-section search on log T in [{T_BOUNDS[0]}, {T_BOUNDS[1]}] minimising val NLL of softmax(log(p_mix) / T). "
@@ -65,6 +71,22 @@ def _temper(probs: np.ndarray, temperature: float) -> np.ndarray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / T): temperature scaling of probabilities (T > 1 softens, T < 1 sharpens)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _temper(np.asarray(probs, np.float64), float(temperature))
+
+
+def fit_member_temperatures(member_probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Each member's own temperature, fitted like the ensemble's (NLL on these rows)."""
+    return {name: fit_temperature(p, labels) for name, p in member_probs.items()}
+
+
+def calibrate_members(member_probs: dict[str, np.ndarray], temperatures: dict[str, float]) -> dict[str, np.ndarray]:
+    return {name: temper(p, temperatures.get(name, 1.0)) for name, p in member_probs.items()}
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -175,12 +197,13 @@ def stratified_folds(labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.nd
 
 
 def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0,
-                 classes: list[str] | None = None, rounds: int = ROUNDS) -> dict:
+                 classes: list[str] | None = None, rounds: int = ROUNDS, calibrate: bool = False) -> dict:
     """Out-of-fold ensemble: for each of ``folds`` stratified folds fit weights + T on the others, predict it.
 
     Returns ``probs`` (N, C: every row predicted by a fit that never saw it), ``probs_raw`` (same weights,
     T=1), ``fold`` (N,), per-fold ``weights`` and ``temperatures``, and ``metrics`` (``scores`` of ``probs``
-    plus the fold count and seed).
+    plus the fold count and seed). ``calibrate``: ``member_probs`` are raw, and each fold also refits the
+    members' own temperatures on its fitting rows (as the bundle does on all of val).
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
@@ -192,8 +215,12 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
     fold_weights, temperatures = [], []
     for k in range(folds):
         held, fit_rows = fold == k, fold != k
-        weights, temperature = fit({m: p[fit_rows] for m, p in member_probs.items()}, labels[fit_rows], rounds)
-        held_probs = {m: p[held] for m, p in member_probs.items()}
+        fold_probs = member_probs
+        if calibrate:
+            member_t = fit_member_temperatures({m: p[fit_rows] for m, p in member_probs.items()}, labels[fit_rows])
+            fold_probs = calibrate_members(member_probs, member_t)
+        weights, temperature = fit({m: p[fit_rows] for m, p in fold_probs.items()}, labels[fit_rows], rounds)
+        held_probs = {m: p[held] for m, p in fold_probs.items()}
         probs[held] = combine(held_probs, weights, temperature)
         probs_raw[held] = combine(held_probs, weights)
         fold_weights.append(weights)
