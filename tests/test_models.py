@@ -1,23 +1,61 @@
+import os
+import pickle
+
+import matplotlib
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+import torchvision
+from PIL import Image
 
-from raymotion.models import create_model, get_model_spec, list_models
+from raymotion.data.transforms import normalize, resize_rgb
+from raymotion.export.onnx import (PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
+                                   parity_max_abs_diff, torch_probabilities)
+from raymotion.models import create_model, get_model_spec, list_models, split_head_parameters
+from raymotion.models.efficientnet import (TIMM_ARCH, efficientnet_lite0_imagenet,
+                                           efficientnet_lite0_imagenet_weights, lukemelas_to_timm)
 from raymotion.models.mobilenet import mobilenet_v2_imagenet_weights
 from raymotion.models.weights import load_state_dict
 
+ZOO = ["lenet", "mobilenet_v2", "resnet34", "efficientnet_lite0", "vit", "hf_vit"]
+MILITARY_UNIFORM = 652  # ImageNet class of Grace Hopper's portrait
 
-@pytest.mark.parametrize("name", ["lenet", "mobilenet_v2"])
+
+def grace_hopper(size: int) -> np.ndarray:
+    """matplotlib's sample photo, centre-cropped square and resized as the data pipeline does (uint8 NHWC)."""
+    img = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")).convert("RGB")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return resize_rgb(img, size)[None]
+
+
+def random_images(name: str, n: int, seed: int = 0) -> np.ndarray:
+    spec = get_model_spec(name)
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, spec.input_size, spec.input_size, 3), dtype=np.uint8)
+    return normalize(pixels, spec.mean, spec.std)
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_created_by_name_with_a_three_class_head(name):
-    assert name in list_models()
+    assert set(ZOO) <= set(list_models())
     model = create_model(name, num_classes=3, pretrained=False).eval()
     size = get_model_spec(name).input_size
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, size, size)).shape == (2, 3)
+        out = model(torch.zeros(2, 3, size, size))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
 
 
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="lenet"):
         create_model("no_such_model")
+
+
+@pytest.mark.parametrize("name", ["lenet", "vit"])
+def test_scratch_models_refuse_a_weights_path(name, tmp_path):
+    with pytest.raises(ValueError, match="from scratch"):
+        create_model(name, pretrained=str(tmp_path / "weights.pth"))
 
 
 def test_mobilenet_v2_loads_packaged_imagenet_weights_strictly():
@@ -39,3 +77,157 @@ def test_pretrained_path_must_fit_exactly(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="missing"):
         create_model("mobilenet_v2", pretrained=str(path))
+
+
+def test_efficientnet_lite0_loads_every_packaged_tensor_by_name():
+    state = load_state_dict(efficientnet_lite0_imagenet_weights())
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=True)
+    own = model.state_dict()
+    mapped = lukemelas_to_timm(state, [len(stage) for stage in model.blocks])
+    assert len(mapped) == len(state) == len(own)
+    backbone = [k for k in mapped if not k.startswith("classifier.")]
+    assert len(backbone) == len(own) - 2
+    for key in backbone:
+        assert torch.equal(own[key], mapped[key]), key
+    assert own["classifier.weight"].shape == (3, 1280)
+    # Cross-check: the name mapping lands every tensor where timm's own parameter order puts it.
+    assert list(mapped) == list(own)
+    # And it is a mapping by name, not by position: the file's order does not matter.
+    shuffled = dict(reversed(list(state.items())))
+    remapped = lukemelas_to_timm(shuffled, [len(stage) for stage in model.blocks])
+    assert all(torch.equal(remapped[k], mapped[k]) for k in mapped)
+
+
+def test_efficientnet_lite0_weights_must_fit_exactly(tmp_path):
+    state = load_state_dict(efficientnet_lite0_imagenet_weights())
+    missing = dict(state)
+    missing.pop("_blocks.5._bn1.running_var")
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="missing"):
+        create_model("efficientnet_lite0", pretrained=str(tmp_path / "missing.pth"))
+    extra = dict(state, **{"_blocks.3._se_reduce.weight": torch.zeros(8, 144, 1, 1)})  # Lite has no SE
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(KeyError, match="_se_reduce"):
+        create_model("efficientnet_lite0", pretrained=str(tmp_path / "extra.pth"))
+    resized = dict(state, **{"_conv_head.weight": torch.zeros(1280, 320, 3, 3)})
+    torch.save(resized, tmp_path / "resized.pth")
+    with pytest.raises(ValueError, match="shape mismatches"):
+        create_model("efficientnet_lite0", pretrained=str(tmp_path / "resized.pth"))
+    (tmp_path / "corrupt.pth").write_bytes(b"not a torch file" * 64)
+    with pytest.raises(pickle.UnpicklingError):
+        create_model("efficientnet_lite0", pretrained=str(tmp_path / "corrupt.pth"))
+
+
+def test_imagenet_weights_and_normalization_recognise_a_photo():
+    """The mapping, the architecture (TF padding) and the normalization together give ImageNet's answer
+    on a real photo: Grace Hopper in uniform. MobileNetV2 (torchvision's own weights) is the control."""
+    mobilenet = torchvision.models.mobilenet_v2()
+    mobilenet.load_state_dict(load_state_dict(mobilenet_v2_imagenet_weights()))
+    for name, model in (("mobilenet_v2", mobilenet), ("efficientnet_lite0", efficientnet_lite0_imagenet())):
+        spec = get_model_spec(name)
+        x = torch.from_numpy(normalize(grace_hopper(224), spec.mean, spec.std))
+        with torch.no_grad():
+            probs = model.eval()(x).softmax(-1)[0]
+        top2 = probs.topk(2)
+        assert int(top2.indices[0]) == MILITARY_UNIFORM, (name, top2)
+        assert float(top2.values[0]) > 1.5 * float(top2.values[1]), (name, top2)  # clearly, not by a hair
+
+
+def test_efficientnet_lite0_is_the_tensorflow_variant():
+    model = create_model("efficientnet_lite0", pretrained=False)
+    assert TIMM_ARCH == "tf_efficientnet_lite0"
+    assert model.bn1.eps == pytest.approx(1e-3)  # TF's BatchNorm epsilon, which the statistics assume
+
+
+def test_resnet34_loads_a_local_torchvision_state_dict(tmp_path):
+    source = torchvision.models.resnet34()  # stands in for ImageNet weights someone has on disk
+    torch.save(source.state_dict(), tmp_path / "resnet34.pth")
+    model = create_model("resnet34", num_classes=3, pretrained=str(tmp_path / "resnet34.pth"))
+    own, state = model.state_dict(), source.state_dict()
+    for key in state:
+        if not key.startswith("fc."):
+            assert torch.equal(own[key], state[key]), key
+    assert own["fc.weight"].shape == (3, 512)
+    state.pop("layer3.0.conv1.weight")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="missing"):
+        create_model("resnet34", pretrained=str(tmp_path / "broken.pth"))
+
+
+def test_hf_vit_loads_a_local_save_pretrained_directory(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    # Saved at another resolution and with another label count: the body loads, the head is new, and
+    # the position embeddings are interpolated to the 64 px input.
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=128, num_labels=10)
+    source = ViTForImageClassification(config)
+    source.save_pretrained(tmp_path / "vit")
+    model = create_model("hf_vit", num_classes=3, pretrained=str(tmp_path / "vit")).eval()
+    own = model.model.state_dict()
+    state = source.state_dict()
+    assert set(own) == set(state)
+    for key in state:
+        if not key.startswith("classifier."):
+            assert torch.equal(own[key], state[key]), key
+    assert own["classifier.weight"].shape == (3, 64)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    # A directory that does not exist is an error, never a download.
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        create_model("hf_vit", pretrained=str(tmp_path / "no_such_dir"))
+
+
+def test_hf_vit_true_means_from_scratch():
+    assert get_model_spec("hf_vit").pretrained_weights is None
+    model = create_model("hf_vit", num_classes=3, pretrained=True)
+    assert model.model.config.image_size == get_model_spec("hf_vit").input_size
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_split_head_parameters(name):
+    model = create_model(name, num_classes=3, pretrained=False)
+    backbone, head = split_head_parameters(model, name)
+    assert head and backbone
+    everything = {id(p) for p in model.parameters()}
+    assert {id(p) for p in backbone} | {id(p) for p in head} == everything
+    assert not {id(p) for p in backbone} & {id(p) for p in head}
+    # The head ends in the 3-class output layer.
+    assert head[-1].shape == (3,) and head[-2].shape[0] == 3
+    # A DDP-style wrapper renames every parameter "module.<name>": refused with a hint, never an empty head.
+    with pytest.raises(ValueError, match="model.module"):
+        split_head_parameters(nn.ModuleDict({"module": model}), name)
+
+
+def test_frozen_backbone_trains_only_the_head():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=3, pretrained=False).train()
+    backbone, head = split_head_parameters(model, "mobilenet_v2")
+    for p in backbone:
+        p.requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 0])).backward()
+    optimizer.step()
+    head_ids = {id(p) for p in head}
+    for p, old in zip(model.parameters(), before):
+        assert torch.equal(p, old) != (id(p) in head_ids)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_onnx_export_matches_torch(name, tmp_path):
+    spec = get_model_spec(name)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, pretrained=spec.pretrained_weights is not None).eval()
+    path = str(tmp_path / f"{name}.onnx")
+    assert export_onnx(model, path, spec.input_size) == "dynamo"
+    session = create_session(path, intra_op_threads=2)
+    x = random_images(name, 5)  # batch 5: not the export example's 2, so the batch axis must be dynamic
+    assert parity_max_abs_diff(model, session, x) <= PARITY_TOLERANCE
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).numpy()
+    onnx_logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert onnx_logits.shape == (5, 3)
+    assert np.abs(onnx_logits - logits).max() <= 1e-3 * max(1.0, float(np.abs(logits).max()))
+    assert np.allclose(onnx_probabilities(session, x[:1]), torch_probabilities(model, x)[:1], atol=PARITY_TOLERANCE)
