@@ -139,7 +139,7 @@ def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0,
     """An onnxruntime session; ``device`` picks CUDA / TensorRT first when present, CPU stays the fallback.
 
     ``intra_op_threads=0`` lets onnxruntime use one thread per physical core. The other defaults are
-    onnxruntime's own, kept because measurement on the 2-core CPU found nothing better (see README).
+    onnxruntime's own, kept because measurement on the 2-core CPU found nothing better (MEASURED below).
     """
     options = session_options(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
                               graph_optimization=graph_optimization, enable_mem_arena=enable_mem_arena,
