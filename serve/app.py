@@ -92,6 +92,14 @@ async def _read_image_bytes(request: Request):
     return data
 
 
+# Defined before the ingress class: @serve.ingress captures the class (and the globals its methods use)
+# when the class statement runs, so a helper defined below it is missing in the replica.
+def served(manifest: dict[str, Any]) -> list[str]:
+    """The members to deploy: those with a positive weight (the bundle's "served" list is made the same way)."""
+    ens = manifest["ensemble"]
+    return served_members({n: ens["weights"][n] for n in ens["members"]})
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 @serve.ingress(api)
 class EnsembleIngress:
@@ -137,12 +145,6 @@ class EnsembleIngress:
     @api.get("/models")
     async def models(self):
         return self.manifest
-
-
-def served(manifest: dict[str, Any]) -> list[str]:
-    """The members to deploy: those with a positive weight (the bundle's "served" list is made the same way)."""
-    ens = manifest["ensemble"]
-    return served_members({n: ens["weights"][n] for n in ens["members"]})
 
 
 def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int = 1, replicas: int = 1):

@@ -6,14 +6,23 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import requests
 
 from raymotion.export.bundle import sha256_file
+from raymotion.export.ensemble import combine
 from raymotion.tune.__main__ import parse_args, tune_and_export
 
 CLASSES = ["angry", "happy", "sad"]
 TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
+NPZ_KEYS = {"labels", "probs__lenet", "probs__mobilenet_v2", "probs_raw__lenet", "probs_raw__mobilenet_v2",
+            "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs"}
+
+
+def _served(manifest: dict) -> list[str]:
+    """Members with a positive weight: the only ones the app deploys."""
+    return [n for n in manifest["ensemble"]["members"] if manifest["ensemble"]["weights"][n] > 0]
 
 
 def _free_port() -> int:
@@ -55,25 +64,55 @@ def test_run_directory_is_self_contained(run):
         assert entry["tune"]["trials"] == 2 and entry["tune"]["failed"] == 0
         for key in ("accuracy", "top2_accuracy", "macro_f1"):
             assert 0.0 <= entry["val"][key] <= 1.0
-    assert manifest["ensemble"]["members"] == ["lenet", "mobilenet_v2"]
+        assert 0.0 <= entry["val"]["ece"] <= 1.0 and np.array(entry["val"]["confusion"]).shape == (3, 3)
+    ens = manifest["ensemble"]
+    assert ens["members"] == ["lenet", "mobilenet_v2"]
+    weights = np.array([ens["weights"][n] for n in ens["members"]])
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0) and ens["temperature"] > 0
+    assert ens["served"] == _served(manifest) and ens["served"]
+    for key in ("val", "val_uncalibrated", "val_equal_weights", "val_out_of_fold"):
+        assert 0.0 <= ens[key]["ece"] <= 1.0, key
+    assert np.array(ens["val"]["confusion"]).sum() == 60
+    # Fitted on val, so in-sample it is never worse by log loss than the best member (T only lowers it further).
+    best_member = min(m["val"]["log_loss"] for m in manifest["models"].values())
+    assert ens["val"]["log_loss"] <= ens["val_uncalibrated"]["log_loss"] + 1e-9 <= best_member + 2e-9
     with open(os.path.join(run_dir, "manifest.json")) as f:
         assert json.load(f) == json.loads(json.dumps(manifest))
+    with np.load(os.path.join(run_dir, "predictions", "val.npz")) as npz:
+        assert set(npz.files) == NPZ_KEYS
+        labels, k = npz["labels"], len(npz["thumb_index"])
+        assert labels.dtype == np.int64 and labels.shape == (60,)
+        assert npz["thumbs"].dtype == np.uint8 and npz["thumbs"].shape == (k, 64, 64, 3) and 0 < k <= 96
+        members = {n: npz[f"probs__{n}"].astype(np.float64) for n in ens["members"]}
+        # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
+        np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"]),
+                                   atol=1e-5)
+        ensemble_preds = npz["probs__ensemble"].argmax(1)
+        assert (ensemble_preds == labels).mean() == pytest.approx(ens["val"]["accuracy"])
+        # Mistakes come first in the thumbnails.
+        wrong = ensemble_preds[npz["thumb_index"]] != labels[npz["thumb_index"]]
+        assert not (np.diff(wrong.astype(int)) > 0).any()
 
 
 def test_health_and_models(server, run):
     health = requests.get(f"{server}/healthz", timeout=TIMEOUT_S)
-    assert health.status_code == 200 and sorted(health.json()["models"]) == ["lenet", "mobilenet_v2"]
+    assert health.status_code == 200 and sorted(health.json()["models"]) == sorted(_served(run[1]))
     assert requests.get(f"{server}/models", timeout=TIMEOUT_S).json() == json.loads(json.dumps(run[1]))
 
 
-def _check_contract(body: dict) -> None:
+def _check_contract(body: dict, manifest: dict) -> None:
     assert set(body) == {"label", "probabilities", "models"}
     assert list(body["probabilities"]) == CLASSES
     assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-5
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert set(body["models"]) == {"lenet", "mobilenet_v2"}
+    assert set(body["models"]) == set(_served(manifest))
     for probs in body["models"].values():
         assert list(probs) == CLASSES and abs(sum(probs.values()) - 1.0) < 1e-5
+    # The answer is the manifest's ensemble of the served members' answers.
+    ens = manifest["ensemble"]
+    members = {n: np.array([list(p.values())]) for n, p in body["models"].items()}
+    expected = combine(members, {n: ens["weights"][n] for n in members}, ens["temperature"])[0]
+    np.testing.assert_allclose(list(body["probabilities"].values()), expected, atol=1e-5)
 
 
 def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root):
@@ -86,7 +125,7 @@ def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root)
                                          headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
             assert response.status_code == 200, response.text
             body = response.json()
-            _check_contract(body)
+            _check_contract(body, run[1])
             correct += body["label"] == label
             total += 1
     accuracy = correct / total
@@ -95,7 +134,7 @@ def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root)
     assert accuracy == pytest.approx(run[1]["ensemble"]["val"]["accuracy"])
 
 
-def test_bad_bodies_get_400_json_and_service_recovers(server, faces_root):
+def test_bad_bodies_get_400_json_and_service_recovers(server, run, faces_root):
     good_path = os.path.join(faces_root, "val", "happy", sorted(os.listdir(os.path.join(faces_root, "val", "happy")))[0])
     with open(good_path, "rb") as f:
         good = f.read()
@@ -105,7 +144,7 @@ def test_bad_bodies_get_400_json_and_service_recovers(server, faces_root):
         assert response.status_code == 400 and "error" in response.json()
     multipart = requests.post(f"{server}/predict", files={"file": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
     assert multipart.status_code == 200
-    _check_contract(multipart.json())
+    _check_contract(multipart.json(), run[1])
     wrong_field = requests.post(f"{server}/predict", files={"image": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
     assert wrong_field.status_code == 400
     again = requests.post(f"{server}/predict", data=good, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
