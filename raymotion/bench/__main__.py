@@ -66,15 +66,18 @@ def run_data(args: argparse.Namespace) -> dict:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    from raymotion.bench.models import BenchConfig, format_table, plot, run_models_bench
+    from raymotion.bench.models import BenchConfig, format_table, int8_table, plot, run_models_bench
 
     cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
                       threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
                       calibration_images=args.calibration_images)
     result = run_models_bench(cfg, log=lambda line: print(line, flush=True))
     table = format_table(result)
-    result["table"] = table
+    candidates = int8_table(result)
+    result["table"], result["int8_table"] = table, candidates
     print("\n" + table)
+    if candidates:
+        print("\nint8 candidates (batch-1 p50 inside choose_int8, one model at a time):\n" + candidates)
     path = args.json or os.path.join(args.run_dir, "bench", f"models-{time.strftime('%Y%m%d-%H%M%S')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result["chart"] = plot(result, os.path.splitext(path)[0] + ".png")

@@ -23,7 +23,7 @@ from raymotion.bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
 from raymotion.export.bundle import read_manifest
 from raymotion.export.ensemble import combine, served_members, temper
-from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, measure_latency
+from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
 from raymotion.models import create_model
 from raymotion.train.checkpoint import MODEL_FILE, load_checkpoint
@@ -31,6 +31,7 @@ from raymotion.train.metrics import classification_metrics, softmax
 
 VARIANTS = ("torch", "onnx-fp32", "onnx-int8")
 EVAL_BATCH = 64
+ROUNDS = 5  # interleaved_latency's default rounds
 
 Runner = Callable[[np.ndarray], np.ndarray]  # normalized float32 NCHW -> logits
 
@@ -90,15 +91,20 @@ def _batch(images: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:n])
 
 
-def time_rows(runners: list[tuple[Runner, np.ndarray]], cfg: BenchConfig) -> dict[str, float]:
-    """Batch-1 latency and batch-N throughput of running every (runner, images) pair in sequence."""
-    one = [(run, _batch(x, 1)) for run, x in runners]
-    many = [(run, _batch(x, cfg.batch_size)) for run, x in runners]
-    b1 = measure_latency(lambda: [run(x) for run, x in one], iters=cfg.iters, max_seconds=cfg.max_seconds)
-    bn = measure_latency(lambda: [run(x) for run, x in many], iters=max(3, cfg.iters // 10), warmup=2,
-                         max_seconds=cfg.max_seconds)
-    return {"p50_ms": b1["p50_ms"], "p95_ms": b1["p95_ms"], "iters_b1": b1["iters"],
-            f"throughput_b{cfg.batch_size}": cfg.batch_size / (bn["p50_ms"] / 1e3), "iters_bn": bn["iters"]}
+def time_variants(groups: dict[str, list[tuple[Runner, np.ndarray]]], cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (p50/p95, best round) and batch-N throughput of each group, a group being
+    (runner, images) pairs run in sequence (one model, or an ensemble's members). Groups are timed in
+    interleaved rounds, so that a background load hits every variant alike."""
+    def calls(n: int) -> dict[str, Callable[[], object]]:
+        pairs = {k: [(run, _batch(x, n)) for run, x in g] for k, g in groups.items()}
+        return {k: (lambda p=p: [run(x) for run, x in p]) for k, p in pairs.items()}
+
+    b1 = interleaved_latency(calls(1), iters=cfg.iters, max_seconds=cfg.max_seconds)
+    bn = interleaved_latency(calls(cfg.batch_size), iters=max(ROUNDS, cfg.iters // 10), warmup=1,
+                             max_seconds=cfg.max_seconds)
+    return {k: {"p50_ms": b1[k]["p50_ms"], "p95_ms": b1[k]["p95_ms"], "best_round_p50_ms": b1[k]["best_round_p50_ms"],
+                "iters_b1": b1[k]["iters"], f"throughput_b{cfg.batch_size}": cfg.batch_size / (bn[k]["p50_ms"] / 1e3),
+                "iters_bn": bn[k]["iters"]} for k in groups}
 
 
 def load_data(cfg: BenchConfig, manifest: dict[str, Any]) -> tuple[Any, str]:
@@ -181,9 +187,10 @@ def run_models_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> di
         details[name] = {"flops_per_image": flops, "int8": int8_record, "int8_note": int8_note}
         members[name] = {"variants": variants, "probe": probe, "val_x": val_x, "val_y": val_y, "flops": flops,
                          "deployed_int8": bool(int8_path) and "REJECTED" not in int8_note}
+        timings = time_variants({variant: [(v.runner, probe)] for variant, v in variants.items()}, cfg)
         for variant, v in variants.items():
             row = {"model": name, "variant": variant, "bytes": os.path.getsize(v.path), "flops_per_image": flops,
-                   "note": v.note, **time_rows([(v.runner, probe)], cfg)}
+                   "note": v.note, **timings[variant]}
             if val_x is not None:
                 v.extra["probs"] = probabilities(v.runner, val_x)
                 metrics = classification_metrics(v.extra["probs"], val_y, classes)
@@ -213,7 +220,7 @@ def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> 
     # What the Serve ingress runs: members with a positive weight (format 1 manifests have no temperature).
     names = [n for n in served_members(weights) if n in members]
     temperature = float(ens.get("temperature", 1.0))
-    rows = []
+    chosen: dict[str, dict[str, Variant]] = {}
     for variant in VARIANTS:
         picked = {}
         for n in names:
@@ -222,12 +229,16 @@ def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> 
                 picked[n] = vs["onnx-fp32"]
             elif variant in vs:
                 picked[n] = vs[variant]
-        if len(picked) != len(names) or not names:
-            continue
+        if names and len(picked) == len(names):
+            chosen[variant] = picked
+    timings = time_variants({variant: [(picked[n].runner, members[n]["probe"]) for n in names]
+                             for variant, picked in chosen.items()}, cfg)
+    rows = []
+    for variant, picked in chosen.items():
         row = {"model": "ensemble", "variant": variant, "bytes": sum(os.path.getsize(v.path) for v in picked.values()),
                "flops_per_image": sum(members[n]["flops"] for n in names),
                "note": "members: " + ", ".join(f"{n}={v_name(members[n], v)}" for n, v in picked.items()),
-               **time_rows([(picked[n].runner, members[n]["probe"]) for n in names], cfg)}
+               **timings[variant]}
         if all("probs" in picked[n].extra for n in names):
             # Members tempered by their own temperatures first, as the bundle and Serve do.
             probs = combine({n: temper(picked[n].extra["probs"], float(manifest["models"][n].get("temperature", 1.0)))
@@ -244,11 +255,12 @@ def v_name(member: dict[str, Any], variant: Variant) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     bn = f"throughput_b{result['config']['batch_size']}"
-    head = ("model", "variant", "p50 ms", "p95 ms", f"b{result['config']['batch_size']} img/s", "size MB",
+    head = ("model", "variant", "p50 ms", "p95 ms", "best p50", f"b{result['config']['batch_size']} img/s", "size MB",
             "val acc", "macro-F1", "MFLOP/img", "GFLOP/s", "% peak", "note")
     lines = [head]
     for r in result["rows"]:
-        lines.append((r["model"], r["variant"], f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r[bn]:.0f}",
+        lines.append((r["model"], r["variant"], f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+                      f"{r.get('best_round_p50_ms', r['p50_ms']):.2f}", f"{r[bn]:.0f}",
                       f"{r['bytes'] / 1e6:.2f}", f"{r['accuracy']:.4f}" if "accuracy" in r else "-",
                       f"{r['macro_f1']:.4f}" if "macro_f1" in r else "-", f"{r['flops_per_image'] / 1e6:.1f}",
                       f"{r['achieved_gflops']:.1f}", f"{100 * r['fraction_of_peak']:.1f}", r["note"]))
@@ -256,10 +268,35 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     title = (f"{m['cpu_model']}, {m['usable_cpus']} CPUs ({', '.join(m['vector_extensions'])}), {m['ram_gib']} GiB; "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; {result['threads']} threads; "
-             f"fp32 matmul peak {result['peak_gflops']:.1f} GFLOP/s; {result['data']}")
+             f"fp32 matmul peak {result['peak_gflops']:.1f} GFLOP/s (% peak = FLOPs / p50 / peak; int8 rows count "
+             f"the same FLOPs against the fp32 peak and may pass 100%); {result['data']}")
     body = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line[:-1], widths)))
             + "  " + line[-1] for line in lines]
     return title + "\n" + "\n".join(s.rstrip() for s in body)
+
+
+def int8_table(result: dict[str, Any]) -> str:
+    """The int8 candidates behind each model's int8 row (choose_int8: fp32 vs static QDQ vs dynamic)."""
+    lines = [("model", "variant", "size MB", "x fp32", "val acc", "drop pts", "p50 ms", "x fp32", "status")]
+    for name, d in result["models"].items():
+        rec = d.get("int8") or {}
+        for variant in ("fp32", "static", "dynamic"):
+            r = rec.get(variant)
+            if not r:
+                continue
+            if "bytes" not in r:
+                lines.append((name, variant, "-", "-", "-", "-", "-", "-", f"{r['status']}: {r['reason']}"))
+                continue
+            acc = r.get("accuracy")
+            lines.append((name, variant, f"{r['bytes'] / 1e6:.2f}", f"{r.get('size_ratio', 1.0):.2f}",
+                          f"{acc:.4f}" if acc is not None else "-", f"{r.get('accuracy_drop_points', 0.0):+.2f}",
+                          f"{r['latency_ms_p50']:.2f}", f"{r.get('latency_ratio', 1.0):.2f}",
+                          r.get("status", "reference") + (f": {r['reason']}" if r.get("reason") else "")))
+    if len(lines) == 1:
+        return ""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    return "\n".join(("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line[:-1], widths)))
+                      + "  " + line[-1]).rstrip() for line in lines)
 
 
 def plot(result: dict[str, Any], path: str) -> str:

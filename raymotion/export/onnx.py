@@ -187,6 +187,35 @@ def measure_latency(call: Callable[[], object], *, iters: int = 200, warmup: int
             "mean_ms": float(ms.mean()), "iters": len(ms)}
 
 
+def interleaved_latency(calls: dict[str, Callable[[], object]], *, iters: int = 200, rounds: int = 5,
+                        warmup: int = 3, max_seconds: float = 10.0) -> dict[str, dict[str, float]]:
+    """Time several callables in ``rounds`` interleaved rounds (a, b, c, a, b, c, ...), up to ``iters``
+    calls and ``max_seconds`` each in all, so that a background load hits every one alike. Per key:
+    p50/p95/mean over all calls, the best round's p50 (closest to an idle machine) and the call count."""
+    per_round, budget = max(1, iters // rounds), max_seconds / rounds
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[list[float]]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            chunk, deadline = [], time.perf_counter() + budget
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                call()
+                chunk.append(time.perf_counter() - t0)
+                if t0 > deadline:
+                    break
+            times[key].append(chunk)
+    out = {}
+    for key, chunks in times.items():
+        ms = np.concatenate(chunks) * 1e3
+        out[key] = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                    "mean_ms": float(ms.mean()), "best_round_p50_ms": float(min(np.median(c) for c in chunks)) * 1e3,
+                    "iters": len(ms)}
+    return out
+
+
 def onnx_probabilities(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """float32 NCHW (normalized) -> class probabilities."""
     out = [session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch_size]})[0] for i in range(0, len(images), batch_size)]

@@ -20,7 +20,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from raymotion.export.onnx import INPUT_NAME, create_session, measure_latency, onnx_probabilities
+from raymotion.export.onnx import INPUT_NAME, create_session, interleaved_latency, onnx_probabilities
 from raymotion.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -136,21 +136,21 @@ def calibration_images(source, size: int, n: int = DEFAULT_CALIBRATION_IMAGES, s
     return images[np.sort(rng.permutation(len(images))[:n])]
 
 
-def evaluate_onnx(path: str, val_images: np.ndarray | None, val_labels: np.ndarray | None, classes: list[str], *,
-                  latency_iters: int = 200, max_seconds: float = 10.0) -> dict[str, Any]:
-    """File size, val metrics (when images are given) and batch-1 latency of one ONNX file."""
-    session = create_session(path)
-    record: dict[str, Any] = {"path": path, "bytes": os.path.getsize(path)}
-    if val_images is not None and len(val_images):
-        metrics = classification_metrics(onnx_probabilities(session, val_images), val_labels, classes)
-        record.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], val=metrics)
-        probe = val_images[:1]
-    else:
-        probe = np.zeros((1, *session.get_inputs()[0].shape[1:]), np.float32)
-    timing = measure_latency(lambda: session.run(None, {INPUT_NAME: probe}), iters=latency_iters,
-                             max_seconds=max_seconds)
-    record.update(latency_ms_p50=timing["p50_ms"], latency_ms_p95=timing["p95_ms"], latency_iters=timing["iters"])
-    return record
+def evaluate_onnx(path: str, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """File size and val metrics of one ONNX file."""
+    probs = onnx_probabilities(create_session(path), val_images)
+    metrics = classification_metrics(probs, val_labels, classes)
+    return {"path": path, "bytes": os.path.getsize(path), "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"], "val": metrics}
+
+
+def batch1_latency(paths: dict[str, str], probe: np.ndarray, *, iters: int = 200,
+                   max_seconds: float = 10.0) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several ONNX files on one image, timed in interleaved rounds."""
+    sessions = {key: create_session(path) for key, path in paths.items()}
+    x = np.ascontiguousarray(probe[:1], np.float32)
+    calls = {key: (lambda s=s: s.run(None, {INPUT_NAME: x})) for key, s in sessions.items()}
+    return interleaved_latency(calls, iters=iters, max_seconds=max_seconds)
 
 
 def _build(variant: str, build: Callable[[], str]) -> tuple[str | None, str | None]:
@@ -181,8 +181,7 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     os.makedirs(out_dir, exist_ok=True)
     stem = name or os.path.splitext(os.path.basename(fp32_path))[0]
     tie = tolerance_points / 2 if tie_points is None else tie_points
-    measure = dict(latency_iters=latency_iters, max_seconds=max_seconds)
-    fp32 = evaluate_onnx(fp32_path, val_images, val_labels, classes, **measure)
+    fp32 = evaluate_onnx(fp32_path, val_images, val_labels, classes)
     record: dict[str, Any] = {"tolerance_points": tolerance_points, "max_latency_ratio": max_latency_ratio,
                               "tie_points": tie, "fp32": fp32}
     builders = {
@@ -190,13 +189,22 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
                                               calibration_images, config),
         "dynamic": lambda: quantize_dynamic_int8(fp32_path, os.path.join(out_dir, f"{stem}.int8-dynamic.onnx")),
     }
-    accepted = []
+    built = {}
     for variant, build in builders.items():
         path, error = _build(variant, build)
         if path is None:
             record[variant] = {"status": "rejected", "reason": f"quantization failed: {error}"}
-            continue
-        entry = evaluate_onnx(path, val_images, val_labels, classes, **measure)
+        else:
+            built[variant] = path
+            record[variant] = evaluate_onnx(path, val_images, val_labels, classes)
+    # fp32 and the int8 files are timed together, in interleaved rounds: their ratio is what decides.
+    timing = batch1_latency({"fp32": fp32_path, **built}, val_images, iters=latency_iters, max_seconds=max_seconds)
+    for key, t in timing.items():
+        record[key].update(latency_ms_p50=t["p50_ms"], latency_ms_p95=t["p95_ms"],
+                           latency_ms_best_round_p50=t["best_round_p50_ms"], latency_iters=t["iters"])
+    accepted = []
+    for variant in built:
+        entry = record[variant]
         entry["size_ratio"] = entry["bytes"] / fp32["bytes"]
         entry["latency_ratio"] = entry["latency_ms_p50"] / fp32["latency_ms_p50"]
         entry["accuracy_drop_points"] = 100.0 * (fp32["accuracy"] - entry["accuracy"])
@@ -211,7 +219,6 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
         else:
             entry["status"] = "accepted"
             accepted.append(variant)
-        record[variant] = entry
     if not accepted:
         reasons = "; ".join(f"{v}: {record[v]['reason']}" for v in builders)
         record.update(selected="fp32", path=fp32_path, reason=f"no int8 variant accepted ({reasons})")
