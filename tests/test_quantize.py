@@ -124,3 +124,15 @@ def test_choose_int8_selects_an_int8_file_and_records_failures(lenet_case):
                          tolerance_points=100.0, max_latency_ratio=float("inf"), latency_iters=5, max_seconds=1.0)
     assert record["static"]["status"] == "rejected" and "quantization failed" in record["static"]["reason"]
     assert record["selected"] == "dynamic"
+
+
+def test_static_search_keeps_the_candidate_that_agrees_most(lenet_case):
+    from raymotion.export.quantize import STATIC_CANDIDATES, quantize_static_search
+
+    c = lenet_case
+    path, info = quantize_static_search(c["fp32"], str(c["dir"] / "search.onnx"), c["calibration"][:32],
+                                        c["calibration"][32:])
+    assert os.path.exists(path) and len(info["search"]) == len(STATIC_CANDIDATES)
+    agreements = [s["agreement"] for s in info["search"]]
+    assert all(0.0 <= a <= 1.0 for a in agreements)
+    assert info["config"] == info["search"][int(np.argmax(agreements))]["config"]
