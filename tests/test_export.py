@@ -1,10 +1,14 @@
+import os
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
-from raymotion.export.onnx import (PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
-                                   parity_max_abs_diff, torch_probabilities)
+from raymotion.export.onnx import (PARITY_TOLERANCE, ParityError, create_session, export_onnx, export_optimized,
+                                   onnx_probabilities, optimize_onnx, parity_max_abs_diff, session_providers,
+                                   torch_probabilities)
 from raymotion.models import create_model, get_model_spec
 
 
@@ -23,3 +27,42 @@ def test_onnx_agrees_with_torch_on_real_images(name, faces_root, tmp_path):
     # The batch axis is dynamic: one image alone gives the same answer as inside a batch.
     alone = onnx_probabilities(session, x[:1])
     assert np.allclose(alone, torch_probabilities(model, x)[:1], atol=PARITY_TOLERANCE)
+
+
+def _lenet_and_images(faces_root, n=16):
+    spec = get_model_spec("lenet")
+    model = create_model("lenet", num_classes=3).eval()
+    images, _ = load_images(list(index_image_folders(faces_root).val.paths[:n]), spec.input_size)
+    return model, spec, normalize(images, spec.mean, spec.std)
+
+
+@pytest.mark.parametrize("level", ["basic", "extended"])
+def test_offline_optimised_file_agrees_with_torch(level, faces_root, tmp_path):
+    model, spec, x = _lenet_and_images(faces_root)
+    path = str(tmp_path / "lenet.onnx")
+    info = export_optimized(model, path, spec.input_size, x, level=level)
+    assert info["optimization"] == level and info["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    assert os.listdir(tmp_path) == ["lenet.onnx"]  # the raw export does not stay behind
+    # An impossible tolerance turns the same check into a ParityError; "all" (hardware specific) is refused.
+    with pytest.raises(ParityError):
+        export_optimized(model, str(tmp_path / "strict.onnx"), spec.input_size, x, tolerance=-1.0)
+    with pytest.raises(ValueError):
+        optimize_onnx(path, str(tmp_path / "all.onnx"), "all")
+
+
+def test_session_options_compute_the_same_and_gpu_devices_fall_back(faces_root, tmp_path):
+    model, spec, x = _lenet_and_images(faces_root)
+    path = str(tmp_path / "lenet.onnx")
+    export_onnx(model, path, spec.input_size)
+    reference = onnx_probabilities(create_session(path), x)
+    for options in ({"intra_op_threads": 1}, {"allow_spinning": False, "enable_mem_arena": False},
+                    {"graph_optimization": "basic", "execution_mode": "parallel", "inter_op_threads": 2}):
+        assert np.allclose(onnx_probabilities(create_session(path, **options), x), reference, atol=1e-6), options
+    for device in ("cuda", "tensorrt"):
+        providers = session_providers(device)
+        assert providers[-1] == "CPUExecutionProvider"
+        assert set(providers) <= set(ort.get_available_providers())
+        # No GPU here: the session still starts (the CPU provider answers).
+        assert np.allclose(onnx_probabilities(create_session(path, device=device), x), reference, atol=1e-6)
+    with pytest.raises(ValueError):
+        session_providers("tpu")
