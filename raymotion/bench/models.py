@@ -75,8 +75,8 @@ def torch_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def onnx_runner(path: str, threads: int) -> Runner:
-    session = create_session(path, intra_op_threads=threads)
+def onnx_runner(path: str, threads: int, stop_spinning_after_run: bool = False) -> Runner:
+    session = create_session(path, intra_op_threads=threads, stop_spinning_after_run=stop_spinning_after_run)
     return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
@@ -234,8 +234,13 @@ def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> 
                 picked[n] = vs[variant]
         if names and len(picked) == len(names):
             chosen[variant] = picked
-    timings = time_variants({variant: [(picked[n].runner, members[n]["probe"]) for n in names]
-                             for variant, picked in chosen.items()}, cfg)
+    # The ensemble's ONNX members get sessions of their own that stop spinning after each run, so that
+    # a member's idle threads do not hold the cores the next member needs (see create_session).
+    threads = torch.get_num_threads()
+    runners = {variant: [picked[n].runner if variant == "torch" else onnx_runner(picked[n].path, threads, True)
+                         for n in names] for variant, picked in chosen.items()}
+    timings = time_variants({variant: [(run, members[n]["probe"]) for run, n in zip(runners[variant], names)]
+                             for variant in chosen}, cfg)
     rows = []
     for variant, picked in chosen.items():
         row = {"model": "ensemble", "variant": variant, "bytes": sum(os.path.getsize(v.path) for v in picked.values()),
