@@ -4,10 +4,12 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from raymotion.data import DataError, index_image_folders
-from raymotion.data.augment import (augment_batch, random_brightness, random_contrast, random_geometry, random_hflip,
+from raymotion.data.augment import (affine_grid, augment_batch, random_brightness, random_contrast, random_geometry,
+                                    random_hflip, random_photometric,
                                     random_resized_crop, random_rotation)
 from raymotion.data.pipeline import eval_stream, load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
@@ -88,6 +90,24 @@ def test_each_augmentation_does_what_it_says():
     # A small rotation moves pixels but keeps the image close to the original.
     r = random_rotation(x, 5.0, gen)
     assert r.shape == x.shape and float((r - x).abs().mean()) < 0.5
+
+
+def test_separable_affine_grid_equals_torch():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(1))
+    ours = affine_grid(theta, 7, 11)
+    assert torch.allclose(ours, F.affine_grid(theta, [5, 3, 7, 11], align_corners=False), atol=1e-5)
+
+
+def test_fused_photometric_equals_contrast_then_brightness():
+    # Away from the clamp (mid-range pixels, mild strengths) one multiply-add is the two ops exactly.
+    x = 0.4 + 0.2 * torch.rand(6, 3, 12, 12)
+    fused = random_photometric(x, 0.2, 0.1, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    assert torch.allclose(fused, random_brightness(random_contrast(x, 0.2, gen), 0.1, gen), atol=1e-6)
+    assert torch.equal(random_photometric(x, 0.0, 0.0, gen), x)
+    # Strong settings still stay in range.
+    strong = random_photometric(torch.rand(6, 3, 12, 12), 0.9, 0.5, gen)
+    assert float(strong.min()) >= 0.0 and float(strong.max()) <= 1.0
 
 
 def test_fused_geometry_equals_the_ops_in_sequence():
