@@ -120,11 +120,15 @@ def bench_dataloader(source: ImageFolders, size: int, model: str, batch_size: in
 
 
 def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int, mean, std,
-                         repeats: int = 2) -> dict[str, Any]:
+                         repeats: int = 3) -> dict[str, Any]:
     """Images/s of decode (or Parquet read) + augment + normalize over the whole train split, the two
     sources alternating ``repeats`` times; the median of each is the figure (other processes on a 2-core
-    machine make single passes noisy)."""
+    machine make single passes noisy). One untimed pass first: it starts Ray's worker processes (each
+    imports torch, ~1-2 s), which would otherwise be charged to whichever source runs first."""
     passes: dict[str, list[float]] = {"folders": [], "parquet": []}
+    warmup = train_stream(parquet.read("train"), mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
+    for _ in warmup.iter_batches(batch_size=256):
+        pass
     for _ in range(repeats):
         for name in passes:
             started = time.perf_counter()
