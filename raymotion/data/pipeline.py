@@ -203,11 +203,11 @@ def train_stream(cached_train: ray.data.Dataset, *, mean, std, seed: int, num_cl
                        mixing=mixing),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
-        concurrency=data_task_concurrency(),
+        compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),
     )
 
 
 def eval_stream(cached_split: ray.data.Dataset, *, mean, std) -> ray.data.Dataset:
     return cached_split.map_batches(_normalize_batch, fn_kwargs=dict(mean=tuple(mean), std=tuple(std)),
                                     batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS,
-                                    concurrency=data_task_concurrency())
+                                    compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()))
