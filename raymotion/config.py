@@ -70,6 +70,21 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How the best checkpoints become the served bundle (raymotion.export.bundle)."""
+
+    # Build static QDQ and dynamic int8 per model and serve the better one when it keeps val accuracy
+    # within int8_tolerance_points of fp32 and is faster at batch 1; else fp32, and the manifest says why.
+    # Test-time augmentation in the exported graph: logits averaged over the image and its mirror image
+    # (twice the compute per image; measured gain: see README).
+    flip_tta: bool = True
+    int8: bool = True
+    int8_tolerance_points: float = 0.5
+    calibration_images: int = 300  # training images for static calibration (as many again pick the setting)
+    latency_seconds: float = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
+
+
+@dataclass
 class TuneSettings:
     """How a per-model Tune experiment runs."""
 

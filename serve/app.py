@@ -12,6 +12,8 @@ HTTP contract:
     GET  /healthz   200 when every model deployment answers, else 503
     GET  /models    the run's manifest; its ensemble "served" lists the deployed models
 
+Each model deployment runs the file named in the manifest's ``models.<name>.serve``: the int8 file when
+the bundle accepted one (within the accuracy tolerance and faster than fp32), else the fp32 file.
 Only ensemble members with a positive weight are deployed: a weight-0 member cannot change an answer, and
 on a small machine each replica costs a CPU share and its memory.
 """
@@ -154,9 +156,11 @@ def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int =
     members = []
     for name in served(manifest):
         m = manifest["models"][name]
+        # The file the bundle chose and scored (int8 when accepted); manifests before int8: the fp32 file.
+        served_file = m.get("serve", m)
         members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
-            name, os.path.join(run_dir, m["file"]), m["sha256"], m["input_size"], m["mean"], m["std"],
-            device, intra_op_threads, float(m.get("temperature", 1.0))))
+            name, os.path.join(run_dir, served_file["file"]), served_file["sha256"], m["input_size"], m["mean"],
+            m["std"], device, intra_op_threads, float(m.get("temperature", 1.0))))
     return EnsembleIngress.options(name="ingress").bind(manifest, *members)
 
 

@@ -65,6 +65,17 @@ def test_run_directory_is_self_contained(run):
         for key in ("accuracy", "top2_accuracy", "macro_f1"):
             assert 0.0 <= entry["val"][key] <= 1.0
         assert 0.0 <= entry["val"]["ece"] <= 1.0 and np.array(entry["val"]["confusion"]).shape == (3, 3)
+        # The served file is fp32 or the int8 candidate choose_int8 accepted, with the figures that decided.
+        serve, int8 = entry["serve"], entry["int8"]
+        assert sha256_file(os.path.join(run_dir, serve["file"])) == serve["sha256"] and serve["reason"]
+        assert int8["selected"] == serve["variant"] in ("fp32", "static", "dynamic")
+        assert {"fp32", "static", "dynamic"} <= set(int8) and int8["fp32"]["file"] == entry["file"]
+        if serve["variant"] != "fp32":
+            chosen = int8[serve["variant"]]
+            assert chosen["file"] == serve["file"] and chosen["status"] == "selected"
+            assert chosen["accuracy_drop_points"] <= int8["tolerance_points"] and chosen["latency_ratio"] <= 1.0
+        else:
+            assert int8["file"] is None and "no int8 variant accepted" in serve["reason"]
     ens = manifest["ensemble"]
     assert ens["members"] == ["lenet", "mobilenet_v2"]
     weights = np.array([ens["weights"][n] for n in ens["members"]])

@@ -132,6 +132,12 @@ def int8_variant(name: str, entry: dict[str, Any], fp32_path: str, cfg: BenchCon
     rel = recorded.get("file")
     if rel and os.path.exists(os.path.join(cfg.run_dir, rel)):
         return os.path.join(cfg.run_dir, rel), f"int8 {recorded.get('selected', '')} from manifest".strip(), recorded
+    # The bundle kept fp32: show its closest int8 candidate, so the table says by how much it missed.
+    for variant in ("static", "dynamic"):
+        candidate = recorded.get(variant, {})
+        if candidate.get("file") and os.path.exists(os.path.join(cfg.run_dir, candidate["file"])):
+            return (os.path.join(cfg.run_dir, candidate["file"]), f"int8 {variant} REJECTED: {candidate.get('reason', '')}",
+                    recorded)
     if source is None or val_x is None:
         return None, "no int8 in the manifest and no data to calibrate one", {}
     size, n = entry["input_size"], cfg.calibration_images

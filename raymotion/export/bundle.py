@@ -4,12 +4,15 @@
       manifest.json          classes, per-model input size / normalization / val metrics / sha256,
                              ensemble members, fitted weights and temperature, val metrics (in-sample,
                              uncalibrated, equal weights, out-of-fold)
-      models/<name>.onnx
+      models/<name>.onnx     fp32 (parity-checked against torch)
+      models/<name>.int8-static.onnx, <name>.int8-dynamic.onnx
+                             int8 candidates; the manifest's models.<name>.serve names the file served
       checkpoints/<name>/    the torch checkpoint each ONNX file came from
       predictions/val.npz    val labels, every member's and the ensemble's probabilities, thumbnails
 
 Format 2 (this one): the ensemble is ``raymotion.export.ensemble.combine`` with the manifest's fitted
-weights and ``temperature``. Format 1 had equal weights and no temperature; readers treat a missing
+weights and ``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was
+accepted, else the fp32 file) and every val figure is computed from that file's outputs. Format 1 had equal weights and no temperature; readers treat a missing
 temperature as 1, so both still serve.
 """
 
@@ -24,10 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from raymotion.config import ExportConfig
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
 from raymotion.export.onnx import (OPSET, PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
                                    parity_max_abs_diff)
+from raymotion.export.quantize import calibration_images, choose_int8
+from raymotion.models.tta import FlipAveraged
 from raymotion.train.checkpoint import load_checkpoint
 
 MANIFEST = "manifest.json"
@@ -60,12 +66,16 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
     return manifest
 
 
-def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
+                  flip_tta: bool = False) -> tuple[dict[str, Any], np.ndarray]:
     """Export one checkpoint; check parity on real val images; return its manifest entry and val probabilities.
 
-    ``val_images``: uint8 NHWC at the checkpoint's input size.
+    ``val_images``: uint8 NHWC at the checkpoint's input size. ``flip_tta``: the exported graph averages
+    the logits of the image and its mirror image (raymotion.models.tta.FlipAveraged).
     """
     model, meta = load_checkpoint(checkpoint_dir)
+    if flip_tta:
+        model = FlipAveraged(model).eval()
     name = meta["model"]
     relative = os.path.join("models", f"{name}.onnx")
     path = os.path.join(run_dir, relative)
@@ -86,6 +96,7 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> 
         "opset": OPSET,
         "exporter": exporter,
         "parity_max_abs_diff": diff,
+        "test_time_augmentation": "hflip" if flip_tta else "none",
         "epoch": meta["epoch"],
         "train_config": meta["train_config"],
         "train_metrics": {k: v for k, v in meta["metrics"].items() if not k.startswith("val_")},
@@ -93,13 +104,60 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray) -> 
     return entry, probs
 
 
+def _relative_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """choose_int8's record with run-relative "file"s in place of absolute "path"s (the bundle can move)."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            value = _relative_record(value, run_dir)
+        if key == "path":
+            key, value = "file", os.path.relpath(value, run_dir)
+        out[key] = value
+    return out
+
+
+def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, val_x: np.ndarray,
+                       val_labels: np.ndarray, classes: list[str], cfg: ExportConfig) -> dict[str, Any]:
+    """Build the int8 candidates of one exported member, pick fp32 / static / dynamic (choose_int8), record
+    the choice in ``entry`` ("int8", "serve") and return the "serve" record."""
+    fp32 = {"variant": "fp32", "file": entry["file"], "sha256": entry["sha256"], "bytes": entry["bytes"]}
+    if not cfg.int8:
+        entry["serve"] = dict(fp32, reason="int8 disabled (ExportConfig.int8=False)")
+        return entry["serve"]
+    size, n = entry["input_size"], cfg.calibration_images
+    calibration = normalize(calibration_images(source, size, n), entry["mean"], entry["std"])
+    # Held-out training images (disjoint from calibration) pick the static setting; val stays the test.
+    selection = normalize(calibration_images(source, size, n, skip=n), entry["mean"], entry["std"])
+    record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, "models"), calibration,
+                         val_x, val_labels, classes, cfg.int8_tolerance_points,
+                         selection_images=selection if len(selection) else None, name=name,
+                         max_seconds=cfg.latency_seconds)
+    record = _relative_record(record, run_dir)
+    # Per-class val metrics of each candidate are in the member's own "val"; keep the headline figures.
+    for variant in ("fp32", "static", "dynamic"):
+        record.get(variant, {}).pop("val", None)
+    if record["selected"] == "fp32":
+        record["file"] = None  # no int8 file is served
+        entry["serve"] = dict(fp32, reason=record["reason"])
+    else:
+        path = os.path.join(run_dir, record["file"])
+        entry["serve"] = {"variant": record["selected"], "file": record["file"], "sha256": sha256_file(path),
+                          "bytes": os.path.getsize(path), "reason": record["reason"]}
+    entry["int8"] = record
+    return entry["serve"]
+
+
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
-                     extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Export every checkpoint, fit the ensemble's weights and temperature on val, score everything on val,
-    write the manifest and ``predictions/val.npz``.
+                     extra: dict[str, dict[str, Any]] | None = None,
+                     export: ExportConfig | None = None) -> dict[str, Any]:
+    """Export every checkpoint (and its int8 candidates), fit the ensemble's weights and temperature on
+    val, score everything on val, write the manifest and ``predictions/val.npz``.
 
     ``source``: the run's data (ImageFolders or ParquetCache: ``classes``, ``counts``, ``arrays``).
+    Member probabilities, and so the ensemble's fit and every val figure, come from the file each member
+    serves (``models.<name>.serve``), so that the manifest describes what Serve answers.
     """
+    export = export or ExportConfig()
     classes = source.classes
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, raw_member_probs, labels = {}, {}, None
@@ -113,8 +171,12 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         if labels is not None and not np.array_equal(labels, size_labels):
             raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
         labels = size_labels
-        entry, probs = export_member(checkpoint_dir, run_dir, images)
+        entry, probs = export_member(checkpoint_dir, run_dir, images, flip_tta=export.flip_tta)
         entry.update((extra or {}).get(name, {}))
+        x = normalize(images, entry["mean"], entry["std"])
+        serve = choose_served_file(name, entry, run_dir, source, x, labels, classes, export)
+        if serve["variant"] != "fp32":
+            probs = onnx_probabilities(create_session(os.path.join(run_dir, serve["file"])), x)
         models[name], raw_member_probs[name] = entry, probs
 
     # Members are calibrated one by one (their own temperature), then mixed, then the mixture is tempered.
@@ -190,7 +252,7 @@ def thumbnails(images: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
 def results_table(manifest: dict[str, Any]) -> str:
     """Model, input, val accuracy, macro-F1, ECE, best config — a row per member, then the ensemble:
     fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble."""
-    rows = [("model", "input", "val_acc", "macro_f1", "ece", "best config / ensemble")]
+    rows = [("model", "input", "served", "val_acc", "macro_f1", "ece", "best config / ensemble")]
 
     def fmt(val: dict[str, Any], key: str) -> str:
         return f"{val[key]:.4f}" if key in val else "-"
@@ -199,19 +261,21 @@ def results_table(manifest: dict[str, Any]) -> str:
         cfg = m["train_config"]
         best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['rotation_deg']:.1f} contrast={cfg['contrast']:.2f}"
         v = m["val"]
-        rows.append((name, str(m["input_size"]), fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"), best))
+        served = m.get("serve", {}).get("variant", "fp32")
+        rows.append((name, str(m["input_size"]), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),
+                     fmt(v, "macro_f1"), fmt(v, "ece"), best))
     ens = manifest["ensemble"]
     weights = " ".join(f"{n}={ens['weights'][n]:.2f}" for n in ens["members"])
     temperature = ens.get("temperature", 1.0)
-    rows.append(("ensemble", "-", fmt(ens["val"], "accuracy"), fmt(ens["val"], "macro_f1"), fmt(ens["val"], "ece"),
+    rows.append(("ensemble", "-", "-", fmt(ens["val"], "accuracy"), fmt(ens["val"], "macro_f1"), fmt(ens["val"], "ece"),
                  f"weights {weights}, T={temperature:.3f} (fitted on val: in-sample)"))
     if "val_equal_weights" in ens:
         v = ens["val_equal_weights"]
-        rows.append(("ensemble (equal)", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+        rows.append(("ensemble (equal)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
                      "plain mean of " + ", ".join(ens["members"]) + ", T=1"))
     if "val_out_of_fold" in ens:
         v = ens["val_out_of_fold"]
-        rows.append(("ensemble (oof)", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+        rows.append(("ensemble (oof)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
                      f"weights and T refitted on {v['folds']}-1 folds, scored on the held-out fold (honest)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
