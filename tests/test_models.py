@@ -231,3 +231,22 @@ def test_onnx_export_matches_torch(name, tmp_path):
     assert onnx_logits.shape == (5, 3)
     assert np.abs(onnx_logits - logits).max() <= 1e-3 * max(1.0, float(np.abs(logits).max()))
     assert np.allclose(onnx_probabilities(session, x[:1]), torch_probabilities(model, x)[:1], atol=PARITY_TOLERANCE)
+
+
+def test_flip_averaged_is_the_mean_of_both_views_and_exports(tmp_path):
+    from raymotion.models.tta import FlipAveraged
+
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=3, pretrained=False).eval()
+    tta = FlipAveraged(model).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1))) / 2
+        assert torch.allclose(tta(x), expected, atol=1e-6)
+        assert not torch.allclose(tta(x), model(x), atol=1e-4)  # the mirror view changes the answer
+        symmetric = torch.cat([x[..., :32], x[..., :32].flip(-1)], -1)
+        assert torch.allclose(tta(symmetric), model(symmetric), atol=1e-5)  # a mirror-symmetric image: no change
+    path = str(tmp_path / "tta.onnx")
+    export_onnx(tta, path, 64)
+    probs = onnx_probabilities(create_session(path), x.numpy())
+    np.testing.assert_allclose(probs, torch.softmax(expected, 1).numpy(), atol=PARITY_TOLERANCE)

@@ -26,6 +26,7 @@ from raymotion.export.ensemble import combine, served_members, temper
 from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
 from raymotion.models import create_model
+from raymotion.models.tta import FlipAveraged
 from raymotion.train.checkpoint import MODEL_FILE, load_checkpoint
 from raymotion.train.metrics import classification_metrics, softmax
 
@@ -184,9 +185,12 @@ def run_models_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> di
         variants: dict[str, Variant] = {}
         if os.path.exists(os.path.join(checkpoint_dir, MODEL_FILE)):
             model, _ = load_checkpoint(checkpoint_dir)
-            variants["torch"] = Variant(torch_runner(model), os.path.join(checkpoint_dir, MODEL_FILE))
         else:
             model = create_model(name, num_classes=len(classes), pretrained=False)  # FLOPs need only the graph
+        if entry.get("test_time_augmentation") == "hflip":
+            model = FlipAveraged(model).eval()  # what the ONNX files compute: torch does the same work
+        if os.path.exists(os.path.join(checkpoint_dir, MODEL_FILE)):
+            variants["torch"] = Variant(torch_runner(model), os.path.join(checkpoint_dir, MODEL_FILE))
         fp32_path = os.path.join(cfg.run_dir, entry["file"])
         variants["onnx-fp32"] = Variant(onnx_runner(fp32_path, threads), fp32_path)
         int8_path, int8_note, int8_record = int8_variant(name, entry, fp32_path, cfg, source, val_x, val_y, classes)

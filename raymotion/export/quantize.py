@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -160,8 +161,11 @@ def quantize_dynamic_int8(fp32_path: str, out_path: str, op_types: Sequence[str]
     """Dynamic int8: weights quantized offline, activations scaled per call (no calibration)."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = preprocess_for_quantization(fp32_path, os.path.join(tmp, "prepared.onnx"))
+        # DefaultTensorType: shape inference leaves some MatMul weights untyped after the mirror-image
+        # branch of a test-time-averaged graph; they are float32.
         quantize_dynamic(prepared, out_path, op_types_to_quantize=list(op_types) if op_types else None,
-                         per_channel=False, weight_type=QuantType.QInt8)
+                         per_channel=False, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out_path
 
 

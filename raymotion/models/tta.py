@@ -20,4 +20,9 @@ class FlipAveraged(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) * 0.5
+        # One pass over a batch of both views, not two calls: the exported graph then has one node per
+        # layer, so int8 quantization stores each weight once (two calls: every weight twice, 0.5x fp32
+        # size instead of 0.25x), and a batch of 2 runs faster than two batches of 1.
+        n = x.shape[0]
+        logits = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
+        return (logits[:n] + logits[n:]) * 0.5
