@@ -101,7 +101,7 @@ def test_choose_int8_keeps_fp32_when_no_variant_is_within_tolerance(lenet_case):
     c = lenet_case
     # A tolerance of -100 points demands int8 be 100 points *more* accurate than fp32: impossible.
     record = choose_int8(c["fp32"], str(c["dir"] / "strict"), c["calibration"], c["val_x"], c["val_y"], c["classes"],
-                         tolerance_points=-100.0, latency_iters=5, max_seconds=1.0)
+                         tolerance_points=-100.0, max_latency_ratio=float("inf"), latency_iters=5, max_seconds=1.0)
     assert record["selected"] == "fp32" and record["path"] == c["fp32"]
     for variant in ("static", "dynamic"):
         assert record[variant]["status"] == "rejected"
@@ -109,6 +109,17 @@ def test_choose_int8_keeps_fp32_when_no_variant_is_within_tolerance(lenet_case):
         assert record[variant]["reason"] in record["reason"]
         assert 0 < record[variant]["size_ratio"] < 0.5
     assert np.isfinite(record["fp32"]["accuracy"]) and record["fp32"]["latency_ms_p50"] > 0
+
+
+def test_choose_int8_rejects_slower_files_before_scoring_them(lenet_case):
+    c = lenet_case
+    # A latency limit of 0x fp32: every int8 file is too slow, so none is scored on val.
+    record = choose_int8(c["fp32"], str(c["dir"] / "slow"), c["calibration"], c["val_x"], c["val_y"], c["classes"],
+                         tolerance_points=100.0, max_latency_ratio=0.0, latency_iters=5, max_seconds=1.0)
+    assert record["selected"] == "fp32" and record["path"] == c["fp32"]
+    for variant in ("static", "dynamic"):
+        assert record[variant]["status"] == "rejected" and "val not scored" in record[variant]["reason"]
+        assert "accuracy" not in record[variant] and record[variant]["latency_ratio"] > 0
 
 
 def test_choose_int8_selects_an_int8_file_and_records_failures(lenet_case):

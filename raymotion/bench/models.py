@@ -307,7 +307,8 @@ def int8_table(result: dict[str, Any]) -> str:
                 continue
             acc = r.get("accuracy")
             lines.append((name, variant, f"{r['bytes'] / 1e6:.2f}", f"{r.get('size_ratio', 1.0):.2f}",
-                          f"{acc:.4f}" if acc is not None else "-", f"{r.get('accuracy_drop_points', 0.0):+.2f}",
+                          f"{acc:.4f}" if acc is not None else "-",
+                          f"{r['accuracy_drop_points']:+.2f}" if "accuracy_drop_points" in r else "-",
                           f"{r['latency_ms_p50']:.2f}", f"{r.get('latency_ratio', 1.0):.2f}",
                           r.get("status", "reference") + (f": {r['reason']}" if r.get("reason") else "")))
     if len(lines) == 1:
