@@ -21,3 +21,4 @@ def test_bench_data_runs_on_a_tiny_data_set(ray_session, faces_root, tmp_path, c
     assert summary["ratio_parquet_over_folders"] == summary["pipeline_parquet_images_per_s"] / summary[
         "pipeline_folders_images_per_s"]
     assert len(result["rounds"]) == 1 and len(result["pipeline_alone_passes"]["parquet"]) == 3
+    assert summary["ratio_source_parquet_over_folders"] > 0 and summary["augment_images_per_s"] > 0

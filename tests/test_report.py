@@ -200,16 +200,17 @@ def test_results_table_holds_the_manifest_numbers(full_report):
         assert row[1] == str(m["input_size"])
         assert row[2] == f"{m['epoch']} / 6"
         assert row[3] == f"{6 * (30.0 + MEMBERS.index(name)) / 60:.1f}"  # sum of epoch_seconds
-        assert row[7:12] == [f"{m['val'][k]:.3f}" for k in METRICS]
-        assert row[12] == f"{manifest['ensemble']['weights'][name]:.3f}"
+        assert row[7] == "fp32"  # the test manifest has no int8 record: the fp32 file is served
+        assert row[8:13] == [f"{m['val'][k]:.3f}" for k in METRICS]
+        assert row[13] == f"{manifest['ensemble']['weights'][name]:.3f}"
     ens = manifest["ensemble"]
     row = report.row(f"ensemble (fitted weights, T = {ens['temperature']:.3g})")
-    assert row[7:12] == [f"{ens['val'][k]:.3f}" for k in METRICS]
+    assert row[8:13] == [f"{ens['val'][k]:.3f}" for k in METRICS]
     for label, key in [("ensemble before temperature scaling", "val_uncalibrated"),
                        ("ensemble, equal weights", "val_equal_weights"), ("ensemble, out-of-fold", "val_out_of_fold")]:
-        assert report.row(label)[7:12] == [f"{ens[key][k]:.3f}" for k in METRICS]
+        assert report.row(label)[8:13] == [f"{ens[key][k]:.3f}" for k in METRICS]
     oof_raw = ens["val_out_of_fold"]["uncalibrated"]
-    assert report.row("ensemble, out-of-fold, before temperature scaling")[7:12] == \
+    assert report.row("ensemble, out-of-fold, before temperature scaling")[8:13] == \
         [f"{oof_raw[k]:.3f}" for k in METRICS]
     # Per-fold temperatures of the out-of-fold fits.
     for k, t in enumerate(ens["val_out_of_fold"]["fold_temperatures"], start=1):
@@ -261,7 +262,7 @@ def test_minimal_manifest_still_renders(tmp_path):
     for name in MEMBERS:
         # ECE absent from the manifest: computed from the saved predictions.
         ece = expected_calibration_error(arrays[f"probs__{name}"], arrays["labels"])
-        assert report.row(name)[11] == f"{ece:.3f}"
+        assert report.row(name)[12] == f"{ece:.3f}"
         assert report.row(name)[3] == "n/a"  # no history: no train minutes
     figures = {os.path.basename(s) for s in report.imgs}
     # No history, no ensemble predictions and no thumbnails; member confusion comes from the probabilities,

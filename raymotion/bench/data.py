@@ -121,19 +121,27 @@ def bench_dataloader(source: ImageFolders, size: int, model: str, batch_size: in
 
 def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int, mean, std,
                          repeats: int = 3) -> dict[str, Any]:
-    """Images/s of decode (or Parquet read) + augment + normalize over the whole train split, the two
-    sources alternating ``repeats`` times; the median of each is the figure (other processes on a 2-core
-    machine make single passes noisy). One untimed pass first: it starts Ray's worker processes (each
-    imports torch, ~1-2 s), which would otherwise be charged to whichever source runs first."""
-    passes: dict[str, list[float]] = {"folders": [], "parquet": []}
+    """Images/s of the input pipeline without a model, as training runs it (data.pipeline.load_cached,
+    then train_stream): the source stage — JPEG decode + resize, or the Parquet read — materialized once,
+    then one epoch of augment + normalize over it. Per source: the whole pass and each stage.
+
+    The two sources alternate ``repeats`` times; the median of each is the figure (other processes on a
+    2-core machine make single passes noisy). One untimed pass first: it starts Ray's worker processes
+    (each imports torch, ~1-2 s), which would otherwise be charged to whichever source runs first."""
     warmup = train_stream(parquet.read("train"), mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
     for _ in warmup.iter_batches(batch_size=256):
         pass
+    passes: dict[str, list[dict[str, float]]] = {"folders": [], "parquet": []}
     for _ in range(repeats):
         for name in passes:
             started = time.perf_counter()
-            ds = decode_split(folders.train, size)[0] if name == "folders" else parquet.read("train")
+            ds = decode_split(folders.train, size)[0] if name == "folders" else parquet.read("train").materialize()
+            source_s = time.perf_counter() - started
             stream = train_stream(ds, mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
             rows = sum(len(b["label"]) for b in stream.iter_batches(batch_size=256))
-            passes[name].append(rows / (time.perf_counter() - started))
-    return {**{name: statistics.median(v) for name, v in passes.items()}, "passes": passes}
+            total_s = time.perf_counter() - started
+            passes[name].append({"images_per_s": rows / total_s, "source_images_per_s": rows / source_s,
+                                 "augment_images_per_s": rows / (total_s - source_s), "rows": rows})
+    median = {name: {key: statistics.median(p[key] for p in v) for key in v[0]} for name, v in passes.items()}
+    return {"folders": median["folders"]["images_per_s"], "parquet": median["parquet"]["images_per_s"],
+            "stages": median, "passes": passes}

@@ -117,9 +117,11 @@ def _relative_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
 
 def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, val_x: np.ndarray,
-                       val_labels: np.ndarray, classes: list[str], cfg: ExportConfig) -> dict[str, Any]:
+                       val_labels: np.ndarray, classes: list[str], cfg: ExportConfig,
+                       val_probs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Build the int8 candidates of one exported member, pick fp32 / static / dynamic (choose_int8), record
-    the choice in ``entry`` ("int8", "serve") and return the "serve" record."""
+    the choice in ``entry`` ("int8", "serve") and return the "serve" record. ``val_probs``: {"fp32": val
+    probabilities}; every variant scored is added (choose_int8)."""
     fp32 = {"variant": "fp32", "file": entry["file"], "sha256": entry["sha256"], "bytes": entry["bytes"]}
     if not cfg.int8:
         entry["serve"] = dict(fp32, reason="int8 disabled (ExportConfig.int8=False)")
@@ -131,7 +133,7 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
     record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, "models"), calibration,
                          val_x, val_labels, classes, cfg.int8_tolerance_points,
                          selection_images=selection if len(selection) else None, name=name,
-                         max_seconds=cfg.latency_seconds)
+                         max_seconds=cfg.latency_seconds, val_probs=val_probs)
     record = _relative_record(record, run_dir)
     # Per-class val metrics of each candidate are in the member's own "val"; keep the headline figures.
     for variant in ("fp32", "static", "dynamic"):
@@ -174,9 +176,9 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         entry, probs = export_member(checkpoint_dir, run_dir, images, flip_tta=export.flip_tta)
         entry.update((extra or {}).get(name, {}))
         x = normalize(images, entry["mean"], entry["std"])
-        serve = choose_served_file(name, entry, run_dir, source, x, labels, classes, export)
-        if serve["variant"] != "fp32":
-            probs = onnx_probabilities(create_session(os.path.join(run_dir, serve["file"])), x)
+        val_probs = {"fp32": probs}
+        serve = choose_served_file(name, entry, run_dir, source, x, labels, classes, export, val_probs)
+        probs = val_probs[serve["variant"]]  # the served file's outputs
         models[name], raw_member_probs[name] = entry, probs
 
     # Members are calibrated one by one (their own temperature), then mixed, then the mixture is tempered.

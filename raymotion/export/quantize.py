@@ -186,9 +186,16 @@ def calibration_images(source, size: int, n: int = DEFAULT_CALIBRATION_IMAGES, s
     return images[np.sort(rng.permutation(len(images))[skip:skip + n])]
 
 
-def evaluate_onnx(path: str, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """File size and val metrics of one ONNX file."""
-    probs = onnx_probabilities(create_session(path), val_images)
+def evaluate_onnx(path: str, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str],
+                  probs_out: dict[str, np.ndarray] | None = None, key: str = "") -> dict[str, Any]:
+    """File size and val metrics of one ONNX file; its val probabilities go to ``probs_out[key]`` when
+    given, else they are computed here (``probs_out`` already holding ``key``: not run again)."""
+    if probs_out is not None and key in probs_out:
+        probs = probs_out[key]
+    else:
+        probs = onnx_probabilities(create_session(path), val_images)
+        if probs_out is not None:
+            probs_out[key] = probs
     metrics = classification_metrics(probs, val_labels, classes)
     return {"path": path, "bytes": os.path.getsize(path), "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "val": metrics}
@@ -216,7 +223,8 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
                 max_latency_ratio: float = 1.0, tie_points: float | None = None,
                 selection_images: np.ndarray | None = None,
                 static_candidates: Sequence[StaticQuantConfig] = STATIC_CANDIDATES, name: str | None = None,
-                latency_iters: int = 200, max_seconds: float = 10.0) -> dict[str, Any]:
+                latency_iters: int = 200, max_seconds: float = 10.0,
+                val_probs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Build static QDQ and dynamic int8 of ``fp32_path`` into ``out_dir``, measure fp32 / static /
     dynamic (val accuracy, macro-F1, size, batch-1 latency) and select one.
 
@@ -229,12 +237,13 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     tolerance, i.e. a difference of a few val images) the faster one wins. None accepted: "fp32".
 
     Returns a JSON-able record: {"selected", "reason", "path" (of the selected file), "tolerance_points",
-    "fp32": {...}, "static": {...}, "dynamic": {...}}.
+    "fp32": {...}, "static": {...}, "dynamic": {...}}. ``val_probs``: val probabilities by variant, read
+    ("fp32" when the caller has them) and filled in (every variant scored), so that no file runs twice.
     """
     os.makedirs(out_dir, exist_ok=True)
     stem = name or os.path.splitext(os.path.basename(fp32_path))[0]
     tie = tolerance_points / 2 if tie_points is None else tie_points
-    fp32 = evaluate_onnx(fp32_path, val_images, val_labels, classes)
+    fp32 = evaluate_onnx(fp32_path, val_images, val_labels, classes, val_probs, "fp32")
     record: dict[str, Any] = {"tolerance_points": tolerance_points, "max_latency_ratio": max_latency_ratio,
                               "tie_points": tie, "fp32": fp32}
     builders = {
@@ -267,7 +276,7 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
             entry.update(status="rejected", reason=f"batch-1 latency {entry['latency_ratio']:.2f}x fp32 "
                                                    f"(limit {max_latency_ratio}x); val not scored")
             continue
-        entry.update(evaluate_onnx(path=built[variant], val_images=val_images, val_labels=val_labels, classes=classes))
+        entry.update(evaluate_onnx(built[variant], val_images, val_labels, classes, val_probs, variant))
         entry["accuracy_drop_points"] = 100.0 * (fp32["accuracy"] - entry["accuracy"])
         if not entry["accuracy_drop_points"] <= tolerance_points:
             entry.update(status="rejected", reason=f"loses {entry['accuracy_drop_points']:.2f} points of val "

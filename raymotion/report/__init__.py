@@ -94,9 +94,18 @@ def _summary(run: RunData, out: str, files: _FileNames) -> str:
                                                      [""] * len(run.classes) + ["emph"]))
 
 
+def _served_file(entry: dict[str, Any]) -> str:
+    """fp32, or the int8 variant served and its size (manifest models.<name>.serve)."""
+    serve = entry.get("serve") or {}
+    if serve.get("variant", "fp32") == "fp32":
+        return "fp32"
+    size = f", {serve['bytes'] / 2**20:.2f} MB" if is_number(serve.get("bytes")) else ""
+    return f"int8 {serve['variant']}{size}"
+
+
 def _results(run: RunData, out: str, files: _FileNames) -> str:
     header = ["model", "input px", "best epoch / max", "train min (best trial)", "tune min (all trials)",
-              "trials (stopped early, failed)", "ONNX MB", *METRIC_HEADER, "weight"]
+              "trials (stopped early, failed)", "ONNX MB", "served file", *METRIC_HEADER, "weight"]
     weights = run.ensemble.get("weights") or {}
     rows, classes = [], []
     for name in run.members:
@@ -110,9 +119,10 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
                      page.fmt(seconds / 60 if seconds is not None else None, ".1f"),
                      page.fmt(tune["seconds"] / 60 if is_number(tune.get("seconds")) else None, ".1f"),
                      trials, page.fmt(entry["bytes"] / 2**20 if is_number(entry.get("bytes")) else None, ".2f"),
+                     _served_file(entry),
                      *_metric_cells(member_metrics(run, name)), page.fmt(weights.get(name))])
         classes.append("")
-    blanks = ["-"] * 6
+    blanks = ["-"] * 7
     ens = run.ensemble
     oof = ens.get("val_out_of_fold") if isinstance(ens.get("val_out_of_fold"), dict) else None
     if ens or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
