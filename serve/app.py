@@ -7,7 +7,7 @@ HTTP contract:
                     -> {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
                     "probabilities" is the manifest's ensemble (raymotion.export.ensemble.combine with its
                     weights and temperature); "models" holds each served model's own probabilities, calibrated
-                    by its own temperature (manifest models.<name>.temperature), which is what the ensemble mixes
+                    by its own temperature and class bias (manifest models.<name>), which is what the ensemble mixes
                     unreadable image -> 400 {"error": ...}; body too large -> 413
     GET  /healthz   200 when every model deployment answers, else 503
     GET  /models    the run's manifest; its ensemble "served" lists the deployed models
@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
 from raymotion.export.bundle import read_manifest, sha256_file
-from raymotion.export.ensemble import combine, served_members, temper
+from raymotion.export.ensemble import calibrate, combine, served_members
 from raymotion.export.onnx import create_session, onnx_probabilities
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
@@ -44,18 +44,19 @@ class OnnxModel:
     """One model: its own preprocessing (size, normalization) and an onnxruntime session."""
 
     def __init__(self, name: str, path: str, sha256: str, input_size: int, mean: list[float], std: list[float],
-                 device: str = "cpu", intra_op_threads: int = 1, temperature: float = 1.0):
+                 device: str = "cpu", intra_op_threads: int = 1, calibration: dict | None = None):
         if sha256_file(path) != sha256:
             raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
         self.name, self.input_size, self.mean, self.std = name, input_size, mean, std
-        self.temperature = temperature  # the member's own calibration (manifest models.<name>.temperature)
+        # The member's own calibration (manifest models.<name>: temperature, bias); older manifests: none.
+        self.calibration = calibration or {}
         self.session = create_session(path, device=device, intra_op_threads=intra_op_threads)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 HWC RGB images (any size) -> class probabilities; concurrent requests share one run."""
         batch = np.stack([resize_rgb(Image.fromarray(img), self.input_size) for img in images])
-        return list(temper(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)), self.temperature))
+        return list(calibrate(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)), self.calibration))
 
     async def ready(self) -> str:
         return self.name
@@ -160,7 +161,7 @@ def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int =
         served_file = m.get("serve", m)
         members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
             name, os.path.join(run_dir, served_file["file"]), served_file["sha256"], m["input_size"], m["mean"],
-            m["std"], device, intra_op_threads, float(m.get("temperature", 1.0))))
+            m["std"], device, intra_op_threads, {k: m[k] for k in ("temperature", "bias") if k in m}))
     return EnsembleIngress.options(name="ingress").bind(manifest, *members)
 
 

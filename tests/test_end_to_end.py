@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from raymotion.export.bundle import sha256_file
-from raymotion.export.ensemble import combine
+from raymotion.export.ensemble import calibrate, combine
 from raymotion.tune.__main__ import parse_args, tune_and_export
 
 CLASSES = ["angry", "happy", "sad"]
@@ -95,6 +95,11 @@ def test_run_directory_is_self_contained(run):
         assert labels.dtype == np.int64 and labels.shape == (60,)
         assert npz["thumbs"].dtype == np.uint8 and npz["thumbs"].shape == (k, 64, 64, 3) and 0 < k <= 96
         members = {n: npz[f"probs__{n}"].astype(np.float64) for n in ens["members"]}
+        # Each member is mixed through its own calibration (temperature and one bias per class).
+        for n in ens["members"]:
+            m = manifest["models"][n]
+            assert m["temperature"] > 0 and len(m["bias"]) == len(CLASSES)
+            np.testing.assert_allclose(members[n], calibrate(npz[f"probs_raw__{n}"].astype(np.float64), m), atol=1e-5)
         # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
         np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"]),
                                    atol=1e-5)

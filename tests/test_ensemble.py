@@ -120,7 +120,7 @@ def test_cross_fitted_predicts_every_row_from_a_fit_that_excluded_it():
 def test_calibrating_members_first_lets_the_accurate_overconfident_member_in():
     """An accurate member that is far too sure of itself loses a raw log-loss selection to a less accurate,
     humble one; tempered by its own temperature first, it carries the ensemble."""
-    from raymotion.export.ensemble import calibrate_members, fit_member_temperatures
+    from raymotion.export.ensemble import calibrate_members, fit_member_calibrations
 
     rng = np.random.default_rng(7)
     n = 900
@@ -134,9 +134,9 @@ def test_calibrating_members_first_lets_the_accurate_overconfident_member_in():
     assert acc["accurate_overconfident"] > acc["humble_weaker"] + 0.08
     raw_weights = fit_weights(members, labels)
     assert raw_weights["accurate_overconfident"] < 0.5  # the failure mode being fixed
-    temperatures = fit_member_temperatures(members, labels)
-    assert temperatures["accurate_overconfident"] > 1.0
-    calibrated = calibrate_members(members, temperatures)
+    calibrations = fit_member_calibrations(members, labels)
+    assert calibrations["accurate_overconfident"]["temperature"] > 1.0
+    calibrated = calibrate_members(members, calibrations)
     weights = fit_weights(calibrated, labels)
     assert weights["accurate_overconfident"] > 0.5
     ensemble_acc = float((combine(calibrated, weights).argmax(1) == labels).mean())
@@ -144,3 +144,38 @@ def test_calibrating_members_first_lets_the_accurate_overconfident_member_in():
     # Out-of-fold with per-fold member temperatures predicts every row.
     oof = cross_fitted(members, labels, folds=5, calibrate=True)
     assert oof["probs"].shape == (n, C) and np.isfinite(oof["probs"]).all()
+
+
+def test_class_bias_removes_a_prior_shift_that_temperature_cannot():
+    """A member trained with class weights over-predicts the rare classes: its probabilities are the true
+    posterior times a wrong prior. Temperature alone cannot move mass between classes; T + bias recovers
+    the posterior (the bias converges to the log prior ratio) and its NLL and ECE."""
+    from raymotion.export.ensemble import calibrate, fit_calibration, temper
+
+    rng = np.random.default_rng(11)
+    n = 6000
+    prior = np.array([0.15, 0.7, 0.15])
+    labels = rng.choice(C, size=n, p=prior)
+    # x ~ N(e_y, I), so p(y | x) = softmax(x + log prior): the exact posterior.
+    x = rng.normal(0.0, 1.0, (n, C)) + np.eye(C)[labels]
+    posterior = softmax(x + np.log(prior))
+    shifted = softmax(x)  # the same model believing in equal priors
+    t_only = fit_temperature(shifted, labels)
+    cal = fit_calibration(shifted, labels)
+    assert len(cal["bias"]) == C and abs(sum(cal["bias"])) < 1e-9
+    # The fitted bias is the log prior ratio (centred), up to sampling noise; the temperature stays ~1.
+    expected = np.log(prior) - np.log(prior).mean()
+    np.testing.assert_allclose(cal["bias"], expected, atol=0.1)
+    assert cal["temperature"] == pytest.approx(1.0, abs=0.1)
+    fixed = calibrate(shifted, cal)
+    assert log_loss(fixed, labels) < log_loss(combine({"m": shifted}, {"m": 1.0}, t_only), labels) - 0.01
+    # Calibrated in the sense the prior shift breaks: the mean predicted probability of each class is its
+    # frequency. Temperature alone leaves the happy class ~0.1 short.
+    frequency = np.bincount(labels, minlength=C) / n
+    assert np.abs(fixed.mean(0) - frequency).max() < 0.01
+    assert np.abs(temper(shifted, t_only).mean(0) - frequency).max() > 0.1
+    assert log_loss(fixed, labels) == pytest.approx(log_loss(posterior, labels), abs=0.01)
+    # Deterministic, and the identity when the member is already calibrated.
+    assert fit_calibration(shifted, labels) == cal
+    ident = fit_calibration(posterior, labels)
+    assert ident["temperature"] == pytest.approx(1.0, abs=0.1) and np.abs(ident["bias"]).max() < 0.1

@@ -22,7 +22,7 @@ import torch
 from raymotion.bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
 from raymotion.export.bundle import read_manifest
-from raymotion.export.ensemble import combine, served_members, temper
+from raymotion.export.ensemble import calibrate, combine, served_members
 from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
 from raymotion.models import create_model
@@ -258,9 +258,9 @@ def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> 
                "note": "members: " + ", ".join(f"{n}={v_name(members[n], v)}" for n, v in picked.items()),
                **timings[variant]}
         if all("probs" in picked[n].extra for n in names):
-            # Members tempered by their own temperatures first, as the bundle and Serve do.
-            probs = combine({n: temper(picked[n].extra["probs"], float(manifest["models"][n].get("temperature", 1.0)))
-                             for n in names}, weights, temperature)
+            # Members through their own calibrations first (temperature, class bias), as the bundle and Serve do.
+            probs = combine({n: calibrate(picked[n].extra["probs"], manifest["models"][n]) for n in names},
+                            weights, temperature)
             metrics = classification_metrics(probs, members[names[0]]["val_y"], classes)
             row.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
         rows.append(finish_row(row, peak))

@@ -181,11 +181,12 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         probs = val_probs[serve["variant"]]  # the served file's outputs
         models[name], raw_member_probs[name] = entry, probs
 
-    # Members are calibrated one by one (their own temperature), then mixed, then the mixture is tempered.
-    member_temperatures = ensemble.fit_member_temperatures(raw_member_probs, labels)
-    member_probs = ensemble.calibrate_members(raw_member_probs, member_temperatures)
+    # Members are calibrated one by one (their own temperature and class bias), then mixed, then the
+    # mixture is tempered.
+    member_calibrations = ensemble.fit_member_calibrations(raw_member_probs, labels)
+    member_probs = ensemble.calibrate_members(raw_member_probs, member_calibrations)
     for name, entry in models.items():
-        entry["temperature"] = member_temperatures[name]
+        entry.update(member_calibrations[name])  # "temperature" and "bias" (one per class, in class order)
         entry["val"] = ensemble.scores(member_probs[name], labels, classes)
         entry["val_uncalibrated"] = ensemble.scores(raw_member_probs[name], labels, classes)
     weights, temperature = ensemble.fit(member_probs, labels)
@@ -221,7 +222,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     thumb_index = thumbnail_order(calibrated, labels, THUMBNAILS)
     largest = val_cache[max(val_cache)][0]
     arrays = {"labels": np.asarray(labels, np.int64)}
-    # probs__<model>: what the ensemble mixes (each member tempered by its own temperature, as served).
+    # probs__<model>: what the ensemble mixes (each member through its own calibration, as served).
     arrays.update({f"probs__{name}": p.astype(np.float32) for name, p in member_probs.items()})
     arrays.update({f"probs_raw__{name}": p.astype(np.float32) for name, p in raw_member_probs.items()})
     arrays.update(probs__ensemble_raw=raw.astype(np.float32), probs__ensemble=calibrated.astype(np.float32),
