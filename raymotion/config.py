@@ -83,6 +83,18 @@ class ExportConfig:
     calibration_images: int = 300  # training images for static calibration (as many again pick the setting)
     latency_seconds: float = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
 
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """The export flags shared by ``raymotion.tune`` and ``raymotion.export`` (argparse)."""
+        parser.add_argument("--no-int8", action="store_true", help="serve fp32 only (skip building int8 candidates)")
+        parser.add_argument("--no-flip-tta", action="store_true", help="export without mirror-image test-time averaging")
+        parser.add_argument("--int8-tolerance", type=float, default=ExportConfig.int8_tolerance_points,
+                            help="val accuracy points an int8 model may lose and still be served")
+
+    @classmethod
+    def from_arguments(cls, args) -> "ExportConfig":
+        return cls(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance)
+
 
 @dataclass
 class TuneSettings:

@@ -20,20 +20,13 @@ from raymotion.data import DataError, open_data
 from raymotion.export.bundle import MANIFEST, build_run_bundle, results_table
 
 
-def export_config(args: argparse.Namespace) -> ExportConfig:
-    return ExportConfig(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m raymotion.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", help="the run's data root (default: the one its manifest records)")
     p.add_argument("--models", help="comma-separated subset of the run's checkpoints (default: all)")
-    p.add_argument("--no-int8", action="store_true", help="serve fp32 only (skip building int8 candidates)")
-    p.add_argument("--no-flip-tta", action="store_true", help="export without mirror-image test-time averaging")
-    p.add_argument("--int8-tolerance", type=float, default=ExportConfig.int8_tolerance_points,
-                   help="val accuracy points an int8 model may lose and still be served")
+    ExportConfig.add_arguments(p)
     args = p.parse_args(argv)
 
     run_dir = os.path.abspath(args.run_dir)
@@ -63,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     extra = {name: {k: v for k, v in previous.get("models", {}).get(name, {}).items() if k == "tune"} for name in names}
     manifest = build_run_bundle(run_dir, {n: os.path.join(checkpoint_root, n) for n in names}, source, extra,
-                                export_config(args))
+                                ExportConfig.from_arguments(args))
     print(results_table(manifest))
 
 

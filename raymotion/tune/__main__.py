@@ -39,10 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: GPU workers + AMP + CUDA provider")
     p.add_argument("--workers", type=int, default=1, help="data-parallel Train workers per trial")
     p.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
-    p.add_argument("--no-int8", action="store_true", help="serve fp32 only (skip building int8 candidates)")
-    p.add_argument("--no-flip-tta", action="store_true", help="export without mirror-image test-time averaging")
-    p.add_argument("--int8-tolerance", type=float, default=ExportConfig.int8_tolerance_points,
-                   help="val accuracy points an int8 model may lose and still be served")
+    ExportConfig.add_arguments(p)
     p.add_argument("--serve", action="store_true", help="serve the run over HTTP when done")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -92,7 +89,7 @@ def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
               f"({result.trials} trials, {result.stopped_early} stopped early, {result.seconds:.0f}s)", flush=True)
     cached_by_size.clear()
 
-    manifest = build_run_bundle(run_dir, checkpoints, source, extra, export_config(args))
+    manifest = build_run_bundle(run_dir, checkpoints, source, extra, ExportConfig.from_arguments(args))
     elapsed = time.perf_counter() - started
     report = write_report(run_dir)
     print(f"\n{results_table(manifest)}\n\ntune + export took {elapsed / 60:.1f} min; run directory: {run_dir}"
@@ -116,10 +113,6 @@ def serve_run(run_dir: str, host: str, port: int, device: str, owns_ray: bool) -
                 time.sleep(3600)
         except KeyboardInterrupt:
             serve.shutdown()
-
-
-def export_config(args: argparse.Namespace) -> ExportConfig:
-    return ExportConfig(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance)
 
 
 def main(argv: list[str] | None = None) -> None:
