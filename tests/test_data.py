@@ -138,18 +138,42 @@ def test_normalize_is_nchw_standardised():
     assert np.allclose(out, 1.0)
 
 
+def test_standardize_on_the_train_device_matches_the_export_and_serve_normalize():
+    """The train loop standardises uint8 NHWC batches in torch; export and Serve use transforms.normalize
+    (numpy). The model must see the same numbers from both."""
+    from raymotion.data.augment import standardize
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = standardize(torch.from_numpy(images), torch.tensor(mean), torch.tensor(std))
+    assert out.shape == (4, 3, 9, 7) and out.dtype == torch.float32 and out.is_contiguous()
+    np.testing.assert_allclose(out.numpy(), normalize(images, mean, std), atol=1e-5)
+
+
+def test_uint8_transport_round_trips_the_source_pixels_and_rounds_the_rest():
+    from raymotion.data.augment import to_uint8, to_unit_float
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    x = to_unit_float(torch.from_numpy(images))
+    assert x.shape == (3, 3, 8, 8) and x.is_contiguous() and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    assert np.array_equal(to_uint8(x).numpy(), images)
+    # Values between grey levels (a MixUp blend) round to the nearest; out-of-range values clamp.
+    half = torch.full((1, 3, 2, 2), 0.5)
+    assert int(to_uint8(half)[0, 0, 0, 0]) == 128
+    assert to_uint8(torch.tensor([[[[-0.2]], [[1.3]], [[0.002]]]])).flatten().tolist() == [0, 255, 1]
+
+
 def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, faces_root):
     folders = index_image_folders(faces_root)
     cached, report = load_cached(folders, 32)
     assert not report.skipped
     assert cached["train"].count() == 300 and cached["val"].count() == 60
-    mean, std = (0.5,) * 3, (0.5,) * 3
-    train = train_stream(cached["train"], mean=mean, std=std, seed=0, num_classes=3, rotation_deg=10, hflip_p=0.5,
+    train = train_stream(cached["train"], seed=0, num_classes=3, rotation_deg=10, hflip_p=0.5,
                          contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5, mixup_p=0.5)
     labels, mixed = [], 0
     for batch in train.iter_batches(batch_size=64):
-        assert batch["image"].shape[1:] == (3, 32, 32) and batch["image"].dtype == np.float32
-        assert batch["image"].min() >= -1.0 - 1e-5 and batch["image"].max() <= 1.0 + 1e-5
+        # uint8 NHWC, as cached: the train loop standardises on its device.
+        assert batch["image"].shape[1:] == (32, 32, 3) and batch["image"].dtype == np.uint8
         assert batch["target"].shape == (len(batch["label"]), 3)
         assert np.allclose(batch["target"].sum(1), 1.0, atol=1e-5)
         mixed += int((batch["target"].max(1) < 1.0 - 1e-6).sum())
@@ -157,7 +181,7 @@ def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, face
     assert mixed > 0  # CutMix/MixUp at p=0.5 each mixes some rows
     assert sorted(labels) == sorted(folders.train.labels)
     # Val is not augmented: two passes give identical pixels.
-    val = eval_stream(cached["val"], mean=mean, std=std)
+    val = eval_stream(cached["val"])
     first = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
     second = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
     assert np.array_equal(first, second)

@@ -12,7 +12,6 @@ import tempfile
 import time
 
 from raymotion.data import index_image_folders, resolve_data_root
-from raymotion.models import get_model_spec
 
 
 def run_data(args: argparse.Namespace) -> dict:
@@ -27,7 +26,6 @@ def run_data(args: argparse.Namespace) -> dict:
     print(f"data: {root} ({how}); model {args.model} at {args.size}px, batch {args.batch_size}, "
           f"{args.steps} steps per round ({args.warmup} warm-up), {args.rounds} rounds of (ray, dataloader)", flush=True)
     init_ray(args.address)
-    spec = get_model_spec(args.model)
     cache_started = time.perf_counter()
     cached, _ = load_cached(folders, args.size)
     decode_once_s = time.perf_counter() - cache_started
@@ -41,7 +39,7 @@ def run_data(args: argparse.Namespace) -> dict:
               f"dataloader {dl_r['images_per_s']:.1f} img/s (first batch {dl_r['startup_s']:.1f}s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepare_parquet(root, tmp, args.size)
-        alone = bench_pipeline_alone(folders, ParquetCache.open(tmp), args.size, spec.mean, spec.std)
+        alone = bench_pipeline_alone(folders, ParquetCache.open(tmp), args.size)
     med = lambda key, field: statistics.median(r[key][field] for r in rounds)  # noqa: E731
     summary = {
         "ray_images_per_s": med("ray", "images_per_s"), "dataloader_images_per_s": med("dataloader", "images_per_s"),

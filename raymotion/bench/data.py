@@ -14,15 +14,16 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import ray.train
 import torch
 import torch.nn as nn
 
 from raymotion.config import TrainConfig
-from raymotion.data.augment import augment_batch
+from raymotion.data.augment import standardize
 from raymotion.data.folders import ImageFolders
 from raymotion.data.parquet import ParquetCache
-from raymotion.data.pipeline import decode_split, train_stream
+from raymotion.data.pipeline import augment_mix, decode_split, train_stream
 from raymotion.data.transforms import decode_image, resize_rgb
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.loop import resolve_torch_threads
@@ -31,10 +32,11 @@ from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
 AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
 
 
-def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float) -> dict[str, float]:
-    """Run ``steps`` train steps; seconds from ``t0`` (wall clock) to the first batch, and images/s
-    after ``warmup`` batches."""
+def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float, spec) -> dict[str, float]:
+    """Run ``steps`` train steps on uint8 NHWC batches, standardised here as the train loop does; seconds
+    from ``t0`` (wall clock) to the first batch, and images/s after ``warmup`` batches."""
     loss_fn = nn.CrossEntropyLoss()
+    mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
     first = steady_start = None
     images = 0
     for step, (x, y) in enumerate(batches):
@@ -43,7 +45,7 @@ def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float) 
         if step == warmup:
             steady_start, images = time.perf_counter(), 0
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss_fn(model(standardize(x, mean, std)), y).backward()
         optimizer.step()
         images += len(y)
         if step + 1 >= steps:
@@ -60,7 +62,8 @@ def _bench_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     batches = ((b["image"], b["label"]) for b in shard.iter_torch_batches(
         batch_size=bench["batch_size"], drop_last=True, local_shuffle_buffer_size=1024))
-    result = _train_steps(model, optimizer, batches, bench["steps"], bench["warmup"], bench["t0"])
+    result = _train_steps(model, optimizer, batches, bench["steps"], bench["warmup"], bench["t0"],
+                          get_model_spec(bench["model"]))
     # Train V2 keeps metrics only for reports that carry a checkpoint; the score key satisfies the
     # trainer's CheckpointConfig.
     result[CHECKPOINT_METRIC] = 0.0
@@ -88,20 +91,21 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         with open(self.paths[i], "rb") as f:
-            return torch.from_numpy(resize_rgb(decode_image(f.read()), self.size)), self.labels[i]
+            return resize_rgb(decode_image(f.read()), self.size), self.labels[i]
 
 
 class AugmentCollate:
-    """The same batch transforms as the Ray pipeline, run in the DataLoader's worker processes."""
+    """The Ray pipeline's train-time transform (data.pipeline.augment_mix), run in the DataLoader's worker
+    processes: uint8 NHWC batches out, as the Ray stream delivers them."""
 
-    def __init__(self, mean, std):
-        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
         self.gen = torch.Generator().manual_seed(0)
 
     def __call__(self, items):
-        x = torch.stack([img for img, _ in items]).permute(0, 3, 1, 2).float().div_(255.0)
-        x = augment_batch(x, self.gen, **AUG)
-        return (x - self.mean) / self.std, torch.tensor([label for _, label in items])
+        labels = np.asarray([label for _, label in items], np.int64)
+        images, _ = augment_mix(np.stack([img for img, _ in items]), labels, self.gen, self.num_classes, AUG, {})
+        return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def bench_dataloader(source: ImageFolders, size: int, model: str, batch_size: int, steps: int, warmup: int,
@@ -114,21 +118,20 @@ def bench_dataloader(source: ImageFolders, size: int, model: str, batch_size: in
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     loader = torch.utils.data.DataLoader(
         FolderDataset(source.train.paths, source.train.labels, size), batch_size=batch_size, shuffle=True,
-        drop_last=True, num_workers=data_workers, collate_fn=AugmentCollate(spec.mean, spec.std),
+        drop_last=True, num_workers=data_workers, collate_fn=AugmentCollate(len(source.classes)),
         persistent_workers=False, prefetch_factor=4 if data_workers else None)
-    return _train_steps(net, optimizer, iter(loader), steps, warmup, t0)
+    return _train_steps(net, optimizer, iter(loader), steps, warmup, t0, spec)
 
 
-def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int, mean, std,
-                         repeats: int = 3) -> dict[str, Any]:
+def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int, repeats: int = 3) -> dict[str, Any]:
     """Images/s of the input pipeline without a model, as training runs it (data.pipeline.load_cached,
     then train_stream): the source stage — JPEG decode + resize, or the Parquet read — materialized once,
-    then one epoch of augment + normalize over it. Per source: the whole pass and each stage.
+    then one epoch of augment over it (uint8 out, as training streams it). Per source: the whole pass and each stage.
 
     The two sources alternate ``repeats`` times; the median of each is the figure (other processes on a
     2-core machine make single passes noisy). One untimed pass first: it starts Ray's worker processes
     (each imports torch, ~1-2 s), which would otherwise be charged to whichever source runs first."""
-    warmup = train_stream(parquet.read("train"), mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
+    warmup = train_stream(parquet.read("train"), seed=0, num_classes=len(folders.classes), **AUG)
     for _ in warmup.iter_batches(batch_size=256):
         pass
     passes: dict[str, list[dict[str, float]]] = {"folders": [], "parquet": []}
@@ -137,7 +140,7 @@ def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int
             started = time.perf_counter()
             ds = decode_split(folders.train, size)[0] if name == "folders" else parquet.read("train").materialize()
             source_s = time.perf_counter() - started
-            stream = train_stream(ds, mean=mean, std=std, seed=0, num_classes=len(folders.classes), **AUG)
+            stream = train_stream(ds, seed=0, num_classes=len(folders.classes), **AUG)
             rows = sum(len(b["label"]) for b in stream.iter_batches(batch_size=256))
             total_s = time.perf_counter() - started
             passes[name].append({"images_per_s": rows / total_s, "source_images_per_s": rows / source_s,

@@ -154,3 +154,29 @@ def augment_batch(
     # geometry up to border effects, and the geometry is then one resample.
     x = random_photometric(images, contrast, brightness, gen)
     return random_geometry(x, gen, crop_scale=crop_scale, hflip_p=hflip_p, rotation_deg=rotation_deg)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1], contiguous (grid_sample and the elementwise ops ran up to 2x
+    slower on the permuted, channels-last strides)."""
+    return images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [0, 1] -> uint8 NHWC, rounded: the form batches travel in, as the source pixels did.
+
+    A float32 batch is 4x the bytes; on a 2-CPU node serialising it through the object store cost as
+    much as augmenting it. Rounding to 1/255 is the source images' own precision (MixUp blends and
+    resampled pixels lose under half a grey level).
+    """
+    return x.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC batch (on the train device) -> float32 NCHW standardised per channel: the model input.
+
+    The torch twin of ``transforms.normalize`` (which export and Serve use), done where the model runs so
+    that the batches in flight stay uint8. ``mean``/``std``: float tensors of shape (3,) on that device.
+    """
+    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return x.mul_(1.0 / 255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))

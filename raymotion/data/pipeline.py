@@ -16,11 +16,11 @@ import numpy as np
 import ray
 import torch
 
-from raymotion.data.augment import augment_batch
+from raymotion.data.augment import augment_batch, to_uint8, to_unit_float
 from raymotion.data.folders import ImageFolders, Split
 from raymotion.data.mixing import mix_batch
 from raymotion.data.parquet import ParquetCache
-from raymotion.data.transforms import InvalidImage, decode_image_kind, normalize, resize_rgb
+from raymotion.data.transforms import InvalidImage, decode_image_kind, resize_rgb
 
 # Rows kept in the per-epoch local shuffle buffer: several blocks.
 SHUFFLE_BUFFER_ROWS = 4 * 256
@@ -29,7 +29,7 @@ SHUFFLE_BUFFER_ROWS = 4 * 256
 # that scheduling a task costs far less than the work in it.
 ROWS_PER_BLOCK = 256
 
-# CPU request of the per-epoch (augment/normalize) tasks. They are light and vectorised; asking for a
+# CPU request of the per-epoch (augment) tasks. They are light and vectorised; asking for a
 # whole CPU would deadlock a 2-CPU node, where the Train worker holds one and the Tune trial a sliver.
 STREAM_TASK_CPUS = 0.5
 
@@ -170,44 +170,46 @@ def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[st
     return cached, report
 
 
-def _normalize_batch(batch: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
-    return {"image": normalize(batch["image"], mean, std), "label": batch["label"]}
+def augment_mix(images: np.ndarray, labels: np.ndarray, gen: torch.Generator, num_classes: int, augment: dict,
+                mixing: dict) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC images -> (augmented and mixed uint8 NHWC images, float soft targets (N, C)).
+
+    The one train-time transform: the Ray pipeline runs it per block, the DataLoader baseline of the data
+    benchmark per batch."""
+    x = augment_batch(to_unit_float(torch.from_numpy(images)), gen, **augment)
+    x, target = mix_batch(x, torch.as_tensor(labels), num_classes, gen, **mixing)
+    return to_uint8(x).numpy(), target.numpy()
 
 
-def _augment_normalize_batch(batch: dict[str, np.ndarray], mean, std, seed: int, num_classes: int,
-                             augment: dict, mixing: dict) -> dict[str, np.ndarray]:
+def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augment: dict,
+                   mixing: dict) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     gen = torch.Generator().manual_seed(hash((seed, int(uids[0]) if len(uids) else 0, next(_batch_counter))) & 0x7FFF_FFFF)
-    # np.array copies (Ray hands out read-only arrays); NCHW made contiguous once, here: grid_sample
-    # and the elementwise ops ran up to 2x slower on the permuted (channels-last) strides.
-    x = torch.from_numpy(np.array(batch["image"])).permute(0, 3, 1, 2).to(
-        torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    x = augment_batch(x, gen, **augment)
-    x, target = mix_batch(x, torch.tensor(batch["label"]), num_classes, gen, **mixing)
-    x = x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
-    return {"image": x.numpy(), "label": batch["label"], "target": target.numpy()}
+    # np.array: Ray hands out read-only arrays, which torch.from_numpy warns about.
+    images, target = augment_mix(np.array(batch["image"]), batch["label"], gen, num_classes, augment, mixing)
+    return {"image": images, "label": batch["label"], "target": target}
 
 
-def train_stream(cached_train: ray.data.Dataset, *, mean, std, seed: int, num_classes: int,
+def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
                  rotation_deg: float = 0.0, hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
                  crop_scale: float = 1.0, cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0,
                  mixup_alpha: float = 0.2) -> ray.data.Dataset:
-    """Shuffled block order + random augmentation + mixing + normalization; re-executed every epoch.
-    Columns: image (float NCHW), label (int), target (float soft labels, rows sum to 1)."""
+    """Shuffled block order + random augmentation + mixing; re-executed every epoch.
+    Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
+    augment.standardize), label (int), target (float soft labels, rows sum to 1)."""
     augment = dict(rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast, brightness=brightness,
                    crop_scale=crop_scale)
     mixing = dict(cutmix_p=cutmix_p, cutmix_alpha=cutmix_alpha, mixup_p=mixup_p, mixup_alpha=mixup_alpha)
     return cached_train.randomize_block_order().map_batches(
-        _augment_normalize_batch,
-        fn_kwargs=dict(mean=tuple(mean), std=tuple(std), seed=seed, num_classes=num_classes, augment=augment,
-                       mixing=mixing),
+        _augment_batch,
+        fn_kwargs=dict(seed=seed, num_classes=num_classes, augment=augment, mixing=mixing),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),
     )
 
 
-def eval_stream(cached_split: ray.data.Dataset, *, mean, std) -> ray.data.Dataset:
-    return cached_split.map_batches(_normalize_batch, fn_kwargs=dict(mean=tuple(mean), std=tuple(std)),
-                                    batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS,
-                                    compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()))
+def eval_stream(cached_split: ray.data.Dataset) -> ray.data.Dataset:
+    """The cached split as it is (uint8 NHWC image, label): evaluation has nothing random to add, and the
+    loop standardises on its device, so no per-epoch task runs at all."""
+    return cached_split

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from raymotion.config import TrainConfig
+from raymotion.data.augment import standardize
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
 from raymotion.train.checkpoint import save_checkpoint
@@ -41,12 +42,14 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: bool) -> dict[str, float]:
+def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: bool,
+             mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+    """``batches``: uint8 NHWC images and labels; ``mean``/``std`` (3,) on ``device`` standardise them."""
     model.eval()
     logits, labels = [], []
     for batch in batches:
         with torch.autocast(device.type, enabled=amp):
-            out = model(batch["image"].to(device, non_blocking=True))
+            out = model(standardize(batch["image"].to(device, non_blocking=True), mean, std))
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
     if not logits:
@@ -114,6 +117,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     phases = transfer_phases(cfg, pretrained)
     device = ray.train.torch.get_device()
     amp = cfg.amp and device.type == "cuda"
+    # Batches arrive as uint8 NHWC (a quarter of float32's bytes through the object store and to the GPU).
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
 
     steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
@@ -156,7 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for step, batch in enumerate(batches):
             if step >= steps_per_epoch:
                 break
-            images, labels, target = batch["image"], batch["label"], batch["target"]
+            images, labels, target = standardize(batch["image"], mean, std), batch["label"], batch["target"]
             with torch.autocast(device.type, enabled=amp):
                 logits = model(images)
                 loss = loss_fn(logits, target)
@@ -174,7 +180,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Every worker reads the whole (unsplit) val set and must consume it: Ray Train feeds an unsplit
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.
-        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), device, classes, amp)
+        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), device, classes, amp, mean, std)
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(1, seen),

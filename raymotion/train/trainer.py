@@ -44,14 +44,13 @@ def build_trainer(
     loop_config_extra: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
-    spec = get_model_spec(cfg.model)
     quiet_progress()
     datasets = {
-        "train": train_stream(cached["train"], mean=spec.mean, std=spec.std, seed=cfg.seed, num_classes=len(classes),
+        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes),
                               rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
                               brightness=cfg.brightness, crop_scale=cfg.crop_scale, cutmix_p=cfg.cutmix_p,
                               cutmix_alpha=cfg.cutmix_alpha, mixup_p=cfg.mixup_p, mixup_alpha=cfg.mixup_alpha),
-        "val": eval_stream(cached["val"], mean=spec.mean, std=spec.std),
+        "val": eval_stream(cached["val"]),
     }
     return TorchTrainer(
         train_loop,
