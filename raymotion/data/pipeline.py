@@ -177,7 +177,7 @@ def augment_mix(images: np.ndarray, labels: np.ndarray, gen: torch.Generator, nu
     The one train-time transform: the Ray pipeline runs it per block, the DataLoader baseline of the data
     benchmark per batch."""
     x = augment_batch(to_unit_float(torch.from_numpy(images)), gen, **augment)
-    x, target = mix_batch(x, torch.as_tensor(labels), num_classes, gen, **mixing)
+    x, target = mix_batch(x, torch.tensor(labels), num_classes, gen, **mixing)  # copies: Ray arrays are read-only
     return to_uint8(x).numpy(), target.numpy()
 
 
