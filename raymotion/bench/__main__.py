@@ -66,7 +66,7 @@ def run_data(args: argparse.Namespace) -> dict:
             ("  source stage: JPEG decode+resize img/s", summary["source_folders_images_per_s"]),
             ("  source stage: Parquet read img/s", summary["source_parquet_images_per_s"]),
             ("  source stage ratio Parquet / folders", summary["ratio_source_parquet_over_folders"]),
-            ("  augment+normalize stage img/s (mean of both)", summary["augment_images_per_s"])]
+            ("  augment stage img/s, uint8 out (mean of both)", summary["augment_images_per_s"])]
     print("\n" + "\n".join(f"{name:<55} {value:>10.2f}" for name, value in rows))
     return {"benchmark": "data", "args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "rounds": rounds, "pipeline_alone_passes": alone["passes"], "summary": summary}
