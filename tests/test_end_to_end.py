@@ -60,7 +60,7 @@ def test_run_directory_is_self_contained(run):
     assert set(manifest["models"]) == {"lenet", "mobilenet_v2"}
     for name, entry in manifest["models"].items():
         assert sha256_file(os.path.join(run_dir, entry["file"])) == entry["sha256"]
-        assert entry["parity_max_abs_diff"] <= 1e-4
+        assert entry["parity_max_abs_diff"] <= 1e-4 and entry["optimization"] == "basic"
         assert entry["tune"]["trials"] == 2 and entry["tune"]["failed"] == 0
         for key in ("accuracy", "top2_accuracy", "macro_f1"):
             assert 0.0 <= entry["val"][key] <= 1.0

@@ -1,9 +1,11 @@
 import os
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
+import raymotion
 from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
 from raymotion.export.onnx import (PARITY_TOLERANCE, ParityError, create_session, export_onnx, export_optimized,
@@ -27,6 +29,10 @@ def test_onnx_agrees_with_torch_on_real_images(name, faces_root, tmp_path):
     # The batch axis is dynamic: one image alone gives the same answer as inside a batch.
     alone = onnx_probabilities(session, x[:1])
     assert np.allclose(alone, torch_probabilities(model, x)[:1], atol=PARITY_TOLERANCE)
+    # No per-node debug records (stack traces with this machine's paths) ship in the file.
+    proto = onnx.load(path)
+    assert not any(node.metadata_props or node.doc_string for node in proto.graph.node)
+    assert os.path.dirname(raymotion.__file__).encode() not in open(path, "rb").read()
 
 
 def _lenet_and_images(faces_root, n=16):

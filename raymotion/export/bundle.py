@@ -30,8 +30,7 @@ from PIL import Image
 from raymotion.config import ExportConfig
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
-from raymotion.export.onnx import (OPSET, PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
-                                   parity_max_abs_diff)
+from raymotion.export.onnx import OPSET, create_session, export_optimized, onnx_probabilities
 from raymotion.export.quantize import calibration_images, choose_int8
 from raymotion.models.tta import FlipAveraged
 from raymotion.train.checkpoint import load_checkpoint
@@ -44,10 +43,6 @@ PREDICTIONS = os.path.join("predictions", "val.npz")
 THUMBNAILS = 96
 THUMB_SIZE = 64
 OUT_OF_FOLD_FOLDS = 5
-
-
-class ParityError(AssertionError):
-    pass
 
 
 def sha256_file(path: str) -> str:
@@ -68,7 +63,9 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
 
 def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
                   flip_tta: bool = False) -> tuple[dict[str, Any], np.ndarray]:
-    """Export one checkpoint; check parity on real val images; return its manifest entry and val probabilities.
+    """Export one checkpoint (optimised offline, portable "basic" level) and check that the written file
+    agrees with torch on real val images (raymotion.export.onnx.ParityError if not); return its manifest
+    entry and val probabilities.
 
     ``val_images``: uint8 NHWC at the checkpoint's input size. ``flip_tta``: the exported graph averages
     the logits of the image and its mirror image (raymotion.models.tta.FlipAveraged).
@@ -79,13 +76,9 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
     name = meta["model"]
     relative = os.path.join("models", f"{name}.onnx")
     path = os.path.join(run_dir, relative)
-    exporter = export_onnx(model, path, meta["input_size"])
-    session = create_session(path)
     x = normalize(val_images, meta["mean"], meta["std"])
-    diff = parity_max_abs_diff(model, session, x[:PARITY_IMAGES])
-    if not diff <= PARITY_TOLERANCE:
-        raise ParityError(f"{name}: ONNX and torch probabilities differ by {diff:.2e} > {PARITY_TOLERANCE:.0e}")
-    probs = onnx_probabilities(session, x)
+    exported = export_optimized(model, path, meta["input_size"], x[:PARITY_IMAGES])
+    probs = onnx_probabilities(create_session(path), x)
     entry = {
         "file": relative,
         "sha256": sha256_file(path),
@@ -94,8 +87,7 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
         "mean": meta["mean"],
         "std": meta["std"],
         "opset": OPSET,
-        "exporter": exporter,
-        "parity_max_abs_diff": diff,
+        **exported,  # exporter, offline optimisation level, parity_max_abs_diff
         "test_time_augmentation": "hflip" if flip_tta else "none",
         "epoch": meta["epoch"],
         "train_config": meta["train_config"],

@@ -9,6 +9,7 @@ import warnings
 from typing import Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
@@ -24,8 +25,25 @@ OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-4
 
 
+def strip_debug_info(path: str) -> str:
+    """Drop per-node debug records (doc strings, metadata_props) from the ONNX file at ``path``, in place.
+
+    torch's dynamo exporter writes each node's Python stack trace, FX node and module hierarchy into its
+    metadata_props, and onnxruntime's quantizer copies them onto its QDQ nodes: 217 KB of MobileNetV2's
+    9.1 MB (2.4%), 143 KB of its 2.76 MB int8 file (5%), and absolute source paths of the machine that
+    exported it. Nothing reads them at inference time."""
+    proto = onnx.load(path)
+    for graph in [proto.graph] + [f for f in proto.functions]:
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+    onnx.save(proto, path)
+    return path
+
+
 def export_onnx(model: nn.Module, path: str, input_size: int) -> str:
-    """Write ``path`` (one self-contained file) and return the exporter used ("dynamo" or "torchscript")."""
+    """Write ``path`` (one self-contained file, debug records stripped) and return the exporter used
+    ("dynamo" or "torchscript")."""
     model = model.eval()
     example = (torch.zeros(2, 3, input_size, input_size),)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -37,6 +55,7 @@ def export_onnx(model: nn.Module, path: str, input_size: int) -> str:
                 opset_version=OPSET, dynamo=True, external_data=False,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
             )
+        strip_debug_info(path)
         return "dynamo"
     except Exception as err:  # some architectures only trace with the older exporter
         log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter", err)
@@ -46,6 +65,7 @@ def export_onnx(model: nn.Module, path: str, input_size: int) -> str:
                 model, example, path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
+        strip_debug_info(path)
         return "torchscript"
 
 

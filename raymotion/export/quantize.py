@@ -21,7 +21,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from raymotion.export.onnx import INPUT_NAME, create_session, interleaved_latency, onnx_probabilities
+from raymotion.export.onnx import INPUT_NAME, create_session, interleaved_latency, onnx_probabilities, strip_debug_info
 from raymotion.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def quantize_static_qdq(fp32_path: str, out_path: str, calibration_images: np.nd
             per_channel=config.per_channel, reduce_range=config.reduce_range,
             activation_type=QUANT_TYPES[config.activation_type], weight_type=QUANT_TYPES[config.weight_type],
             calibrate_method=CALIBRATION_METHODS[config.calibrate_method], extra_options=extra)
-    return out_path
+    return strip_debug_info(out_path)
 
 
 def quantize_static_search(fp32_path: str, out_path: str, calibration_images: np.ndarray,
@@ -166,7 +166,7 @@ def quantize_dynamic_int8(fp32_path: str, out_path: str, op_types: Sequence[str]
         quantize_dynamic(prepared, out_path, op_types_to_quantize=list(op_types) if op_types else None,
                          per_channel=False, weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return out_path
+    return strip_debug_info(out_path)
 
 
 def calibration_images(source, size: int, n: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0,
