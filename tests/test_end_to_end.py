@@ -65,6 +65,8 @@ def test_run_directory_is_self_contained(run):
         for key in ("accuracy", "top2_accuracy", "macro_f1"):
             assert 0.0 <= entry["val"][key] <= 1.0
         assert 0.0 <= entry["val"]["ece"] <= 1.0 and np.array(entry["val"]["confusion"]).shape == (3, 3)
+        # The member's calibration scored out-of-fold too (it is fitted on val): every val image counted.
+        assert entry["val_out_of_fold"]["folds"] == 5 and np.array(entry["val_out_of_fold"]["confusion"]).sum() == 60
         # The served file is fp32 or the int8 candidate choose_int8 accepted, with the figures that decided.
         serve, int8 = entry["serve"], entry["int8"]
         assert sha256_file(os.path.join(run_dir, serve["file"])) == serve["sha256"] and serve["reason"]

@@ -179,3 +179,46 @@ def test_class_bias_removes_a_prior_shift_that_temperature_cannot():
     assert fit_calibration(shifted, labels) == cal
     ident = fit_calibration(posterior, labels)
     assert ident["temperature"] == pytest.approx(1.0, abs=0.1) and np.abs(ident["bias"]).max() < 0.1
+
+
+def test_member_calibration_out_of_fold_is_fitted_without_the_rows_it_scores():
+    """cross_fitted_calibration: every fold goes through the calibration fitted on the other folds (the
+    same stratified folds as cross_fitted), so it equals that fit, and it differs from the in-sample fit."""
+    from raymotion.export.ensemble import (calibrate, cross_fitted_calibration, fit_calibration,
+                                           stratified_folds)
+
+    rng = np.random.default_rng(5)
+    prior = np.array([0.2, 0.6, 0.2])
+    labels = rng.choice(C, size=900, p=prior)
+    shifted = softmax(rng.normal(0.0, 1.0, (900, C)) + 1.5 * np.eye(C)[labels])  # equal-prior beliefs
+    oof = cross_fitted_calibration(shifted, labels, folds=5, seed=0)
+    fold = stratified_folds(labels, 5, 0)
+    for k in range(5):
+        held = fold == k
+        expected = calibrate(shifted[held], fit_calibration(shifted[~held], labels[~held]))
+        np.testing.assert_allclose(oof[held], expected)
+    np.testing.assert_allclose(oof.sum(1), 1.0)
+    in_sample = calibrate(shifted, fit_calibration(shifted, labels))
+    assert not np.allclose(oof, in_sample)
+    # Out of fold it still removes most of the prior shift, and in-sample flatters it (lower NLL).
+    assert log_loss(in_sample, labels) <= log_loss(oof, labels) < log_loss(shifted, labels) - 0.01
+
+
+def test_thumbnail_order_shows_confident_mistakes_first_and_keeps_room_for_correct_rows():
+    from raymotion.export.bundle import thumbnail_order
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, C, 300)
+    probs = softmax(rng.normal(0.0, 2.0, (300, C)))  # about 2/3 of the rows wrong
+    wrong = probs.argmax(1) != labels
+    order = thumbnail_order(probs, labels, 30)
+    assert len(order) == 30 and len(set(order.tolist())) == 30
+    assert wrong[order[:20]].all() and not wrong[order[20:]].any()  # 2/3 mistakes, then correct rows
+    confidence = probs.max(1)[order[:20]]
+    assert (np.diff(confidence) <= 0).all() and confidence[0] == probs.max(1)[wrong].max()
+    assert set(labels[order[20:]]) == set(range(C))  # every class among the correct rows
+    # Only 3 correct rows: mistakes fill the rest of the grid.
+    mostly_wrong = np.eye(C)[(labels + 1) % C] * 0.8 + 0.2 / C
+    mostly_wrong[:3] = np.eye(C)[labels[:3]] * 0.8 + 0.2 / C
+    few = thumbnail_order(mostly_wrong, labels, 30)
+    assert len(few) == 30 and sorted(few[27:].tolist()) == [0, 1, 2]

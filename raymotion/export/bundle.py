@@ -181,6 +181,9 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         entry.update(member_calibrations[name])  # "temperature" and "bias" (one per class, in class order)
         entry["val"] = ensemble.scores(member_probs[name], labels, classes)
         entry["val_uncalibrated"] = ensemble.scores(raw_member_probs[name], labels, classes)
+        # "val" is in-sample (the calibration, class bias included, was fitted on these images).
+        oof = ensemble.cross_fitted_calibration(raw_member_probs[name], labels, OUT_OF_FOLD_FOLDS, seed=0)
+        entry["val_out_of_fold"] = dict(ensemble.scores(oof, labels, classes), folds=OUT_OF_FOLD_FOLDS, seed=0)
     weights, temperature = ensemble.fit(member_probs, labels)
     raw = ensemble.combine(member_probs, weights)
     calibrated = ensemble.combine(member_probs, weights, temperature)
@@ -225,16 +228,19 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     return manifest
 
 
-def thumbnail_order(probs: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
-    """Row indices to show: every mistake first (most confident first), then correct rows dealt round-robin
-    over the true classes in val order, so each class appears; at most ``limit``."""
+def thumbnail_order(probs: np.ndarray, labels: np.ndarray, limit: int, mistakes_share: float = 2 / 3) -> np.ndarray:
+    """Row indices to show, at most ``limit``: mistakes first (most confident first), then correct rows dealt
+    round-robin over the true classes in val order, so each class appears. Mistakes fill at most
+    ``mistakes_share`` of the grid while there are correct rows to show (a full run makes more mistakes
+    than the grid holds, and a grid of mistakes alone shows nothing of what the model gets right)."""
     preds, confidence = probs.argmax(1), probs.max(1)
     wrong = np.flatnonzero(preds != labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
     right = np.flatnonzero(preds == labels)
     per_class = [right[labels[right] == c] for c in np.unique(labels[right])]
     dealt = [r[i] for i in range(max((len(r) for r in per_class), default=0)) for r in per_class if i < len(r)]
-    return np.asarray(list(wrong) + dealt, np.int64)[:limit]
+    n_wrong = min(len(wrong), max(int(limit * mistakes_share), limit - len(dealt)))
+    return np.asarray(list(wrong[:n_wrong]) + dealt, np.int64)[:limit]
 
 
 def thumbnails(images: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:

@@ -266,6 +266,20 @@ def stratified_folds(labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.nd
     return fold
 
 
+def cross_fitted_calibration(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """One member's probabilities calibrated out-of-fold: each stratified fold through the temperature and
+    class bias fitted on the other folds. The calibration is fitted on val, the set it is scored on; this is
+    its honest score (the same folds as ``cross_fitted``)."""
+    labels = np.asarray(labels, np.int64)
+    probs = np.asarray(probs, np.float64)
+    fold = stratified_folds(labels, max(2, min(folds, len(labels))), seed)
+    out = np.zeros_like(probs)
+    for k in np.unique(fold):
+        held = fold == k
+        out[held] = calibrate(probs[held], fit_calibration(probs[~held], labels[~held]))
+    return out
+
+
 def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0,
                  classes: list[str] | None = None, rounds: int = ROUNDS, calibrate: bool = False) -> dict:
     """Out-of-fold ensemble: for each of ``folds`` stratified folds fit weights + T on the others, predict it.

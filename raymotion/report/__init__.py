@@ -146,6 +146,13 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
         before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
         notes.append(f"Ensemble ECE before temperature scaling: {page.fmt(before)}; after: {page.fmt(after)} "
                      f"(T = {page.fmt(ens.get('temperature'), '.3g')}).")
+    member_oof = {name: (run.manifest["models"][name] or {}).get("val_out_of_fold") for name in run.members}
+    member_oof = {name: v for name, v in member_oof.items() if isinstance(v, dict)}
+    if member_oof:
+        notes.append("Model rows are scored through each model's calibration (temperature and class bias), which "
+                     "was fitted on val too; refitted out-of-fold they score: " + "; ".join(
+                         f"{name} acc {page.fmt(v.get('accuracy'))}, macro-F1 {page.fmt(v.get('macro_f1'))}, "
+                         f"ECE {page.fmt(v.get('ece'))}" for name, v in member_oof.items()) + ".")
     if oof:
         folds = f"{oof['folds']} " if is_number(oof.get("folds")) else ""
         notes.append(f"The fitted-ensemble rows are in-sample: weights and temperature were chosen on the val images "
