@@ -177,20 +177,21 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     # mixture is tempered.
     member_calibrations = ensemble.fit_member_calibrations(raw_member_probs, labels)
     member_probs = ensemble.calibrate_members(raw_member_probs, member_calibrations)
+    # Out-of-fold: every fold refits the members' calibrations, the weights and T on the other folds.
+    oof = ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
+                                calibrate=True)
     for name, entry in models.items():
         entry.update(member_calibrations[name])  # "temperature" and "bias" (one per class, in class order)
         entry["val"] = ensemble.scores(member_probs[name], labels, classes)
         entry["val_uncalibrated"] = ensemble.scores(raw_member_probs[name], labels, classes)
         # "val" is in-sample (the calibration, class bias included, was fitted on these images).
-        oof = ensemble.cross_fitted_calibration(raw_member_probs[name], labels, OUT_OF_FOLD_FOLDS, seed=0)
-        entry["val_out_of_fold"] = dict(ensemble.scores(oof, labels, classes), folds=OUT_OF_FOLD_FOLDS, seed=0)
+        entry["val_out_of_fold"] = dict(ensemble.scores(oof["member_probs"][name], labels, classes),
+                                        folds=oof["metrics"]["folds"], seed=oof["metrics"]["seed"])
     weights, temperature = ensemble.fit(member_probs, labels)
     raw = ensemble.combine(member_probs, weights)
     calibrated = ensemble.combine(member_probs, weights, temperature)
     # The baseline: the plain mean of the members as exported (no temperatures at all).
     equal = ensemble.combine(raw_member_probs, {name: 1.0 for name in raw_member_probs})
-    oof = ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
-                                calibrate=True)
     out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
                        uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
     manifest = {

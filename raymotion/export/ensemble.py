@@ -269,15 +269,8 @@ def stratified_folds(labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.nd
 def cross_fitted_calibration(probs: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
     """One member's probabilities calibrated out-of-fold: each stratified fold through the temperature and
     class bias fitted on the other folds. The calibration is fitted on val, the set it is scored on; this is
-    its honest score (the same folds as ``cross_fitted``)."""
-    labels = np.asarray(labels, np.int64)
-    probs = np.asarray(probs, np.float64)
-    fold = stratified_folds(labels, max(2, min(folds, len(labels))), seed)
-    out = np.zeros_like(probs)
-    for k in np.unique(fold):
-        held = fold == k
-        out[held] = calibrate(probs[held], fit_calibration(probs[~held], labels[~held]))
-    return out
+    its honest score (``cross_fitted``'s ``member_probs`` for a single member)."""
+    return cross_fitted({"member": probs}, labels, folds, seed, calibrate=True)["member_probs"]["member"]
 
 
 def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0,
@@ -285,8 +278,9 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
     """Out-of-fold ensemble: for each of ``folds`` stratified folds fit weights + T on the others, predict it.
 
     Returns ``probs`` (N, C: every row predicted by a fit that never saw it), ``probs_raw`` (same weights,
-    T=1), ``fold`` (N,), per-fold ``weights`` and ``temperatures``, and ``metrics`` (``scores`` of ``probs``
-    plus the fold count and seed). ``calibrate``: ``member_probs`` are raw, and each fold also refits the
+    T=1), ``member_probs`` (each member's rows as that fold mixed them: out-of-fold calibrated when
+    ``calibrate``), ``fold`` (N,), per-fold ``weights`` and ``temperatures``, and ``metrics`` (``scores`` of
+    ``probs`` plus the fold count and seed). ``calibrate``: ``member_probs`` are raw, and each fold also refits the
     members' own calibrations (temperature and class bias) on its fitting rows (as the bundle does on all of val).
     """
     labels = np.asarray(labels, np.int64)
@@ -296,6 +290,7 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
     folds = max(2, min(folds, n))
     fold = stratified_folds(labels, folds, seed)
     probs, probs_raw = np.zeros((n, num_classes)), np.zeros((n, num_classes))
+    member_out = {m: np.zeros((n, num_classes)) for m in member_probs}
     fold_weights, temperatures = [], []
     for k in range(folds):
         held, fit_rows = fold == k, fold != k
@@ -305,11 +300,13 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
             fold_probs = calibrate_members(member_probs, member_cal)
         weights, temperature = fit({m: p[fit_rows] for m, p in fold_probs.items()}, labels[fit_rows], rounds)
         held_probs = {m: p[held] for m, p in fold_probs.items()}
+        for m, p in held_probs.items():
+            member_out[m][held] = p
         probs[held] = combine(held_probs, weights, temperature)
         probs_raw[held] = combine(held_probs, weights)
         fold_weights.append(weights)
         temperatures.append(temperature)
     metrics = scores(probs, labels, classes)
     metrics.update(folds=folds, seed=seed)
-    return {"probs": probs, "probs_raw": probs_raw, "fold": fold, "weights": fold_weights,
+    return {"probs": probs, "probs_raw": probs_raw, "member_probs": member_out, "fold": fold, "weights": fold_weights,
             "temperatures": temperatures, "metrics": metrics}
