@@ -1,6 +1,7 @@
 import io
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,9 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from raymotion.data import DataError, index_image_folders
-from raymotion.data.augment import (affine_grid, augment_batch, random_brightness, random_contrast, random_geometry,
-                                    random_hflip, random_photometric,
-                                    random_resized_crop, random_rotation)
+from raymotion.data.augment import (augment_batch, crop_params, draw_geometry, draw_photometric, photometric_luts,
+                                    rotation_matrices, theta_to_pixel_maps)
 from raymotion.data.pipeline import eval_stream, load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
 
@@ -54,81 +54,110 @@ def test_decode_converts_every_mode_to_rgb_and_rejects_garbage():
             decode_image(bad)
 
 
-def test_augmentations_keep_shape_and_range():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(8, 3, 32, 32)
-    out = augment_batch(x, gen, rotation_deg=20, hflip_p=0.5, contrast=0.4, brightness=0.2, crop_scale=0.5)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert not torch.allclose(out, x)
+def _smooth_images(n: int, height: int = 40, width: int = 56) -> np.ndarray:
+    """Low-frequency colour patterns: bilinear resampling of them is well defined to a grey level."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([128 + 100 * np.sin(xx / 7.0), 128 + 100 * np.cos(yy / 5.0), (xx + yy) * 2], -1)
+    return np.repeat(img.clip(0, 255).astype(np.uint8)[None], n, 0)
+
+
+def _warp(images: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    h, w = images.shape[1:3]
+    maps = theta_to_pixel_maps(theta, h, w)
+    return np.stack([cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_REPLICATE) for img, m in zip(images, maps)])
+
+
+def test_augmentations_keep_shape_dtype_and_leave_the_input_alone():
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    images.flags.writeable = False  # Ray hands out read-only arrays
+    out = augment_batch(images, np.random.default_rng(0), rotation_deg=20, hflip_p=0.5, contrast=0.4,
+                        brightness=0.2, crop_scale=0.5)
+    assert out.shape == images.shape and out.dtype == np.uint8 and out.flags.writeable
+    assert not np.array_equal(out, images)
+    # Every op at its neutral value: the pixels come back unchanged (a copy).
+    same = augment_batch(images, np.random.default_rng(0))
+    assert np.array_equal(same, images) and same is not images
 
 
 def test_each_augmentation_does_what_it_says():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 3, 16, 16)
-    assert torch.equal(random_hflip(x, 1.0, gen), x.flip(-1))
-    assert torch.equal(random_hflip(x, 0.0, gen), x)
-    assert torch.equal(random_contrast(x, 0.0, gen), x)
-    assert torch.equal(random_rotation(x, 0.0, gen), x)
-    assert torch.equal(random_brightness(x, 0.0, gen), x)
-    assert torch.equal(random_resized_crop(x, 1.0, gen), x)
-    # Brightness shifts a mid-grey image uniformly.
-    grey = torch.full((4, 3, 8, 8), 0.5)
-    b = random_brightness(grey, 0.3, gen)
-    assert torch.allclose(b, b[:, :1, :1, :1].expand_as(b)) and ((b - 0.5).abs() <= 0.3 + 1e-6).all()
-    # A crop of a left/right split image zooms in: the boundary moves but both halves stay present
-    # unless the crop falls inside one half; values stay within the original range.
-    split = torch.zeros(16, 3, 32, 32)
-    split[..., 16:] = 1.0
-    c = random_resized_crop(split, 0.3, gen)
-    assert c.shape == split.shape and c.min() >= 0 and c.max() <= 1 and not torch.equal(c, split)
-    # Contrast keeps each image's mean (up to clamping) and changes its spread.
-    flat = torch.full((2, 3, 8, 8), 0.5)
-    flat[:, :, :4] = 0.4
-    c = random_contrast(flat.clone(), 0.5, gen)
-    assert torch.allclose(c.mean(dim=(1, 2, 3)), flat.mean(dim=(1, 2, 3)), atol=1e-6)
-    # A small rotation moves pixels but keeps the image close to the original.
-    r = random_rotation(x, 5.0, gen)
-    assert r.shape == x.shape and float((r - x).abs().mean()) < 0.5
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert np.array_equal(augment_batch(x, rng, hflip_p=1.0), x[:, :, ::-1])
+    assert np.array_equal(augment_batch(x, rng, hflip_p=0.0), x)
+    # Brightness shifts a mid-grey image uniformly, by at most its strength.
+    grey = np.full((4, 8, 8, 3), 128, np.uint8)
+    b = augment_batch(grey, rng, brightness=0.3).astype(int)
+    assert (b == b[:, :1, :1, :1]).all() and (np.abs(b - 128) <= round(0.3 * 255)).all() and (b != 128).any()
+    # Contrast keeps each image's mean (up to rounding) and changes its spread.
+    flat = np.full((6, 8, 8, 3), 128, np.uint8)
+    flat[:, :, :4] = 100
+    c = augment_batch(flat, rng, contrast=0.5).astype(float)
+    assert np.allclose(c.mean(axis=(1, 2, 3)), flat.mean(axis=(1, 2, 3)), atol=0.5)
+    assert not np.allclose(c.std(axis=(1, 2, 3)), flat.std(axis=(1, 2, 3)))
+    # A crop of a left/right split image zooms in: the boundary moves (or leaves the box), and over a
+    # batch the boxes fall on both halves alike.
+    split = np.zeros((16, 32, 32, 3), np.uint8)
+    split[:, :, 16:] = 255
+    crop = augment_batch(split, rng, crop_scale=0.3)
+    boundary = (crop[:, 0, :, 0] > 127).argmax(1)  # first bright column per image
+    assert (boundary != 16).any() and 40 < crop.mean() < 215
+    # A small rotation moves pixels but keeps a smooth image close to the original.
+    smooth = _smooth_images(4)
+    r = augment_batch(smooth, rng, rotation_deg=5.0).astype(float)
+    assert 0 < np.abs(r - smooth).mean() < 20
 
 
-def test_separable_affine_grid_equals_torch():
-    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(1))
-    ours = affine_grid(theta, 7, 11)
-    assert torch.allclose(ours, F.affine_grid(theta, [5, 3, 7, 11], align_corners=False), atol=1e-5)
+def test_opencv_warp_equals_torch_affine_grid_sample():
+    """The maps given to cv2.warpAffine, converted from normalised theta, sample exactly where torch's
+    affine_grid + grid_sample (align_corners=False, border padding) sample: same pixels to half a grey level."""
+    images = _smooth_images(16)
+    theta = draw_geometry(16, np.random.default_rng(1), crop_scale=0.5, hflip_p=0.5, rotation_deg=20)
+    ours = _warp(images, theta).astype(np.float64)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(torch.from_numpy(theta).float(), [16, 3, 40, 56], align_corners=False)
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    diff = np.abs(ours - ref.permute(0, 2, 3, 1).numpy())
+    assert diff.max() <= 1.0 and diff.mean() < 0.5
 
 
-def test_fused_photometric_equals_contrast_then_brightness():
-    # Away from the clamp (mid-range pixels, mild strengths) one multiply-add is the two ops exactly.
-    x = 0.4 + 0.2 * torch.rand(6, 3, 12, 12)
-    fused = random_photometric(x, 0.2, 0.1, torch.Generator().manual_seed(2))
-    gen = torch.Generator().manual_seed(2)
-    assert torch.allclose(fused, random_brightness(random_contrast(x, 0.2, gen), 0.1, gen), atol=1e-6)
-    assert torch.equal(random_photometric(x, 0.0, 0.0, gen), x)
-    # Strong settings still stay in range.
-    strong = random_photometric(torch.rand(6, 3, 12, 12), 0.9, 0.5, gen)
-    assert float(strong.min()) >= 0.0 and float(strong.max()) <= 1.0
+def test_photometric_table_is_contrast_then_brightness_rounded_once():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    scale, offset = draw_photometric(6, np.random.default_rng(3), 0.4, 0.2)
+    means = images.reshape(6, -1).mean(1)
+    luts = photometric_luts(means, scale, offset)
+    looked_up = np.stack([lut[img] for lut, img in zip(luts, images)]).astype(np.float64)
+    exact = (scale[:, None, None, None] * images + ((1 - scale) * means + 255 * offset)[:, None, None, None])
+    assert np.abs(looked_up - exact.clip(0, 255)).max() <= 0.5
+    # augment_batch draws the same parameters first, and a photometric-only batch is exactly the lookup.
+    out = augment_batch(images, np.random.default_rng(3), contrast=0.4, brightness=0.2)
+    assert np.array_equal(out, looked_up.astype(np.uint8))
 
 
-def test_fused_geometry_equals_the_ops_in_sequence():
-    # One affine resample must compute what crop, then flip, then rotation compute one after another.
-    x = torch.rand(6, 3, 24, 24)
-    # Flip is exact, so flip-then-rotate in one resample equals rotating the flipped image.
-    fused = random_geometry(x, torch.Generator().manual_seed(3), hflip_p=1.0, rotation_deg=12)
-    gen = torch.Generator().manual_seed(3)
-    torch.rand(6, generator=gen)  # the flip draw
-    assert torch.allclose(fused, random_rotation(x.flip(-1), 12, gen), atol=1e-5)
-    # Crop alone: the same box as random_resized_crop for the same random draws.
-    assert torch.allclose(random_geometry(x, torch.Generator().manual_seed(4), crop_scale=0.5),
-                          random_resized_crop(x, 0.5, torch.Generator().manual_seed(4)), atol=1e-6)
-    # Crop + rotation of a constant image stays constant (border padding, no black corners).
-    const = torch.full((4, 3, 16, 16), 0.7)
-    out = random_geometry(const, torch.Generator().manual_seed(5), crop_scale=0.5, hflip_p=0.5, rotation_deg=30)
-    assert torch.allclose(out, const, atol=1e-5)
-    # A horizontal gradient: flipping every image reverses its left-right order after the crop.
-    ramp = torch.linspace(0, 1, 16).expand(2, 3, 16, 16).contiguous()
-    flipped = random_geometry(ramp, torch.Generator().manual_seed(6), crop_scale=0.6, hflip_p=1.0)
-    assert (flipped[..., 0] > flipped[..., -1]).all()
+def test_composed_geometry_equals_the_ops_in_sequence():
+    images = _smooth_images(6)
+    h, w = images.shape[1:3]
+    # Flip then rotation in one map equals rotating the flipped image (flip is exact).
+    fused = draw_geometry(6, np.random.default_rng(3), hflip_p=1.0, rotation_deg=12)
+    rng = np.random.default_rng(3)
+    rng.random(6)  # the flip draw
+    rot = np.concatenate([rotation_matrices(6, 12, rng), np.zeros((6, 2, 1))], 2)
+    assert np.abs(_warp(images, fused).astype(int) - _warp(images[:, :, ::-1].copy(), rot).astype(int)).max() <= 1
+    # Crop alone is the box of crop_params: scale on the diagonal, centre as the shift.
+    theta = draw_geometry(6, np.random.default_rng(4), crop_scale=0.5)
+    sw, sh, tx, ty = crop_params(6, 0.5, np.random.default_rng(4))
+    assert np.allclose(theta[:, 0], np.stack([sw, np.zeros(6), tx], 1))
+    assert np.allclose(theta[:, 1], np.stack([np.zeros(6), sh, ty], 1))
+    assert (np.abs(theta[:, 0, 2]) <= 1 - sw + 1e-12).all()  # the box stays inside the image
+    # Crop + rotation of a constant image stays constant (border replication, no black corners).
+    const = np.full((4, 16, 16, 3), 180, np.uint8)
+    out = augment_batch(const, np.random.default_rng(5), crop_scale=0.5, hflip_p=0.5, rotation_deg=30)
+    assert (out == 180).all()
+    # A horizontal ramp: flipping every image reverses its left-right order after the crop.
+    ramp = np.repeat(np.linspace(0, 255, 16).astype(np.uint8)[None, None, :, None], 16, 1).repeat(3, 3)
+    flipped = augment_batch(np.repeat(ramp, 2, 0), np.random.default_rng(6), crop_scale=0.6, hflip_p=1.0)
+    assert (flipped[:, :, 0] > flipped[:, :, -1]).all()
 
 
 def test_normalize_is_nchw_standardised():
@@ -141,26 +170,13 @@ def test_normalize_is_nchw_standardised():
 def test_standardize_on_the_train_device_matches_the_export_and_serve_normalize():
     """The train loop standardises uint8 NHWC batches in torch; export and Serve use transforms.normalize
     (numpy). The model must see the same numbers from both."""
-    from raymotion.data.augment import standardize
+    from raymotion.train.loop import standardize
 
     images = np.random.default_rng(0).integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     out = standardize(torch.from_numpy(images), torch.tensor(mean), torch.tensor(std))
     assert out.shape == (4, 3, 9, 7) and out.dtype == torch.float32 and out.is_contiguous()
     np.testing.assert_allclose(out.numpy(), normalize(images, mean, std), atol=1e-5)
-
-
-def test_uint8_transport_round_trips_the_source_pixels_and_rounds_the_rest():
-    from raymotion.data.augment import to_uint8, to_unit_float
-
-    images = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    x = to_unit_float(torch.from_numpy(images))
-    assert x.shape == (3, 3, 8, 8) and x.is_contiguous() and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
-    assert np.array_equal(to_uint8(x).numpy(), images)
-    # Values between grey levels (a MixUp blend) round to the nearest; out-of-range values clamp.
-    half = torch.full((1, 3, 2, 2), 0.5)
-    assert int(to_uint8(half)[0, 0, 0, 0]) == 128
-    assert to_uint8(torch.tensor([[[[-0.2]], [[1.3]], [[0.002]]]])).flatten().tolist() == [0, 255, 1]
 
 
 def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, faces_root):

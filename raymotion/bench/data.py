@@ -20,13 +20,12 @@ import torch
 import torch.nn as nn
 
 from raymotion.config import TrainConfig
-from raymotion.data.augment import standardize
 from raymotion.data.folders import ImageFolders
 from raymotion.data.parquet import ParquetCache
 from raymotion.data.pipeline import augment_mix, decode_split, train_stream
 from raymotion.data.transforms import decode_image, resize_rgb
 from raymotion.models import create_model, get_model_spec
-from raymotion.train.loop import resolve_torch_threads
+from raymotion.train.loop import resolve_torch_threads, standardize
 from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
 
 AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
@@ -100,11 +99,14 @@ class AugmentCollate:
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
-        self.gen = torch.Generator().manual_seed(0)
+        self.rng = None
 
     def __call__(self, items):
+        if self.rng is None:  # per worker process: forked copies of one generator would draw alike
+            worker = torch.utils.data.get_worker_info()
+            self.rng = np.random.default_rng([0, worker.id if worker else 0])
         labels = np.asarray([label for _, label in items], np.int64)
-        images, _ = augment_mix(np.stack([img for img, _ in items]), labels, self.gen, self.num_classes, AUG, {})
+        images, _ = augment_mix(np.stack([img for img, _ in items]), labels, self.rng, self.num_classes, AUG, {})
         return torch.from_numpy(images), torch.from_numpy(labels)
 
 

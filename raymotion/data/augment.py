@@ -1,185 +1,133 @@
-"""Random augmentations of a whole batch at once (vectorised torch on CPU workers).
+"""Random augmentations of a batch of uint8 NHWC images, as the images travel (CPU data workers).
 
-Per-image Python loops cost more than the ops themselves at these sizes, so every op draws one random
-parameter per image and applies it to the batch tensor in one call.
+Per image, the geometric ops (resized crop, flip, rotation) compose into ONE affine map and the
+photometric ops (contrast, brightness) into ONE 256-entry lookup table; OpenCV applies both to the
+uint8 pixels. The random parameters are drawn for the whole batch at once (numpy).
+
+Why uint8 and OpenCV: on one core, torch's float path (to float, grid_sample, back to uint8) cost
+0.25 ms per 96 px image, this one 0.08 ms (bench: ``python -m raymotion.bench data``). On a 2-CPU
+node the data workers share the cores with the trainer, so every millisecond here is taken from it.
+Nothing here imports torch: data workers start without it.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+import cv2
+import numpy as np
+
+# One OpenCV thread per worker process: Ray runs one data task per CPU, and OpenCV's own pool would
+# oversubscribe the cores (the same reason Ray sets OMP_NUM_THREADS).
+cv2.setNumThreads(1)
 
 
-def random_hflip(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    if p <= 0:
-        return x
-    flip = torch.rand(x.shape[0], generator=gen) < p
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def random_contrast(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Scale each image's deviation from its mean grey by a factor in [1 - strength, 1 + strength]."""
-    if strength <= 0:
-        return x
-    factor = 1.0 + (torch.rand(x.shape[0], generator=gen) * 2 - 1) * strength
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * factor[:, None, None, None] + mean).clamp_(0.0, 1.0)
-
-
-def random_brightness(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Add an offset in [-strength, strength] to each image."""
-    if strength <= 0:
-        return x
-    offset = (torch.rand(x.shape[0], generator=gen) * 2 - 1) * strength
-    return (x + offset[:, None, None, None]).clamp_(0.0, 1.0)
-
-
-def random_photometric(x: torch.Tensor, contrast: float, brightness: float, gen: torch.Generator) -> torch.Tensor:
-    """``random_contrast`` then ``random_brightness`` as one multiply-add and one clamp per pixel.
-
-    The per-image map is x -> c·x + (1 - c)·mean + b. Clamping once at the end differs from clamping
-    after each op only where contrast pushes a pixel past 0 or 1 and brightness pulls it back; the
-    two passes it saves were a fifth of augmentation time. Draws: contrast factors, then offsets.
-    """
-    if contrast <= 0 and brightness <= 0:
-        return x
-    n = x.shape[0]
-    scale = 1.0 + (torch.rand(n, generator=gen) * 2 - 1) * contrast if contrast > 0 else torch.ones(n)
-    offset = (torch.rand(n, generator=gen) * 2 - 1) * brightness if brightness > 0 else torch.zeros(n)
-    if contrast > 0:
-        offset = offset + (1 - scale) * x.mean(dim=(1, 2, 3))
-    return torch.addcmul(offset.view(-1, 1, 1, 1), x, scale.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
-
-
-def _crop_params(n: int, min_scale: float, gen: torch.Generator, ratio: tuple[float, float]):
-    """Per image: box scale (sw, sh) and centre (tx, ty) in normalised coordinates, box inside the image."""
-    area = min_scale + torch.rand(n, generator=gen) * (1 - min_scale)
-    log_ratio = math.log(ratio[0]) + torch.rand(n, generator=gen) * (math.log(ratio[1]) - math.log(ratio[0]))
-    aspect = log_ratio.exp()
-    sw, sh = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
-    tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sw)
-    ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sh)
+def crop_params(n: int, min_scale: float, rng: np.random.Generator,
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[np.ndarray, ...]:
+    """Per image: box scale (sw, sh) and centre (tx, ty) in normalised coordinates [-1, 1], the box
+    inside the image. Area fraction uniform in [min_scale, 1], log aspect ratio uniform in ``ratio``."""
+    area = min_scale + rng.random(n) * (1 - min_scale)
+    aspect = np.exp(math.log(ratio[0]) + rng.random(n) * (math.log(ratio[1]) - math.log(ratio[0])))
+    sw, sh = np.minimum(np.sqrt(area * aspect), 1.0), np.minimum(np.sqrt(area / aspect), 1.0)
+    tx = (rng.random(n) * 2 - 1) * (1 - sw)
+    ty = (rng.random(n) * 2 - 1) * (1 - sh)
     return sw, sh, tx, ty
 
 
-def _rotation_matrices(n: int, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_degrees)
-    cos, sin = angle.cos(), angle.sin()
-    return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+def rotation_matrices(n: int, max_degrees: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2, 2) rotations by angles uniform in [-max_degrees, max_degrees]."""
+    angle = (rng.random(n) * 2 - 1) * math.radians(max_degrees)
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)
 
 
-def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (N, C, height, width), align_corners=False)``, computed as two outer sums.
-
-    The grid is separable (x' = a·x + b·y + c over pixel centres), so it costs two broadcast
-    multiply-adds per coordinate: 0.02 ms per 96 px image on one core against 0.10 ms for torch's
-    generic batched matmul, which made the grid dearer than the resample itself.
-    """
-    xs = (torch.arange(width, dtype=theta.dtype) * 2 + 1) / width - 1
-    ys = (torch.arange(height, dtype=theta.dtype) * 2 + 1) / height - 1
-    grid = torch.empty(theta.shape[0], height, width, 2, dtype=theta.dtype)
-    for axis in range(2):
-        a, b, c = (theta[:, axis, k].view(-1, 1, 1) for k in range(3))
-        grid[..., axis] = (b * ys.view(1, height, 1) + c) + a * xs.view(1, 1, width)
-    return grid
-
-
-def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """One bilinear resample per batch; ``theta`` (N, 2, 3) maps output to input coordinates in [-1, 1]."""
-    grid = affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1])
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def draw_geometry(n: int, rng: np.random.Generator, *, crop_scale: float = 1.0, hflip_p: float = 0.0,
+                  rotation_deg: float = 0.0, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Resized crop, then horizontal flip, then rotation, composed: (n, 2, 3) maps ``theta`` from output
+    to input coordinates, both normalised to [-1, 1] over pixel edges (``F.affine_grid``'s convention
+    with align_corners=False). Output point u samples the input at S·F·R·u + t (S: crop scale, F: flip,
+    R: rotation, t: crop centre). Draws, in order: crop, flip, rotation (each only when it is on)."""
+    linear = np.repeat(np.eye(2)[None], n, 0)
+    shift = np.zeros((n, 2))
+    if crop_scale < 1:
+        sw, sh, tx, ty = crop_params(n, crop_scale, rng, ratio)
+        linear = linear * np.stack([sw, sh], 1)[:, :, None]
+        shift = np.stack([tx, ty], 1)
+    if hflip_p > 0:
+        sign = np.where(rng.random(n) < hflip_p, -1.0, 1.0)
+        linear[:, :, 0] *= sign[:, None]  # negate the x column
+    if rotation_deg > 0:
+        linear = linear @ rotation_matrices(n, rotation_deg, rng)
+    return np.concatenate([linear, shift[:, :, None]], 2)
 
 
-def random_resized_crop(x: torch.Tensor, min_scale: float, gen: torch.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Crop a random box of area fraction in [min_scale, 1] and aspect ratio in ``ratio`` from each
-    image, resized back to the full size."""
-    if min_scale >= 1:
-        return x
-    n = x.shape[0]
-    sw, sh, tx, ty = _crop_params(n, min_scale, gen, ratio)
-    zero = torch.zeros(n)
-    theta = torch.stack([torch.stack([sw, zero, tx], 1), torch.stack([zero, sh, ty], 1)], 1)
-    return _resample(x, theta)
+def theta_to_pixel_maps(theta: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Normalised ``theta`` (n, 2, 3) -> the same maps in pixel indices (pixel i's centre is at i), the
+    form ``cv2.warpAffine`` takes with WARP_INVERSE_MAP: output pixel (x, y) samples input M·(x, y, 1).
+
+    Normalised u = (2i + 1)/W - 1 per axis; substituting on both sides of u_in = A·u_out + t."""
+    a = theta[:, :, :2]
+    t = theta[:, :, 2]
+    size = np.array([width, height], dtype=np.float64)
+    # Column j of A scales with size_i / size_j when moving from normalised to pixel units.
+    m = np.empty_like(theta)
+    m[:, :, :2] = a * size[None, :, None] / size[None, None, :]
+    m[:, :, 2] = (m[:, :, :2] * ((1 - size) / 2)[None, None, :]).sum(2) + size[None] / 2 * (t + 1) - 0.5
+    return m
 
 
-def random_rotation(x: torch.Tensor, max_degrees: float, gen: torch.Generator) -> torch.Tensor:
-    """Rotate each image by an angle in [-max_degrees, max_degrees]; edges repeat the border pixels."""
-    if max_degrees <= 0:
-        return x
-    rot = _rotation_matrices(x.shape[0], max_degrees, gen)
-    return _resample(x, torch.cat([rot, torch.zeros(x.shape[0], 2, 1)], 2))
+def draw_photometric(n: int, rng: np.random.Generator, contrast: float = 0.0,
+                     brightness: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: contrast factor c in [1 - contrast, 1 + contrast] and brightness offset b in
+    [-brightness, brightness] (a fraction of full scale). Draws: factors, then offsets."""
+    scale = 1.0 + (rng.random(n) * 2 - 1) * contrast if contrast > 0 else np.ones(n)
+    offset = (rng.random(n) * 2 - 1) * brightness if brightness > 0 else np.zeros(n)
+    return scale, offset
 
 
-def random_geometry(x: torch.Tensor, gen: torch.Generator, *, crop_scale: float = 1.0, hflip_p: float = 0.0,
-                    rotation_deg: float = 0.0, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Resized crop, then horizontal flip, then rotation, composed into ONE affine map per image.
+def photometric_luts(means: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(n, 256) uint8 tables of v -> c·v + (1 - c)·mean + 255·b, rounded and clamped once.
 
-    Output pixel u samples the input at S·F·R·u + t (S: crop scale, F: flip, R: rotation, t: crop
-    centre), so the batch is resampled once instead of once per op: the resample is the costliest
-    part of augmentation, and one interpolation also blurs less than two.
-    """
-    n = x.shape[0]
-    crop, flip, rotate = crop_scale < 1, hflip_p > 0, rotation_deg > 0
-    if not (crop or rotate):
-        return random_hflip(x, hflip_p, gen)  # a flip alone is an exact index op, no resampling
-    linear = torch.eye(2).repeat(n, 1, 1)
-    shift = torch.zeros(n, 2)
-    if crop:
-        sw, sh, tx, ty = _crop_params(n, crop_scale, gen, ratio)
-        linear = torch.diag_embed(torch.stack([sw, sh], 1))
-        shift = torch.stack([tx, ty], 1)
-    if flip:
-        sign = torch.where(torch.rand(n, generator=gen) < hflip_p, -1.0, 1.0)
-        linear = linear * torch.stack([sign, torch.ones(n)], 1)[:, None, :]  # negate the x column
-    if rotate:
-        linear = linear @ _rotation_matrices(n, rotation_deg, gen)
-    return _resample(x, torch.cat([linear, shift[:, :, None]], 2))
+    Contrast scales each image's deviation from its mean grey; brightness adds an offset. As one table
+    the two cost one lookup per pixel, and the rounding and clamping happen once (torch's float path
+    clamped after each op and rounded at the end)."""
+    v = np.arange(256, dtype=np.float64)
+    out = scale[:, None] * v[None] + ((1 - scale) * means + 255.0 * offset)[:, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def augment_batch(
-    images: torch.Tensor,
-    gen: torch.Generator,
-    *,
-    rotation_deg: float = 0.0,
-    hflip_p: float = 0.0,
-    contrast: float = 0.0,
-    brightness: float = 0.0,
-    crop_scale: float = 1.0,
-) -> torch.Tensor:
-    """float NCHW in [0, 1] -> float NCHW in [0, 1], same shape. Each op is off at its neutral value."""
-    # Photometric ops first: they are per-pixel (a grey-mean for contrast), so they commute with the
-    # geometry up to border effects, and the geometry is then one resample.
-    x = random_photometric(images, contrast, brightness, gen)
-    return random_geometry(x, gen, crop_scale=crop_scale, hflip_p=hflip_p, rotation_deg=rotation_deg)
+def augment_batch(images: np.ndarray, rng: np.random.Generator, *, rotation_deg: float = 0.0,
+                  hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
+                  crop_scale: float = 1.0) -> np.ndarray:
+    """uint8 NHWC -> a new uint8 NHWC array of the same shape. Each op is off at its neutral value.
 
-
-def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1], contiguous (grid_sample and the elementwise ops ran up to 2x
-    slower on the permuted, channels-last strides)."""
-    return images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [0, 1] -> uint8 NHWC, rounded: the form batches travel in, as the source pixels did.
-
-    A float32 batch is 4x the bytes; on a 2-CPU node serialising it through the object store cost as
-    much as augmenting it. Rounding to 1/255 is the source images' own precision (MixUp blends and
-    resampled pixels lose under half a grey level).
-    """
-    # +0.5 then the cast's truncation rounds (values are >= 0 after the clamp); the permute folds into the
-    # cast: one pass and one allocation fewer than round_() then contiguous() (17.7 -> 13.7 ms a batch).
-    y = x.mul(255.0).add_(0.5).clamp_(0.0, 255.0)
-    return y.permute(0, 2, 3, 1).to(torch.uint8, memory_format=torch.contiguous_format)
-
-
-def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC batch (on the train device) -> float32 NCHW standardised per channel: the model input.
-
-    The torch twin of ``transforms.normalize`` (which export and Serve use), done where the model runs so
-    that the batches in flight stay uint8. ``mean``/``std``: float tensors of shape (3,) on that device.
-    """
-    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    return x.mul_(1.0 / 255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+    Photometric ops (per pixel, around the source image's mean) and geometry commute up to rounding and
+    border effects, so each image is warped once (bilinear, edges repeat the border pixels) and then
+    looked up once. Draws: photometric parameters, then geometry."""
+    n, height, width = images.shape[:3]
+    photometric = contrast > 0 or brightness > 0
+    if photometric:
+        scale, offset = draw_photometric(n, rng, contrast, brightness)
+        # Mean grey per image; only contrast needs it (brightness alone must not pay for it).
+        means = images.reshape(n, -1).mean(1) if contrast > 0 else np.zeros(n)
+        luts = photometric_luts(means, scale, offset)
+    warp = crop_scale < 1 or rotation_deg > 0
+    if not warp:  # a flip alone is an exact index op, no resampling
+        out = images.copy()
+        if hflip_p > 0:
+            flip = rng.random(n) < hflip_p
+            out[flip] = images[flip, :, ::-1]
+        if photometric:
+            for i in range(n):
+                cv2.LUT(out[i], luts[i], dst=out[i])
+        return out
+    maps = theta_to_pixel_maps(draw_geometry(n, rng, crop_scale=crop_scale, hflip_p=hflip_p,
+                                             rotation_deg=rotation_deg), height, width)
+    out = np.empty_like(images)
+    source = np.ascontiguousarray(images)
+    for i in range(n):
+        cv2.warpAffine(source[i], maps[i], (width, height), dst=out[i],
+                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        if photometric:
+            cv2.LUT(out[i], luts[i], dst=out[i])
+    return out

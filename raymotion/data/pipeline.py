@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
-import torch
 
-from raymotion.data.augment import augment_batch, to_uint8, to_unit_float
+from raymotion.data.augment import augment_batch
 from raymotion.data.folders import ImageFolders, Split
 from raymotion.data.mixing import mix_batch
 from raymotion.data.parquet import ParquetCache
@@ -36,9 +35,11 @@ STREAM_TASK_CPUS = 0.5
 def data_task_concurrency() -> int:
     """At most one per-epoch data task per CPU of the cluster.
 
-    Ray keeps as many idle worker processes as there are CPUs and kills the rest after a second idle.
-    Half-CPU tasks on a 2-CPU node ran 4 at once, so every epoch started 2 extra workers and each
-    imported torch again: augmentation alone ran at 1,300 img/s instead of 2,950 (bench: pipeline alone).
+    Ray keeps as many idle worker processes as there are CPUs and kills the rest after a second idle, so
+    uncapped half-CPU tasks start extra workers every epoch. While augmentation used torch, each of them
+    imported it and augmentation alone fell from 2,950 to 1,300 img/s. Data workers no longer import torch
+    (data.augment) and uncapped now measures like capped (6,900 vs 6,600 img/s, 6,251 images at 96 px),
+    so the cap mainly bounds worker processes and their memory.
     """
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -170,23 +171,21 @@ def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[st
     return cached, report
 
 
-def augment_mix(images: np.ndarray, labels: np.ndarray, gen: torch.Generator, num_classes: int, augment: dict,
+def augment_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, num_classes: int, augment: dict,
                 mixing: dict) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 NHWC images -> (augmented and mixed uint8 NHWC images, float soft targets (N, C)).
+    """uint8 NHWC images -> (augmented and mixed uint8 NHWC images (new arrays), float32 soft targets (N, C)).
 
     The one train-time transform: the Ray pipeline runs it per block, the DataLoader baseline of the data
     benchmark per batch."""
-    x = augment_batch(to_unit_float(torch.from_numpy(images)), gen, **augment)
-    x, target = mix_batch(x, torch.tensor(labels), num_classes, gen, **mixing)  # copies: Ray arrays are read-only
-    return to_uint8(x).numpy(), target.numpy()
+    x = augment_batch(images, rng, **augment)
+    return mix_batch(x, labels, num_classes, rng, **mixing)
 
 
 def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augment: dict,
                    mixing: dict) -> dict[str, np.ndarray]:
     uids = batch["uid"]
-    gen = torch.Generator().manual_seed(hash((seed, int(uids[0]) if len(uids) else 0, next(_batch_counter))) & 0x7FFF_FFFF)
-    # np.array: Ray hands out read-only arrays, which torch.from_numpy warns about.
-    images, target = augment_mix(np.array(batch["image"]), batch["label"], gen, num_classes, augment, mixing)
+    rng = np.random.default_rng([seed, int(uids[0]) if len(uids) else 0, next(_batch_counter)])
+    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augment, mixing)
     return {"image": images, "label": batch["label"], "target": target}
 
 

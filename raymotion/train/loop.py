@@ -15,11 +15,20 @@ import torch
 import torch.nn as nn
 
 from raymotion.config import TrainConfig
-from raymotion.data.augment import standardize
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
 from raymotion.train.checkpoint import save_checkpoint
 from raymotion.train.metrics import classification_metrics
+
+
+def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC batch (on the train device) -> float32 NCHW standardised per channel: the model input.
+
+    The torch twin of ``data.transforms.normalize`` (which export and Serve use), done where the model
+    runs so that the batches in flight stay uint8. ``mean``/``std``: float tensors of shape (3,) on that
+    device."""
+    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return x.mul_(1.0 / 255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
 
 
 def resolve_torch_threads(requested: int, local_world_size: int) -> int:
