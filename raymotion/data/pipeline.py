@@ -195,7 +195,7 @@ def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
                  mixup_alpha: float = 0.2) -> ray.data.Dataset:
     """Shuffled block order + random augmentation + mixing; re-executed every epoch.
     Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
-    augment.standardize), label (int), target (float soft labels, rows sum to 1)."""
+    train.loop.standardize), label (int), target (float soft labels, rows sum to 1)."""
     augment = dict(rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast, brightness=brightness,
                    crop_scale=crop_scale)
     mixing = dict(cutmix_p=cutmix_p, cutmix_alpha=cutmix_alpha, mixup_p=mixup_p, mixup_alpha=mixup_alpha)
