@@ -8,7 +8,15 @@ PY     := $(VENV)/bin/python
 RAY    := $(VENV)/bin/ray
 STAMP  := $(VENV)/.installed
 NUM_CPUS ?= $(shell nproc)
-DATA   ?=
+# The data root, resolved here (where the user runs make), as an absolute path: `make job` then trains on
+# the same files as `make run`, although the job runs in a copy of this folder that has no ../shared.
+SHARED_DATA := $(abspath ../shared/data/emotions)
+DATA   ?= $(if $(wildcard $(SHARED_DATA)/train),$(SHARED_DATA),)
+# The local head's ports and temp dir (tests start a second, private head on their own ports).
+RAY_PORT       ?= 6379
+DASHBOARD_PORT ?= 8265
+RAY_TEMP_DIR   ?=
+RAY_START_ARGS ?=
 MODELS ?=
 PRESET ?= quick
 
@@ -27,22 +35,28 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The venv goes on the head's PATH, so that `ray job submit -- python ...` entrypoints run in it. Ray
-# 2.59+ turns token auth on for local clusters; clients need RAY_AUTH_MODE=token to send ~/.ray/auth_token.
+# 2.59+ turns token auth on for local clusters; clients need RAY_AUTH_MODE=token to send the token. A new
+# machine has no ~/.ray/auth_token, and `ray start --head` in token mode refuses to start without one: make
+# it first (get-auth-token --generate keeps an existing token and prints it; the print is not wanted here).
 export RAY_AUTH_MODE := token
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 ray-up: setup
-	$(RAY) status >/dev/null 2>&1 || $(RAY) start --head --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 --disable-usage-stats
+	@$(RAY) status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || { \
+	  $(RAY) get-auth-token --generate >/dev/null && \
+	  $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
+	    --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats $(if $(RAY_TEMP_DIR),--temp-dir=$(RAY_TEMP_DIR),) \
+	    $(RAY_START_ARGS); }
 
 ray-down:
 	-$(RAY) stop
 
 run: ray-up
-	$(PY) -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --serve $(if $(DATA),--data $(DATA),)
+	$(PY) -m raymotion.tune --address 127.0.0.1:$(RAY_PORT) --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --serve $(if $(DATA),--data $(abspath $(DATA)),)
 
 # The main job as a Ray job on the local head (listed by the dashboard, /api/jobs/).
 job: ray-up
-	$(RAY) job submit --address http://127.0.0.1:8265 --working-dir . \
+	$(RAY) job submit --address http://127.0.0.1:$(DASHBOARD_PORT) --working-dir . \
 	    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' -- \
 	    python -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
 

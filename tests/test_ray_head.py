@@ -1,0 +1,105 @@
+"""`make ray-up` on a new machine: no ~/.ray, so no auth token yet. The Makefile must make one and start a
+token-auth head whose clients (the CLI, a driver, the dashboard's HTTP API) all get in with it.
+
+The head here is private: its own HOME, ports and temp dir, stopped by killing only its own processes
+(`ray stop` would also stop the session's Ray and any head the developer left running)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def kill_processes_under(path: str) -> None:
+    """Every process whose command line names ``path`` (a head's temp dir): that head, and nothing else."""
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(path in arg for arg in proc.info["cmdline"] or ()):
+            victims.append(proc)
+    for proc in victims:
+        proc.kill()
+    psutil.wait_procs(victims, timeout=10)
+
+
+@pytest.fixture
+def fresh_home():
+    """A HOME as a new machine has it: only the image's pip settings, no ~/.ray."""
+    home = tempfile.mkdtemp(prefix="rm-home-")
+    pip_conf = os.path.expanduser("~/.config/pip")
+    if os.path.isdir(pip_conf):
+        shutil.copytree(pip_conf, os.path.join(home, ".config", "pip"))
+    # Short: Ray's unix socket paths under the temp dir must stay under 108 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="rmh-", dir="/tmp")
+    yield home, temp_dir
+    kill_processes_under(temp_dir)
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_make_ray_up_makes_a_token_on_a_machine_without_one(fresh_home):
+    home, temp_dir = fresh_home
+    assert not os.path.exists(os.path.join(home, ".ray"))
+    gcs, dashboard, client, agent_http, agent_grpc, metrics, env_agent = free_ports(7)
+    extra = (f"--ray-client-server-port={client} --dashboard-agent-listen-port={agent_http} "
+             f"--dashboard-agent-grpc-port={agent_grpc} --metrics-export-port={metrics} "
+             f"--runtime-env-agent-port={env_agent}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=home, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run(["make", "-s", "ray-up", f"RAY_PORT={gcs}", f"DASHBOARD_PORT={dashboard}",
+                           f"RAY_TEMP_DIR={temp_dir}", "NUM_CPUS=1", f"RAY_START_ARGS={extra}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    token_file = os.path.join(home, ".ray", "auth_token")
+    token = open(token_file).read().strip()
+    assert len(token) >= 32
+
+    # The clients the README uses, in token mode, with that HOME: the CLI, a driver, the dashboard API.
+    client_env = dict(env, RAY_AUTH_MODE="token")
+    status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs}"], env=client_env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr
+    driver = subprocess.run(
+        [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{gcs}'); "
+                               "print(int(ray.cluster_resources()['CPU']))"],
+        env=client_env, capture_output=True, text=True, timeout=120)
+    assert driver.returncode == 0 and driver.stdout.strip().endswith("1"), driver.stderr[-3000:]
+    url = f"http://127.0.0.1:{dashboard}/api/jobs/"
+    deadline = time.monotonic() + 60
+    while True:  # the dashboard may still be starting its HTTP server
+        try:
+            authorised = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    assert authorised.status_code == 200, authorised.text
+    # The token is what lets a client in: without it the dashboard refuses.
+    assert requests.get(url, timeout=5).status_code in (401, 403)
+
+    # A second `make ray-up` finds the head running and changes nothing (the token is kept).
+    again = subprocess.run(["make", "-s", "ray-up", f"RAY_PORT={gcs}", f"DASHBOARD_PORT={dashboard}",
+                            f"RAY_TEMP_DIR={temp_dir}", "NUM_CPUS=1", f"RAY_START_ARGS={extra}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "Ray runtime started" not in again.stdout, again.stdout + again.stderr
+    assert open(token_file).read().strip() == token
