@@ -80,6 +80,9 @@ class ExportConfig:
     flip_tta: bool = True
     int8: bool = True
     int8_tolerance_points: float = 0.5
+    # int8 is served only when its batch-1 latency is at most this x fp32's. Whether it is depends on the
+    # CPU (int8 convolutions lose without VNNI), so tests force either outcome through this (inf / 0).
+    int8_max_latency_ratio: float = 1.0
     calibration_images: int = 300  # training images for static calibration (as many again pick the setting)
     latency_seconds: float = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
 
@@ -90,10 +93,13 @@ class ExportConfig:
         parser.add_argument("--no-flip-tta", action="store_true", help="export without mirror-image test-time averaging")
         parser.add_argument("--int8-tolerance", type=float, default=ExportConfig.int8_tolerance_points,
                             help="val accuracy points an int8 model may lose and still be served")
+        parser.add_argument("--int8-max-latency-ratio", type=float, default=ExportConfig.int8_max_latency_ratio,
+                            help="serve int8 only when its batch-1 latency is at most this x fp32 (inf: any, 0: never)")
 
     @classmethod
     def from_arguments(cls, args) -> "ExportConfig":
-        return cls(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance)
+        return cls(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance,
+                   int8_max_latency_ratio=args.int8_max_latency_ratio)
 
 
 @dataclass

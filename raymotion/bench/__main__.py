@@ -77,6 +77,7 @@ def run_models(args: argparse.Namespace) -> None:
 
     cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
                       threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
+                      max_latency_ratio=args.int8_max_latency_ratio,
                       calibration_images=args.calibration_images)
     result = run_models_bench(cfg, log=lambda line: print(line, flush=True))
     table = format_table(result)
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     models.add_argument("--max-seconds", type=float, default=10.0, help="time limit of each timing loop")
     models.add_argument("--data", help="data root for val metrics and int8 calibration (default: the manifest's)")
     models.add_argument("--tolerance", type=float, default=0.5, help="int8 val accuracy tolerance, points")
+    models.add_argument("--int8-max-latency-ratio", type=float, default=1.0,
+                        help="serve int8 only when its batch-1 latency is at most this x fp32 (inf: any, 0: never)")
     models.add_argument("--calibration-images", type=int, default=300)
     data = sub.add_parser("data", help="Ray Data + Ray Train vs DataLoader; folders vs Parquet")
     data.add_argument("--data")

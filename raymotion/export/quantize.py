@@ -10,6 +10,7 @@ speed comes from. ``StaticQuantConfig`` holds the settings measured fastest at e
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -244,7 +245,9 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     stem = name or os.path.splitext(os.path.basename(fp32_path))[0]
     tie = tolerance_points / 2 if tie_points is None else tie_points
     fp32 = evaluate_onnx(fp32_path, val_images, val_labels, classes, val_probs, "fp32")
-    record: dict[str, Any] = {"tolerance_points": tolerance_points, "max_latency_ratio": max_latency_ratio,
+    # null, not Infinity, for "no limit": the record goes into the manifest, which must stay strict JSON.
+    record: dict[str, Any] = {"tolerance_points": tolerance_points,
+                              "max_latency_ratio": max_latency_ratio if math.isfinite(max_latency_ratio) else None,
                               "tie_points": tie, "fp32": fp32}
     builders = {
         "static": lambda: quantize_static_search(fp32_path, os.path.join(out_dir, f"{stem}.int8-static.onnx"),

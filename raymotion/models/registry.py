@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,6 +68,15 @@ def create_model(name: str, num_classes: int = 3, pretrained: bool | str = False
     if pretrained is True and spec.pretrained_weights is None:
         pretrained = False
     return spec.build(num_classes=num_classes, pretrained=pretrained)
+
+
+def count_flops(model: nn.Module, input_size: int) -> int:
+    """FLOPs of one image through ``model`` (torch's FlopCounterMode: conv / matmul, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, input_size, input_size))
+    return int(counter.get_total_flops())
 
 
 def split_head_parameters(model: nn.Module, name: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
