@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
-from raymotion.data.folders import index_image_folders, open_data
-from raymotion.data.synthetic import make_synthetic_faces
+from raymotion.data.folders import index_image_folders, is_generated, open_data
+from raymotion.data.synthetic import GENERATED_MARKER, make_synthetic_faces
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +59,8 @@ def prepare_parquet(root: str, out: str, size: int, address: str | None = None) 
         counts[split] = {c: split_report.kept_labels[i] for i, c in enumerate(folders.classes)}
     write_cache_meta(out, classes=folders.classes, size=size, counts=counts, source=folders.root,
                      skipped=report.to_dict(max_paths=50))
+    if is_generated(root):  # a cache of generated faces is still generated faces
+        shutil.copy(os.path.join(root, GENERATED_MARKER), os.path.join(out, GENERATED_MARKER))
     print(f"wrote {out} at {size}px: {report.summary()}")
 
 

@@ -129,6 +129,13 @@ def default_data_root() -> str | None:
     return None
 
 
+def is_generated(root: str | os.PathLike) -> bool:
+    """True for a data set written by raymotion.data.synthetic (or a Parquet cache made from one)."""
+    from raymotion.data.synthetic import GENERATED_MARKER
+
+    return os.path.exists(os.path.join(root, GENERATED_MARKER))
+
+
 def resolve_data_root(given: str | None, synthetic_dir: str) -> tuple[str, str]:
     """The root to use and how it was chosen: ``given``, else the shared data set, else generated faces."""
     if given:
@@ -140,4 +147,4 @@ def resolve_data_root(given: str | None, synthetic_dir: str) -> tuple[str, str]:
 
     if not os.path.isdir(os.path.join(synthetic_dir, "train")):
         make_synthetic_faces(synthetic_dir, train_per_class=300, val_per_class=100)
-    return synthetic_dir, "generated faces (no ../shared/data/emotions here)"
+    return synthetic_dir, "GENERATED FACES: no --data given and no ../shared/data/emotions here"

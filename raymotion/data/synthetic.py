@@ -14,6 +14,12 @@ from PIL import Image, ImageDraw, ImageFilter
 CLASSES = ("angry", "happy", "sad")
 
 
+# A file in the root of every generated data set: runs trained on it say so (manifest, report, terminal).
+GENERATED_MARKER = "GENERATED"
+GENERATED_NOTE = ("GENERATED FACES, NOT PHOTOS: this data set was drawn by raymotion.data.synthetic (for tests and "
+                  "for machines without a data set); models trained on it are not emotion classifiers for real faces")
+
+
 def draw_face(label: str, size: int, rng: random.Random) -> Image.Image:
     scale = 4  # draw large, then downsample: smooth edges like a real photo
     s = size * scale
@@ -60,4 +66,6 @@ def make_synthetic_faces(root: str | os.PathLike, train_per_class: int = 60, val
             os.makedirs(folder, exist_ok=True)
             for i in range(n):
                 draw_face(label, size, rng).save(os.path.join(folder, f"{label}_{i:05d}.jpg"), quality=rng.randint(70, 95))
+    with open(os.path.join(root, GENERATED_MARKER), "w") as f:
+        f.write(GENERATED_NOTE + "\n")
     return os.fspath(root)

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 from raymotion.config import ExportConfig
+from raymotion.data import is_generated
+from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
 from raymotion.export.onnx import OPSET, create_session, export_optimized, onnx_probabilities
@@ -124,7 +126,7 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
     selection = normalize(calibration_images(source, size, n, skip=n), entry["mean"], entry["std"])
     record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, "models"), calibration,
                          val_x, val_labels, classes, cfg.int8_tolerance_points,
-                         selection_images=selection if len(selection) else None, name=name,
+                         max_latency_ratio=cfg.int8_max_latency_ratio, selection_images=selection if len(selection) else None, name=name,
                          max_seconds=cfg.latency_seconds, val_probs=val_probs)
     record = _relative_record(record, run_dir)
     # Per-class val metrics of each candidate are in the member's own "val"; keep the headline figures.
@@ -139,6 +141,16 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
                           "bytes": os.path.getsize(path), "reason": record["reason"]}
     entry["int8"] = record
     return entry["serve"]
+
+
+def data_record(source) -> dict[str, Any]:
+    """The manifest's "data": root, counts, and whether the images are generated faces (then a warning
+    that no reader can miss: such a run's models know nothing of real faces)."""
+    record = {"root": source.root, "train": source.counts("train"), "val": source.counts("val"),
+              "generated": is_generated(source.root)}
+    if record["generated"]:
+        record["warning"] = GENERATED_NOTE
+    return record
 
 
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
@@ -198,7 +210,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "classes": classes,
-        "data": {"root": source.root, "train": source.counts("train"), "val": source.counts("val")},
+        "data": data_record(source),
         "models": models,
         "ensemble": {
             "members": list(models),

@@ -90,7 +90,9 @@ def _summary(run: RunData, out: str, files: _FileNames) -> str:
              ("models", ", ".join(run.members) or "none"),
              ("val predictions", f"{len(run.labels)} images (predictions/val.npz)" if run.labels is not None
               else "none (no predictions/val.npz): figures that need them are skipped")]
-    return (page.facts(facts) + page.table(["class", "train images", "val images"], rows,
+    # A run on generated faces must not pass for a real one: the warning leads the report.
+    banner = f'<p class="warning">{page.esc(data["warning"])}</p>' if data.get("generated") else ""
+    return (banner + page.facts(facts) + page.table(["class", "train images", "val images"], rows,
                                                      [""] * len(run.classes) + ["emph"]))
 
 

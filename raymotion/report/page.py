@@ -19,6 +19,7 @@ table.facts th { background: #f6f6f6; text-align: left; font-weight: normal; }
 table.facts td { text-align: left; max-width: 60em; }
 tr.emph td { font-weight: bold; background: #f6f9fc; }
 .note { color: #666; font-size: 0.9em; }
+.warning { background: #fdecec; border: 2px solid #d22; color: #900; font-weight: bold; padding: 0.6em 1em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .figs figure { margin: 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; }
