@@ -44,7 +44,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 ray-up: setup
 	@$(RAY) status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || { \
 	  $(RAY) get-auth-token --generate >/dev/null && \
-	  $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
+	  RAY_ADDRESS=127.0.0.1:$(RAY_PORT) $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
 	    --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats $(if $(RAY_TEMP_DIR),--temp-dir=$(RAY_TEMP_DIR),) \
 	    $(RAY_START_ARGS); }
 

@@ -4,10 +4,42 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
 from raymotion.data.pipeline import quiet_progress
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A new local Ray instance, on its own GCS port, whose processes all know its address.
+
+    Ray's own helpers that run inside workers (Ray Train's placement-group cleaner, through the State API)
+    find "the" cluster by RAY_ADDRESS, else /tmp/ray/ray_current_cluster (the last `ray start`), else by
+    listing GCS processes. Beside a head someone else started (`make run`), that finds the wrong cluster or
+    two, and the cleaner's thread dies: the next trial then waits forever for its CPUs. The raylet is a child
+    of this process and hands its environment to every worker, so both variables are set for the start.
+    """
+    port = _free_port()
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
+    try:
+        # The dashboard hosts the State API, which Ray Train uses to clean up finished worker groups.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -25,6 +57,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         ray.init(address="auto", logging_level=logging.WARNING)
         return False
     except ConnectionError:
-        # The dashboard hosts the State API, which Ray Train uses to clean up finished worker groups.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+        start_local_ray(num_cpus)
         return True

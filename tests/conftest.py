@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
@@ -19,11 +18,11 @@ def ray_session():
     import ray
 
     from raymotion.data.pipeline import quiet_progress
+    from raymotion.runtime import start_local_ray
 
     quiet_progress()
-    # The dashboard hosts the State API that Ray Train uses to clean up finished worker groups.
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level=logging.WARNING)
+    # Its own instance, even beside a head the developer left running (make run): see start_local_ray.
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

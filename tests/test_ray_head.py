@@ -56,7 +56,26 @@ def fresh_home():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_make_ray_up_makes_a_token_on_a_machine_without_one(fresh_home):
+# What Ray's State API (and with it Ray Train's placement-group cleaner) resolves as "the" cluster inside a
+# worker. Beside a second head it must still be the worker's own cluster, or the cleaner's thread dies and
+# the next trial waits forever for CPUs (raymotion.runtime.start_local_ray).
+RESOLVE = ("from ray._private.services import canonicalize_bootstrap_address_or_die as resolve; "
+           "return resolve(None).rsplit(':', 1)[1]")
+
+
+def resolved_port_in_a_worker() -> str:
+    import ray
+
+    @ray.remote
+    def resolve() -> str:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        return canonicalize_bootstrap_address_or_die(None).rsplit(":", 1)[1]
+
+    return ray.get(resolve.remote(), timeout=60)
+
+
+def test_make_ray_up_makes_a_token_on_a_machine_without_one(ray_session, fresh_home):
     home, temp_dir = fresh_home
     assert not os.path.exists(os.path.join(home, ".ray"))
     gcs, dashboard, client, agent_http, agent_grpc, metrics, env_agent = free_ports(7)
@@ -80,9 +99,14 @@ def test_make_ray_up_makes_a_token_on_a_machine_without_one(fresh_home):
     assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr
     driver = subprocess.run(
         [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{gcs}'); "
-                               "print(int(ray.cluster_resources()['CPU']))"],
+                               "print(int(ray.cluster_resources()['CPU']))\n"
+                               f"@ray.remote\ndef resolve():\n    {RESOLVE}\nprint(ray.get(resolve.remote()))"],
         env=client_env, capture_output=True, text=True, timeout=120)
-    assert driver.returncode == 0 and driver.stdout.strip().endswith("1"), driver.stderr[-3000:]
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    # The head's CPU, then the port a worker of the head resolves as its cluster: the head's own.
+    assert driver.stdout.split()[-2:] == ["1", str(gcs)], driver.stdout
+    # Two heads on this machine now: the session's workers still resolve the session's cluster.
+    assert resolved_port_in_a_worker() == ray_session.get_runtime_context().gcs_address.rsplit(":", 1)[1]
     url = f"http://127.0.0.1:{dashboard}/api/jobs/"
     deadline = time.monotonic() + 60
     while True:  # the dashboard may still be starting its HTTP server

@@ -13,15 +13,23 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Callable
 
-from raymotion.config import PRESETS, ExportConfig, TrainConfig, preset_overrides
-from raymotion.data import DataError, open_data, resolve_data_root
+import ray
+
+from raymotion.config import PRESETS, ExportConfig, Preset, TrainConfig, preset_overrides
+from raymotion.console import filter_terminal
+from raymotion.data import DataError, is_generated, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
+from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.export.bundle import build_run_bundle, results_table
+from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import input_size_of
 from raymotion.tune.experiment import copy_checkpoint, tune_model
+from raymotion.tune.progress import EpochProgress, ModelPlan, RunClock, format_minutes, summary_table
+from raymotion.tune.resources import ResourcesHeld, check_resources
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,66 +54,136 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def tune_and_export(args: argparse.Namespace) -> tuple[str, dict, bool]:
-    """Returns the run directory, its manifest, and whether this process started its own Ray."""
+def run_directory(args: argparse.Namespace) -> str:
+    return os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+
+
+def base_config(model: str, args: argparse.Namespace, preset: Preset) -> TrainConfig:
+    base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
+                       use_gpu=args.device == "cuda", amp=args.device == "cuda")
+    base = base.replace(**preset_overrides(preset, model))
+    if args.epochs:
+        base = base.replace(epochs=args.epochs)
+    return base.replace(input_size=input_size_of(base))
+
+
+def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int) -> ModelPlan:
+    """What the time-left estimate needs of a model before it starts (FLOPs from its untrained graph)."""
+    per_step = base.batch_size * base.num_workers
+    steps = max(1, train_images // per_step)
+    if base.max_batches_per_epoch:
+        steps = min(steps, base.max_batches_per_epoch)
+    flops = count_flops(create_model(base.model, pretrained=False), base.input_size)
+    return ModelPlan(base.model, trials, base.epochs, steps * per_step, val_images, flops)
+
+
+def data_banner(root: str) -> str:
+    return f"\n{'!' * 100}\n!! {GENERATED_NOTE}\n!! data root: {root}\n{'!' * 100}\n" if is_generated(root) else ""
+
+
+def tune_and_export(args: argparse.Namespace,
+                    on_run_dir: Callable[[str], None] | None = None) -> tuple[str, dict, bool]:
+    """Returns the run directory, its manifest, and whether this process started its own Ray.
+    ``on_run_dir``: called once the data root is valid and the run directory exists, before Ray starts."""
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
-    source = open_data(root)  # fails fast, before Ray starts, on a bad root
-    print(f"data: {root} ({how})\n{source.summary()}", flush=True)
+    source = open_data(root)  # fails fast, before Ray starts and before a run directory exists, on a bad root
+    run_dir = run_directory(args)
+    os.makedirs(run_dir, exist_ok=True)
+    if on_run_dir:
+        on_run_dir(run_dir)
+    print(f"data: {root} ({how})\n{source.summary()}{data_banner(root)}", flush=True)
+    print(f"run directory: {run_dir}", flush=True)
     class_counts = [source.counts("train")[c] for c in source.classes]
     preset = PRESETS[args.preset]
     # A copy: the presets are module-level defaults shared by every call in this process.
     settings = dataclasses.replace(preset.tune, seed=args.seed)
-    run_dir = os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    os.makedirs(run_dir, exist_ok=True)
-    print(f"run directory: {run_dir}", flush=True)
 
     owns_ray = init_ray(args.address)
-    started = time.perf_counter()
-    checkpoints, extra, cached_by_size = {}, {}, {}
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(preset.models)
+    bases = {m: base_config(m, args, preset) for m in models}
+    trials = {m: args.num_samples or preset.samples.get(m, preset.tune.num_samples) for m in models}
+    counts = {split: sum(source.counts(split).values()) for split in ("train", "val")}
+    clock = RunClock({m: plan_model(bases[m], trials[m], counts["train"], counts["val"]) for m in models})
+    results, checkpoints, extra, cached_by_size = {}, {}, {}, {}
     for model in models:
-        model_settings = dataclasses.replace(
-            settings, num_samples=args.num_samples or preset.samples.get(model, preset.tune.num_samples))
-        base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
-                           use_gpu=args.device == "cuda", amp=args.device == "cuda")
-        base = base.replace(**preset_overrides(preset, model))
-        if args.epochs:
-            base = base.replace(epochs=args.epochs)
-        base = base.replace(input_size=input_size_of(base))
+        base, note = check_resources(bases[model])  # before decoding: fail fast, or fit what is free
+        if note:
+            print(f"{model}: {note}", flush=True)
+        model_settings = dataclasses.replace(settings, num_samples=trials[model])
         if base.input_size not in cached_by_size:
             cached_by_size[base.input_size], report = load_cached(source, base.input_size)
             print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
-        print(f"tuning {model}: {model_settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
+        print(f"\ntuning {model}: {model_settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
               f"augmentations (before the search space varies them): {base.augmentations()}; "
-              f"class weighting: {base.class_weighting}", flush=True)
+              f"class weighting: {base.class_weighting} | {clock.status()}", flush=True)
+        progress = EpochProgress(model, clock, settings.metric, settings.mode)
         result = tune_model(base, classes=source.classes, class_counts=class_counts,
-                            cached=cached_by_size[base.input_size],
-                            settings=model_settings, storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces)
+                            cached=cached_by_size[base.input_size], settings=model_settings,
+                            storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces, callbacks=[progress])
+        results[model] = result
         checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
                                  "failed": result.failed, "seconds": round(result.seconds, 1),
                                  "history": result.history}}
-        print(f"  {model}: best val_macro_f1={result.metrics.get('val_macro_f1', float('nan')):.4f} "
-              f"({result.trials} trials, {result.stopped_early} stopped early, {result.seconds:.0f}s)", flush=True)
+        print(f"{model} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
+              f"({result.trials} trials, {result.stopped_early} stopped early, {result.failed} failed, "
+              f"{format_minutes(result.seconds)}) | {clock.status()}", flush=True)
     cached_by_size.clear()
 
+    print(f"\nexporting {', '.join(models)}: ONNX, int8 candidates, calibration, ensemble", flush=True)
+    export_started = time.perf_counter()
     manifest = build_run_bundle(run_dir, checkpoints, source, extra, ExportConfig.from_arguments(args))
-    elapsed = time.perf_counter() - started
     report = write_report(run_dir)
-    print(f"\n{results_table(manifest)}\n\ntune + export took {elapsed / 60:.1f} min; run directory: {run_dir}"
-          f"\nreport: {report}", flush=True)
+    print(f"\n{results_table(manifest)}\n\nexport took {format_minutes(time.perf_counter() - export_started)}; "
+          f"report: {report}", flush=True)
     return run_dir, manifest, owns_ray
 
 
-def serve_run(run_dir: str, host: str, port: int, device: str, owns_ray: bool) -> None:
+def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> str:
+    """The run at a glance: the last thing the command prints."""
+    rows = []
+    for name, entry in manifest["models"].items():
+        t, val, oof = entry.get("tune", {}), entry["val"], entry.get("val_out_of_fold", {})
+        rows.append({"model": name, "trials all epochs/stopped early/failed":
+                     f"{t.get('trials', 0) - t.get('failed', 0) - t.get('stopped_early', 0)}/"
+                     f"{t.get('stopped_early', 0)}/{t.get('failed', 0)}",
+                     "val acc": f"{val['accuracy']:.4f}", "macro-F1": f"{val['macro_f1']:.4f}",
+                     "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-",
+                     "minutes": f"{t.get('seconds', 0) / 60:.1f}",
+                     "weight": f"{manifest['ensemble']['weights'].get(name, 0):.2f}",
+                     "served": entry.get("serve", {}).get("variant", "fp32")})
+    ens = manifest["ensemble"]
+    oof = ens.get("val_out_of_fold", {})
+    rows.append({"model": "ensemble", "trials all epochs/stopped early/failed": "-",
+                 "val acc": f"{ens['val']['accuracy']:.4f}", "macro-F1": f"{ens['val']['macro_f1']:.4f}",
+                 "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-", "minutes": f"{elapsed / 60:.1f}",
+                 "weight": "-", "served": "+".join(ens["served"])})
+    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), "",
+             "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
+             f"run directory: {run_dir}",
+             f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}"]
+    if manifest["data"].get("generated"):
+        lines.append(data_banner(manifest["data"]["root"]))
+    return "\n".join(lines)
+
+
+def serve_run(run_dir: str, host: str, port: int, device: str) -> str:
+    """Deploy the run on Serve; returns its URL once it answers."""
     from ray import serve
 
     from serve.app import build_ensemble
 
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_ensemble(run_dir, device=device), name="raymotion", route_prefix="/", blocking=False)
-    print(f"\nserving {run_dir} at http://{host}:{port}\n"
-          f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' http://{host}:{port}/predict", flush=True)
+    url = f"http://{host}:{port}"
+    print(f"\nServe answering: {run_dir} at {url}\n"
+          f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' {url}/predict", flush=True)
+    return url
+
+
+def wait_while_serving(owns_ray: bool) -> None:
+    from ray import serve
+
     if owns_ray:  # a local Ray dies with this process: keep serving until interrupted
         print("  (Ctrl-C stops it; start `ray start --head` first to leave Serve running after this command)", flush=True)
         try:
@@ -117,12 +195,23 @@ def serve_run(run_dir: str, host: str, port: int, device: str, owns_ray: bool) -
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.out = run_directory(args)  # one timestamp for every reader
+    started = time.perf_counter()
     try:
-        run_dir, _, owns_ray = tune_and_export(args)
-    except DataError as err:
-        sys.exit(f"error: {err}")
-    if args.serve:
-        serve_run(run_dir, args.host, args.port, args.device, owns_ray)
+        # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
+        run_dir, manifest, owns_ray = tune_and_export(
+            args, on_run_dir=lambda d: filter_terminal(os.path.join(d, "logs", "tune.log")))
+        url = serve_run(run_dir, args.host, args.port, args.device) if args.serve else None
+        print(summary(manifest, run_dir, time.perf_counter() - started, url), flush=True)
+        if args.serve:
+            wait_while_serving(owns_ray)
+    except (DataError, ResourcesHeld) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        # Here, not in Ray's own exit hook: that runs after the terminal filter hands the terminal back,
+        # and the worker logs it flushes would reach the terminal unfiltered.
+        ray.shutdown()
 
 
 if __name__ == "__main__":

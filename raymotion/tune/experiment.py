@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import ray.data
 from ray import tune
@@ -54,8 +54,10 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
-               settings: TuneSettings, storage_path: str, spaces_dir: str | None = None) -> ModelTuneResult:
-    """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial."""
+               settings: TuneSettings, storage_path: str, spaces_dir: str | None = None,
+               callbacks: Sequence[tune.Callback] = ()) -> ModelTuneResult:
+    """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial.
+    ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on."""
     space = load_search_space(base.model, spaces_dir)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
@@ -73,7 +75,8 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
         tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=settings.num_samples,
                                     max_concurrent_trials=settings.max_concurrent_trials),
-        run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0),
+        run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
+                                  callbacks=list(callbacks)),
     )
     started = time.perf_counter()
     grid = tuner.fit()

@@ -1,0 +1,151 @@
+"""The terminal of a long command: everything the process and Ray print goes, complete, to a log file in
+the run directory; the terminal gets the same minus lines known to be harmless noise.
+
+The filter works on file descriptors 1 and 2, not on ``sys.stdout``: Ray's C++ core worker logs straight
+to fd 2, and the lines of Ray's workers reach the driver through Ray's log monitor. Each noise pattern
+below says why it is safe to hide; Ray's own session logs (``/tmp/ray/session_*/logs``) keep them too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Noise:
+    pattern: re.Pattern
+    why: str
+
+
+NOISE = (
+    Noise(re.compile(r"Actor with class name: 'PreemptionWatcher'"),
+          "Ray Train V2 creates a PreemptionWatcher actor with max_restarts > 0 in every trial, and Ray logs an "
+          "error-level line for it; it is not an error of the run"),
+    Noise(re.compile(r"exclude_resources"),
+          "a RayDeprecationWarning about an option that Ray Train itself sets on every dataset it feeds (and the "
+          "warning's source line after it); nothing this project can change"),
+    Noise(re.compile(r"Cluster resources are not enough to run any task from"),
+          "Ray Data warns this whenever a data task waits for a CPU that a Train worker holds for a moment; a real "
+          "shortage is caught before each model starts (raymotion.tune.resources) and reported in words"),
+    Noise(re.compile(r"Starting execution of Dataset|Execution plan of Dataset|Dataset \S+ execution finished in|"
+                     r"Progress bars disabled"),
+          "Ray Data's INFO lines, several per epoch; they stay in ray-data.log of Ray's session logs"),
+    Noise(re.compile(r"Requesting resources: |Attempting to start training worker group|Started training worker "
+                     r"group|world_rank=\d+, local_rank=|Setting up process group for|Moving model to device|"
+                     r"Checkpoint successfully created at|Reporting training result \d+|Cleaning up placement group"),
+          "Ray Train's INFO lines per trial and epoch; raymotion's epoch line says what matters of them in one line"),
+    Noise(re.compile(r"^View detailed results here|^To visualize your results with TensorBoard|^[╭│├╰]|"
+                     r"A new study created in memory"),
+          "Tune's banner per model (its TensorBoard hint names a folder in Ray's temp dir: use `tensorboard "
+          "--logdir RUN_DIR` instead) and Optuna's study-created INFO line"),
+    Noise(re.compile(r"^\[torch\.onnx\] "), "torch.onnx's exporter steps, four per exported model"),
+)
+# Written through each pipe at exit: when the reader sees it, everything written before it is out.
+DRAINED = b"\x00raymotion-console-drained\x00\n"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Ray prefixes the lines of its workers with "(ActorName pid=123) " (or "(pid=123, ip=...) ").
+WORKER_PREFIX = re.compile(r"^\((\S+ )?pid=[^)]*\) ")
+
+
+def plain(line: str) -> str:
+    """The line as written by its process: without colours and without Ray's worker prefix."""
+    return WORKER_PREFIX.sub("", ANSI.sub("", line), count=1)
+
+
+def is_noise(line: str) -> bool:
+    text = plain(line)
+    return any(n.pattern.search(text) for n in NOISE)
+
+
+def is_continuation(line: str) -> bool:
+    """An indented line: the source line a Python warning prints after its message, or a traceback's."""
+    return plain(line)[:1] in (" ", "\t")
+
+
+class LineFilter:
+    """Splits a byte stream into lines; writes every line to the log, and the non-noise ones onwards."""
+
+    def __init__(self, terminal_fd: int, log, lock: threading.Lock):
+        self.terminal_fd, self.log, self.lock = terminal_fd, log, lock
+        self.pending, self.dropped_last = b"", False
+        self.drained = threading.Event()
+
+    def feed(self, data: bytes) -> None:
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        for raw in lines:
+            self.line(raw + b"\n")
+
+    def line(self, raw: bytes) -> None:
+        if raw.endswith(DRAINED):
+            if len(raw) > len(DRAINED):  # an unterminated last line came before the mark
+                self.line(raw[:-len(DRAINED)])
+            self.drained.set()
+            return
+        text = raw.decode("utf-8", "replace")
+        # A line that continues a hidden one (a warning's source line) is hidden with it.
+        drop = is_noise(text) or (self.dropped_last and is_continuation(text))
+        self.dropped_last = drop
+        with self.lock:
+            self.log.write(raw)
+            self.log.flush()
+        if not drop:
+            os.write(self.terminal_fd, raw)
+
+    def close(self) -> None:
+        if self.pending:
+            self.line(self.pending)
+            self.pending = b""
+
+
+def _pump(read_fd: int, line_filter: LineFilter) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        try:
+            line_filter.feed(data)
+        except Exception:  # this thread's own errors would go into its own pipe: never lose the output
+            os.write(line_filter.terminal_fd, data)
+    line_filter.close()
+
+
+def filter_terminal(log_path: str) -> None:
+    """From now on, fds 1 and 2 of this process (and of the processes it starts) go through the filter;
+    ``log_path`` gets everything. For the rest of the process's life: Ray's local processes inherit the
+    pipes, so they stay open, and a reader must stay to drain them."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    log = open(log_path, "ab")
+    lock = threading.Lock()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    filters = []
+    for fd in (1, 2):
+        terminal = os.dup(fd)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, fd)
+        os.close(write_fd)
+        line_filter = LineFilter(terminal, log, lock)
+        threading.Thread(target=_pump, args=(read_fd, line_filter), name=f"console-filter-{fd}", daemon=True).start()
+        filters.append((fd, terminal, line_filter))
+
+    def drain() -> None:
+        """At exit: let the readers pass on all this process wrote, then hand fds 1 and 2 back to the
+        terminal (child processes may hold the pipes open, so the end is marked, not awaited as EOF)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, _, line_filter in filters:
+            os.write(fd, DRAINED)
+        for fd, terminal, line_filter in filters:
+            line_filter.drained.wait(timeout=5.0)
+            os.dup2(terminal, fd)
+
+    atexit.register(drain)

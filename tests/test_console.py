@@ -1,0 +1,85 @@
+"""The terminal filter of long commands: on a real process's file descriptors, known noise is hidden from
+the terminal and kept in the log; everything else, written any way a process writes, reaches both."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from raymotion.console import NOISE, is_noise
+
+# Lines as the quick run's terminal had them (Ray's worker prefix and colours included).
+NOISY = [
+    "\x1b[36m(TrainController pid=9383)\x1b[0m [2026-12-01 22:56:06,802 E 9383 9449] core_worker.cc:2465: Actor with "
+    "class name: 'PreemptionWatcher' and ID: '5cc0' has constructor arguments in the object store and max_restarts > 0.",
+    "\x1b[36m(DatasetManager pid=9553)\x1b[0m /x/execution_options.py:436: RayDeprecationWarning: "
+    "`ExecutionOptions.exclude_resources` is deprecated and will be removed after January 2027.",
+    "\x1b[36m(DatasetManager pid=9553)\x1b[0m   self.exclude_resources = exclude_resources",
+    "\x1b[36m(SplitCoordinator pid=9641)\x1b[0m Starting execution of Dataset train_0357_0. Full logs are in /tmp/ray/x",
+    "\x1b[36m(SplitCoordinator pid=9641)\x1b[0m Execution plan of Dataset train_0357_0: InputDataBuffer[Input] -> ...",
+    "2026-12-01 22:55:46,796\tWARNING streaming_executor.py:190 -- Cluster resources are not enough to run any task "
+    "from TaskPoolMapOperator[MapBatches(_augment_batch)]. The job may hang forever unless the cluster scales up.",
+    "\x1b[36m(RayTrainWorker pid=9486)\x1b[0m Reporting training result 1: TrainingReport(checkpoint=...)",
+    "\u256d\u2500\u2500\u2500\u256e",
+    "[torch.onnx] Translate the graph into ONNX... \u2705",
+]
+KEPT = [
+    "[lenet] trial 1/2 epoch 1/2 full: 127 img/s, val acc 0.3400 macro-F1 0.2658",
+    "\x1b[36m(RayTrainWorker pid=9486)\x1b[0m RuntimeError: CUDA out of memory",
+    "2026-12-01 22:55:40,091\tWARNING worker.py:1 -- a real warning of Ray's",
+    "    an indented line after a kept one (a traceback's) stays",
+]
+
+
+def test_every_noise_pattern_is_exercised_and_real_lines_pass():
+    assert all(is_noise(line) for line in NOISY)
+    assert not any(is_noise(line) for line in KEPT)
+    # Each documented pattern hides at least one of the lines above: none is dead.
+    assert all(any(n.pattern.search(line) or is_noise(line) for line in NOISY) for n in NOISE)
+    for noise in NOISE:
+        assert any(noise.pattern.search(line.split("\x1b[0m ")[-1]) for line in NOISY), noise.why
+
+
+def test_the_filter_on_a_real_processes_descriptors(tmp_path):
+    log = tmp_path / "logs" / "run.log"
+    lines = "\n".join(NOISY[:3] + KEPT[:1] + NOISY[3:] + KEPT[1:])
+    script = textwrap.dedent(f"""
+        import os, subprocess, sys
+        from raymotion.console import filter_terminal
+        filter_terminal({str(log)!r})
+        lines = {lines!r}.splitlines()
+        for i, line in enumerate(lines):
+            if i % 3 == 0:
+                print(line)                                   # Python's buffered stdout
+            elif i % 3 == 1:
+                os.write(2, (line + "\\n").encode())          # straight to fd 2, as Ray's C++ logging does
+            else:
+                # A child process that inherited the descriptors, as Ray's local processes do.
+                subprocess.run([sys.executable, "-c", "import sys; print(sys.argv[1])", line], check=True)
+        sys.stdout.write("no newline at the end")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    terminal = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert sorted(terminal) == sorted(KEPT + ["no newline at the end"])
+    logged = log.read_text().splitlines()
+    assert sorted(logged) == sorted(NOISY + KEPT + ["no newline at the end"])
+
+
+def test_a_hidden_warnings_source_line_goes_with_it(tmp_path):
+    import threading
+
+    from raymotion.console import LineFilter
+
+    read_fd, write_fd = os.pipe()
+    with open(tmp_path / "log", "wb") as log:
+        line_filter = LineFilter(write_fd, log, threading.Lock())
+        line_filter.feed(b"(DatasetManager pid=1) /x.py:436: RayDeprecationWarning: `exclude_resources` is deprecated\n"
+                         b"(DatasetManager pid=1)   warnings.warn(msg)\n"
+                         b"Traceback (most recent call last):\n"
+                         b"  File \"/x.py\", line 1, in <module>\n")
+        line_filter.close()
+    os.close(write_fd)
+    with os.fdopen(read_fd) as terminal:
+        assert terminal.read().splitlines() == ["Traceback (most recent call last):", '  File "/x.py", line 1, in <module>']
+    assert len((tmp_path / "log").read_text().splitlines()) == 4

@@ -1,0 +1,67 @@
+"""The time-left estimate and the epoch lines of a tune (raymotion.tune.progress), from given epochs."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from raymotion.tune.progress import EpochProgress, ModelPlan, RunClock
+
+# a: 2 trials x 3 epochs; b: 1 trial x 2 epochs, with 4x a's FLOPs per image and the same images.
+PLANS = {"a": ModelPlan("a", trials=2, epochs=3, train_images=100, val_images=50, flops_per_image=10**6),
+         "b": ModelPlan("b", trials=1, epochs=2, train_images=100, val_images=50, flops_per_image=4 * 10**6)}
+
+
+def test_no_estimate_before_the_first_epoch():
+    clock = RunClock(dict(PLANS))
+    assert clock.seconds_left() is None and "known after the first epoch" in clock.status()
+
+
+def test_estimate_uses_a_models_own_epochs_and_predicts_the_others_by_flops():
+    clock = RunClock(dict(PLANS))
+    clock.trial("a", "t1")
+    clock.observe_epoch("a", "t1", 1, seconds=10.0)
+    assert clock.seconds_per_epoch("a") == 10.0
+    # b does 4x a's work per epoch, at a's compute rate: 40 s an epoch.
+    assert clock.seconds_per_epoch("b") == pytest.approx(40.0)
+    assert clock.remaining_epochs("a") == (2 + 3, 1) and clock.remaining_epochs("b") == (2, 1)
+    overhead = clock.start_overheads[0]
+    assert clock.seconds_left() == pytest.approx(5 * 10.0 + 1 * overhead + 2 * 40.0 + 1 * overhead)
+
+
+def test_a_trial_stopped_early_drops_its_unrun_epochs():
+    clock = RunClock(dict(PLANS))
+    clock.observe_epoch("a", "t1", 1, seconds=10.0)
+    before = clock.remaining_epochs("a")[0]
+    clock.finish_trial("a", "t1")  # stopped after 1 of 3 epochs
+    assert clock.remaining_epochs("a")[0] == before - 2
+
+
+def test_a_data_bound_model_bounds_the_prediction_from_below():
+    # c: a tenth of a's FLOPs, but images still take time to load: not faster than a per image.
+    plans = dict(PLANS, c=ModelPlan("c", trials=1, epochs=1, train_images=100, val_images=50, flops_per_image=10**5))
+    clock = RunClock(plans)
+    clock.observe_epoch("a", "t1", 1, seconds=10.0)
+    assert clock.seconds_per_epoch("c") == pytest.approx(10.0)
+
+
+def test_epoch_lines_name_model_trial_epoch_phase_and_best():
+    lines = []
+    clock = RunClock(dict(PLANS))
+    progress = EpochProgress("a", clock, "val_macro_f1", "max", emit=lines.append)
+    t1, t2 = SimpleNamespace(trial_id="t1"), SimpleNamespace(trial_id="t2")
+    progress.on_trial_start(0, [], t1)
+    for epoch, f1 in ((1, 0.5), (2, 0.7)):
+        progress.on_trial_result(0, [], t1, {"epoch": epoch, "epoch_seconds": 10.0, "head_only": float(epoch == 1),
+                                             "train_images_per_s": 123.4, "val_accuracy": 0.6, "val_macro_f1": f1})
+    progress.on_trial_complete(0, [], t1)
+    progress.on_trial_start(0, [], t2)
+    progress.on_trial_result(0, [], t2, {"epoch": 1, "epoch_seconds": 10.0, "train_images_per_s": 99.0,
+                                         "val_accuracy": 0.5, "val_macro_f1": 0.6})
+    progress.on_trial_error(0, [], t2)
+    assert lines[0].startswith("[a] trial 1/2 epoch 1/3 head: 123 img/s, val acc 0.6000 macro-F1 0.5000; "
+                               "best val_macro_f1 0.5000 (trial 1, epoch 1) | ")
+    assert lines[1].startswith("[a] trial 1/2 epoch 2/3 full:") and "best val_macro_f1 0.7000 (trial 1, epoch 2)" in lines[1]
+    assert lines[2] == "[a] trial 1/2 done after 2/3 epochs (stopped early)"
+    assert "best val_macro_f1 0.7000 (trial 1, epoch 2)" in lines[3]  # trial 2's 0.6 is no better
+    assert lines[4].startswith("[a] trial 2/2 FAILED after 1 epochs")
+    assert all("elapsed" in line for line in lines[:2] + lines[3:4])
