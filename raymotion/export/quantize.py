@@ -249,58 +249,92 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     record: dict[str, Any] = {"tolerance_points": tolerance_points,
                               "max_latency_ratio": max_latency_ratio if math.isfinite(max_latency_ratio) else None,
                               "tie_points": tie, "fp32": fp32}
+    built = build_int8_variants(fp32_path, out_dir, stem, calibration_images, selection_images, static_candidates,
+                                record)
+    time_variants(fp32_path, built, val_images, record, iters=latency_iters, max_seconds=max_seconds)
+    accepted = score_variants(built, val_images, val_labels, classes, val_probs, record,
+                              tolerance_points=tolerance_points, max_latency_ratio=max_latency_ratio)
+    return select_variant(record, accepted, fp32_path, tie)
+
+
+INT8_VARIANTS = ("static", "dynamic")
+
+
+def build_int8_variants(fp32_path: str, out_dir: str, stem: str, calibration_images: np.ndarray,
+                        selection_images: np.ndarray | None, static_candidates: Sequence[StaticQuantConfig],
+                        record: dict[str, Any]) -> dict[str, str]:
+    """Static QDQ (best of ``static_candidates``) and dynamic int8 files; {variant: path} of those that
+    built. A variant that fails to build gets its reason in ``record``."""
     builders = {
         "static": lambda: quantize_static_search(fp32_path, os.path.join(out_dir, f"{stem}.int8-static.onnx"),
                                                  calibration_images, selection_images, static_candidates),
         "dynamic": lambda: quantize_dynamic_int8(fp32_path, os.path.join(out_dir, f"{stem}.int8-dynamic.onnx")),
     }
     built = {}
-    for variant, build in builders.items():
-        result, error = _build(variant, build)
+    for variant in INT8_VARIANTS:
+        result, error = _build(variant, builders[variant])
         if result is None:
             record[variant] = {"status": "rejected", "reason": f"quantization failed: {error}"}
             continue
         path, info = result if isinstance(result, tuple) else (result, {})
         built[variant] = path
         record[variant] = {"path": path, "bytes": os.path.getsize(path), **info}
-    # fp32 and the int8 files are timed together, in interleaved rounds: their ratio is what decides.
-    timing = batch1_latency({"fp32": fp32_path, **built}, val_images, iters=latency_iters, max_seconds=max_seconds)
+    return built
+
+
+def time_variants(fp32_path: str, built: dict[str, str], val_images: np.ndarray, record: dict[str, Any], *,
+                  iters: int, max_seconds: float) -> None:
+    """Batch-1 latency of fp32 and the built int8 files, timed together in interleaved rounds (their ratio
+    is what decides, so background load must hit all of them alike); sizes and ratios into ``record``."""
+    timing = batch1_latency({"fp32": fp32_path, **built}, val_images, iters=iters, max_seconds=max_seconds)
     for key, t in timing.items():
         record[key].update(latency_ms_p50=t["p50_ms"], latency_ms_p95=t["p95_ms"],
                            latency_ms_best_round_p50=t["best_round_p50_ms"], latency_iters=t["iters"])
+    for variant in built:
+        entry = record[variant]
+        entry["size_ratio"] = entry["bytes"] / record["fp32"]["bytes"]
+        entry["latency_ratio"] = entry["latency_ms_p50"] / record["fp32"]["latency_ms_p50"]
+
+
+def score_variants(built: dict[str, str], val_images: np.ndarray, val_labels: np.ndarray, classes: list[str],
+                   val_probs: dict[str, np.ndarray] | None, record: dict[str, Any], *, tolerance_points: float,
+                   max_latency_ratio: float) -> list[str]:
+    """The variants within both limits. Latency first: a file slower than the limit is never served, so it
+    is not scored on val either (dynamic int8 convolutions can be many times slower than fp32)."""
     accepted = []
     for variant in built:
         entry = record[variant]
-        entry["size_ratio"] = entry["bytes"] / fp32["bytes"]
-        entry["latency_ratio"] = entry["latency_ms_p50"] / fp32["latency_ms_p50"]
-        # Latency first: a file slower than fp32 is never served, so it is not scored on val either
-        # (dynamic int8 convolutions run 3-15x slower than fp32 here; scoring them took minutes per model).
         if not entry["latency_ratio"] <= max_latency_ratio:
             entry.update(status="rejected", reason=f"batch-1 latency {entry['latency_ratio']:.2f}x fp32 "
                                                    f"(limit {max_latency_ratio}x); val not scored")
             continue
         entry.update(evaluate_onnx(built[variant], val_images, val_labels, classes, val_probs, variant))
-        entry["accuracy_drop_points"] = 100.0 * (fp32["accuracy"] - entry["accuracy"])
+        entry["accuracy_drop_points"] = 100.0 * (record["fp32"]["accuracy"] - entry["accuracy"])
         if not entry["accuracy_drop_points"] <= tolerance_points:
             entry.update(status="rejected", reason=f"loses {entry['accuracy_drop_points']:.2f} points of val "
                                                    f"accuracy (tolerance {tolerance_points} points)")
         else:
             entry["status"] = "accepted"
             accepted.append(variant)
+    return accepted
+
+
+def select_variant(record: dict[str, Any], accepted: list[str], fp32_path: str, tie: float) -> dict[str, Any]:
+    """Of the accepted variants the more accurate wins; within ``tie`` points the faster. None: fp32."""
     if not accepted:
-        reasons = "; ".join(f"{v}: {record[v]['reason']}" for v in builders)
+        reasons = "; ".join(f"{v}: {record[v]['reason']}" for v in INT8_VARIANTS)
         record.update(selected="fp32", path=fp32_path, reason=f"no int8 variant accepted ({reasons})")
         return record
     best_acc = max(record[v]["accuracy"] for v in accepted)
     tied = [v for v in accepted if best_acc - record[v]["accuracy"] <= tie]
     selected = min(tied, key=lambda v: record[v]["latency_ms_p50"])
     chosen = record[selected]
-    others = [v for v in builders if v != selected]
     why = (f"{selected}: val accuracy {100 * chosen['accuracy']:.2f}% "
            f"({-chosen['accuracy_drop_points']:+.2f} points vs fp32), {chosen['latency_ratio']:.2f}x fp32 latency, "
            f"{chosen['size_ratio']:.2f}x size; "
            + "; ".join(f"{v}: " + (record[v].get("reason") or f"accuracy {100 * record[v]['accuracy']:.2f}%, "
-                                   f"{record[v]['latency_ratio']:.2f}x latency") for v in others))
+                                   f"{record[v]['latency_ratio']:.2f}x latency")
+                       for v in INT8_VARIANTS if v != selected))
     chosen["status"] = "selected"
     record.update(selected=selected, path=chosen["path"], reason=why)
     return record
