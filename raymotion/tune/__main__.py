@@ -104,7 +104,7 @@ def tune_and_export(args: argparse.Namespace,
     trials = {m: args.num_samples or preset.samples.get(m, preset.tune.num_samples) for m in models}
     counts = {split: sum(source.counts(split).values()) for split in ("train", "val")}
     clock = RunClock({m: plan_model(bases[m], trials[m], counts["train"], counts["val"]) for m in models})
-    results, checkpoints, extra, cached_by_size = {}, {}, {}, {}
+    checkpoints, extra, cached_by_size = {}, {}, {}
     for model in models:
         base, note = check_resources(bases[model])  # before decoding: fail fast, or fit what is free
         if note:
@@ -120,7 +120,6 @@ def tune_and_export(args: argparse.Namespace,
         result = tune_model(base, classes=source.classes, class_counts=class_counts,
                             cached=cached_by_size[base.input_size], settings=model_settings,
                             storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces, callbacks=[progress])
-        results[model] = result
         checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
                                  "failed": result.failed, "seconds": round(result.seconds, 1),
