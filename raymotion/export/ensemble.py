@@ -91,6 +91,13 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(z))), shifted by the row maximum so that exp cannot overflow (scipy's
+    ``logsumexp`` would do; this module stays numpy only)."""
+    z_max = z.max(axis=1)
+    return z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
+
+
 def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
     """A member's probabilities through its calibration: a dict with ``temperature`` and optionally ``bias``
     (what ``fit_calibration`` returns, and what a manifest's ``models.<name>`` holds; missing: identity)."""
@@ -114,9 +121,7 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, iterations: int = NEW
 
     def nll(th: np.ndarray) -> float:
         z = th[0] * logp + th[1:]
-        z_max = z.max(axis=1)
-        lse = z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
-        return float((lse - (z * onehot).sum(axis=1)).mean())
+        return float((_logsumexp(z) - (z * onehot).sum(axis=1)).mean())
 
     loss = nll(theta)
     for _ in range(iterations):
@@ -209,9 +214,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
     def nll(log_t: float) -> float:
         z = logp / math.exp(log_t)
-        z_max = z.max(axis=1)
-        lse = z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
-        return float((lse - z[rows, labels]).mean())
+        return float((_logsumexp(z) - z[rows, labels]).mean())
 
     lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
     ratio = (math.sqrt(5) - 1) / 2
