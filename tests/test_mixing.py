@@ -47,6 +47,39 @@ def test_mix_batch_off_gives_one_hot_targets_and_untouched_images():
     x, labels, rng = _batch()
     out, target = mix_batch(x, labels, 3, rng)
     assert np.array_equal(out, x) and np.array_equal(target, one_hot(labels, 3))
-    out, target = mix_batch(x, labels, 3, rng, cutmix_p=1.0)
-    assert not np.array_equal(out, x) or np.array_equal(target, one_hot(labels, 3))
-    assert target.min() >= 0 and np.allclose(target.sum(1), 1.0)
+
+
+def _one_class_per_image(n=8):
+    # Image i is filled with 10*i and is class i: a soft label is then directly "how much of which image".
+    x, _, rng = _batch(n)
+    return x, np.arange(n), rng, 10.0 * np.arange(n)
+
+
+def test_mix_batch_cutmix_at_p1_pastes_pixels_and_labels_say_how_much():
+    x, labels, rng, values = _one_class_per_image()
+    changed = []
+    for _ in range(5):
+        out, target = mix_batch(x, labels, len(labels), rng, cutmix_p=1.0)
+        # A draw may paste nothing (lam near 1 rounds the box to 0 px); five draws all doing so is a mix
+        # that never runs.
+        changed.append((not np.array_equal(out, x), not np.allclose(target, one_hot(labels, len(labels)))))
+        assert set(np.unique(out)) <= set(values.astype(np.uint8)), "CutMix pastes whole pixels, it never blends"
+        for i in range(len(labels)):
+            # The share of image k's pixels in image i is the weight of class k in its label.
+            share = np.bincount(out[i, :, :, 0].ravel() // 10, minlength=len(labels)) / out[i, :, :, 0].size
+            assert np.allclose(target[i], share, atol=1e-6), (i, target[i], share)
+    assert sum(pixels and soft for pixels, soft in changed) >= 3, "CutMix at p=1 left images or labels unchanged"
+
+
+def test_mix_batch_mixup_at_p1_blends_pixels_by_the_label_weights():
+    x, labels, rng, values = _one_class_per_image()
+    pixels_changed = []
+    for _ in range(5):
+        out, target = mix_batch(x, labels, len(labels), rng, mixup_p=1.0, mixup_alpha=1.0)
+        # lam < 1 always mixes the labels; the pixels may round back to themselves when lam is near 1.
+        assert not np.allclose(target, one_hot(labels, len(labels))), "MixUp at p=1 left the labels one-hot"
+        pixels_changed.append(not np.array_equal(out, x))
+        assert np.allclose(target.sum(1), 1.0, atol=1e-6) and ((target > 0).sum(1) <= 2).all()
+        # Each pixel of image i is the label-weighted blend of the images mixed in (rounded to uint8).
+        assert np.abs(out[:, 0, 0, 0].astype(float) - target @ values).max() <= 0.5 + 1e-4
+    assert sum(pixels_changed) >= 3, "MixUp at p=1 left the images unchanged"

@@ -33,11 +33,12 @@ AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_sca
 
 def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float, spec) -> dict[str, float]:
     """Run ``steps`` train steps on uint8 NHWC batches, standardised here as the train loop does; seconds
-    from ``t0`` (wall clock) to the first batch, and images/s after ``warmup`` batches."""
+    from ``t0`` (wall clock) to the first batch, images/s after ``warmup`` batches, the steps run and the
+    images timed."""
     loss_fn = nn.CrossEntropyLoss()
     mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
     first = steady_start = None
-    images = 0
+    images = done = 0
     for step, (x, y) in enumerate(batches):
         if first is None:
             first = time.time() - t0
@@ -46,10 +47,12 @@ def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float, 
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(standardize(x, mean, std)), y).backward()
         optimizer.step()
-        images += len(y)
-        if step + 1 >= steps:
+        images, done = images + len(y), step + 1
+        if done >= steps:
             break
-    return {"startup_s": first, "images_per_s": images / (time.perf_counter() - steady_start)}
+    # The counts say what the rate covers: a source that ran dry stops the loop short of ``steps``.
+    return {"startup_s": first, "images_per_s": images / (time.perf_counter() - steady_start), "steps": done,
+            "timed_images": images}
 
 
 def _bench_loop_per_worker(config: dict[str, Any]) -> None:

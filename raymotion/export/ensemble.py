@@ -9,21 +9,19 @@ it and the Serve ingress answers requests with it, so served probabilities are t
 Members are calibrated first: each member's probabilities get its own temperature T_m and class bias b_m
 (bias-corrected temperature scaling, Alexandari et al., ICML 2020: softmax(log p_m / T_m + b_m), fitted on
 val), and those calibrated probabilities are what the weights mix. An over-confident member otherwise
-loses the log-loss selection to a worse but humbler one (seen on real runs: the most accurate member got
-weight 0), and the mixture of calibrated members needs only a small final correction. The bias is there
-for prior shift: a member trained with class weights (or on a rebalanced sample) believes in other class
-frequencies than val has, and no temperature can move probability mass between classes (seen on a real
-run: a balanced-weight EfficientNet lifted the ensemble's ECE from 0.023 to 0.032).
+loses the log-loss selection to a worse but humbler one, and the mixture of calibrated members needs only
+a small final correction. The bias is there for prior shift: a member trained with class weights (or on a
+rebalanced sample) believes in other class frequencies than val has, and no temperature can move
+probability mass between classes. (What real runs showed: README.md, "int8 and ensemble measurements".)
 
-What is optimised, and why log loss rather than accuracy:
-  * Weights: greedy ensemble selection with replacement (Caruana et al., ICML 2004) minimising the val log
-    loss (NLL). Accuracy is piecewise constant in the weights and moves in steps of 1/N: on a val set of a
-    few hundred images many weightings tie and the greedy choice among them is noise. Log loss is smooth,
-    rewards a member for being right with confidence and penalises confident mistakes, and is a proper
-    scoring rule, so it is the objective that temperature scaling then continues. Accuracy is reported
-    next to it (in-sample and out-of-fold) rather than optimised.
-  * Temperature: one scalar T > 0 minimising the NLL of the weighted mixture (Guo et al., 2017). It is a
-    monotone map of each row's log-probabilities, so it never changes a prediction, only its confidence.
+``METHOD`` (recorded in the manifest) states the procedure step by step; here is why it is shaped so:
+  * Weights minimise the val log loss (NLL), not accuracy. Accuracy is piecewise constant in the weights
+    and moves in steps of 1/N: on a val set of a few hundred images many weightings tie and the greedy
+    choice among them is noise. Log loss is smooth, rewards a member for being right with confidence and
+    penalises confident mistakes, and is a proper scoring rule, so it is the objective that temperature
+    scaling then continues. Accuracy is reported next to it (in-sample and out-of-fold).
+  * The final temperature (Guo et al., 2017) is a monotone map of each row's log-probabilities, so it
+    never changes a prediction, only its confidence.
   * Both are fitted on the val set, which is also the set they are reported on: in-sample figures flatter
     the ensemble. ``cross_fitted`` refits both on K-1 folds and predicts the held-out fold; that
     out-of-fold estimate is the honest one.
@@ -93,6 +91,13 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(z))), shifted by the row maximum so that exp cannot overflow (scipy's
+    ``logsumexp`` would do; this module stays numpy only)."""
+    z_max = z.max(axis=1)
+    return z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
+
+
 def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
     """A member's probabilities through its calibration: a dict with ``temperature`` and optionally ``bias``
     (what ``fit_calibration`` returns, and what a manifest's ``models.<name>`` holds; missing: identity)."""
@@ -116,9 +121,7 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, iterations: int = NEW
 
     def nll(th: np.ndarray) -> float:
         z = th[0] * logp + th[1:]
-        z_max = z.max(axis=1)
-        lse = z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
-        return float((lse - (z * onehot).sum(axis=1)).mean())
+        return float((_logsumexp(z) - (z * onehot).sum(axis=1)).mean())
 
     loss = nll(theta)
     for _ in range(iterations):
@@ -211,9 +214,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
     def nll(log_t: float) -> float:
         z = logp / math.exp(log_t)
-        z_max = z.max(axis=1)
-        lse = z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
-        return float((lse - z[rows, labels]).mean())
+        return float((_logsumexp(z) - z[rows, labels]).mean())
 
     lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
     ratio = (math.sqrt(5) - 1) / 2

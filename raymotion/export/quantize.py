@@ -1,10 +1,10 @@
 """int8 ONNX: static QDQ (calibrated on training images) and dynamic quantization, and the choice between
 them (and fp32) by validation accuracy, then batch-1 latency.
 
-On this kind of CPU (x86-64, AVX-512 VNNI) dynamic quantization turns convolutions into ConvInteger
-with per-call activation scaling, which onnxruntime runs 3-15x *slower* than fp32; static QDQ lets
-onnxruntime fuse DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv kernels, which is where the
-speed comes from. ``StaticQuantConfig`` holds the settings measured fastest at equal accuracy here.
+Static QDQ is preferred because onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into
+QLinearConv kernels, while dynamic quantization's ConvInteger rescales activations on every call and was
+slower than fp32 on the x86 CPUs measured. ``StaticQuantConfig`` holds the settings measured fastest at
+equal accuracy; the figures (they go stale) are in README.md, "int8 and ensemble measurements".
 """
 
 from __future__ import annotations
@@ -35,40 +35,29 @@ DEFAULT_CALIBRATION_IMAGES = 300
 
 @dataclass(frozen=True)
 class StaticQuantConfig:
-    # Measured on the trained MobileNetV2 (96 px) and LeNet (64 px) of a run, 1735 val images, 2 threads,
-    # batch 1 (fp32: 84.32% / 1.0-1.6 ms):
-    #   uint8 activations:  0.45-0.6x fp32 latency.  int8 activations (S8S8): 0.95x — no gain, onnxruntime's
-    #   x86 kernels are U8S8; symmetric int8 activations: 3.8x *slower*.
+    # uint8 activations: onnxruntime's x86 kernels are U8S8, so int8 (or symmetric) activations gain nothing.
     activation_type: str = "uint8"
     weight_type: str = "int8"
-    per_channel: bool = True  # per-tensor weights: 83.98% (-0.34) for 0.08 MB less
-    # 7-bit weights: 84.27% vs 83.57% with 8 bits, at the same speed. The x86 u8*s8 kernels sum pairs of
-    # products in int16 (vpmaddubsw), which saturates with full-range weights; 7 bits cannot saturate.
+    per_channel: bool = True  # per-tensor weights lose accuracy for a negligible size saving
+    # 7-bit weights: the x86 u8*s8 kernels sum pairs of products in int16 (vpmaddubsw), which saturates
+    # with full-range weights; 7 bits cannot saturate.
     reduce_range: bool = True
-    # None: every op type onnxruntime can quantize (Conv, Gemm, Add, pooling, ...). Conv/Gemm/MatMul only:
-    # 81.84% and 0.63x instead of 0.45x (a DequantizeLinear/QuantizeLinear pair around every residual Add).
+    # None: every op type onnxruntime can quantize (Conv, Gemm, Add, pooling, ...); Conv/Gemm/MatMul only
+    # leaves a DequantizeLinear/QuantizeLinear pair around every residual Add.
     op_types: tuple[str, ...] | None = None
-    # minmax, percentile (99.999) and entropy gave 84.27% alike with 7-bit weights (percentile 83.00% with 8).
+    # The calibration methods tie on accuracy; minmax is the quickest to build.
     calibrate_method: str = "minmax"
     # Ranges from the mean of per-batch min/max instead of the global extremes (fewer outlier-driven ranges).
     moving_average: bool = False
     weight_symmetric: bool = True
     activation_symmetric: bool = False
     calibration_batch: int = 16
-    # Not an option: keeping the RGB stem conv in float32 (its int8 kernel is slower than fp32 in LeNet,
-    # 109 vs 69 us) made the whole model slower (1.05x vs 0.67x fp32): the extra DequantizeLinear and
-    # layout transposes at the boundary cost more than the stem saves.
+    # Not an option: keeping the RGB stem conv in float32 made the whole model slower, the extra
+    # DequantizeLinear and layout transposes at the boundary cost more than the stem saves.
 
 
-# Which static setting loses least is model-specific, and within ~1 point it is a coin toss of which few
-# per cent of the images flip (full run, 1735 val images; drop in points vs fp32):
-#                       7-bit weights  8-bit weights  7-bit + moving average
-#   MobileNetV2 96 px       0.05           0.75              -
-#   MobileNetV2 128 px      1.33           1.04             0.98
-#   EfficientNet-Lite0      0.69           0.17             0.98
-# So choose_int8 builds these three (minmax calibration, ~5 s each) and keeps the one whose top-1 agrees
-# most with fp32 on held-out training images. (Percentile 99.99 / entropy calibration: 3x slower to
-# build, no better on agreement; depthwise or first/last layers left in fp32: no better and slower.)
+# Which static setting loses least is model-specific and close to a coin toss, so choose_int8 builds these
+# three and keeps the one whose top-1 agrees most with fp32 on held-out training images.
 STATIC_CANDIDATES = (StaticQuantConfig(), StaticQuantConfig(reduce_range=False),
                      StaticQuantConfig(moving_average=True))
 
