@@ -92,15 +92,19 @@ def transfer_phases(cfg: TrainConfig, pretrained: bool) -> list[tuple[str, int, 
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a strictly better value (higher is better); 0 = never."""
+    """Stop after ``patience`` epochs without a strictly better value; 0 = never. ``mode``: "max" (higher
+    is better) or "min", the same pair that ranks Train's checkpoints."""
 
-    def __init__(self, patience: int):
-        self.patience, self.best, self.best_epoch = patience, float("-inf"), 0
+    def __init__(self, patience: int, mode: str = "max"):
+        self.patience, self.best_epoch = patience, 0
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best = float("-inf")  # sign * value: higher is better in either mode
 
-    def update(self, epoch: int, value: float) -> bool:
-        """Record this epoch's value; True when training should stop now."""
-        if value > self.best:
-            self.best, self.best_epoch = value, epoch
+    def update(self, epoch: int, value: float | None) -> bool:
+        """Record this epoch's value (None: not reported, never an improvement); True when training
+        should stop now."""
+        if value is not None and self.sign * value > self.best:
+            self.best, self.best_epoch = self.sign * value, epoch
             return False
         return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
@@ -145,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # Epoch -> phase. Each phase gets its own optimizer and schedule (warm-up, then cosine to 0).
     phase_of_epoch = [p for p in phases for _ in range(p[1])]
-    stopper, phase_name = EarlyStopping(cfg.early_stopping_patience), None
+    stopper, phase_name = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
     for epoch in range(1, cfg.epochs + 1):
         if phase_of_epoch[epoch - 1][0] != phase_name:
             phase_name, phase_epochs, peak_lr = phase_of_epoch[epoch - 1]
@@ -200,8 +204,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "head_only": float(phase_name == "head"),  # 1 while the backbone is frozen
             **{f"val_{k}": v for k, v in val.items()},
         }
-        # Early stopping on val macro-F1; the best epoch's checkpoint is the one Train keeps.
-        stop = stopper.update(epoch, metrics.get("val_macro_f1", float("-inf")))
+        # Early stopping on the run's metric; the best epoch's checkpoint is the one Train keeps.
+        stop = stopper.update(epoch, metrics.get(cfg.metric))
         metrics["best_epoch"] = stopper.best_epoch
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None

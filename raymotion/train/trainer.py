@@ -13,9 +13,6 @@ from raymotion.data.pipeline import eval_stream, quiet_progress, train_stream
 from raymotion.models import get_model_spec
 from raymotion.train.loop import train_loop_per_worker
 
-# Kept checkpoints are ranked by this; the best epoch survives, the rest are deleted.
-CHECKPOINT_METRIC = "val_macro_f1"
-
 
 def input_size_of(cfg: TrainConfig) -> int:
     return cfg.input_size or get_model_spec(cfg.model).input_size
@@ -23,10 +20,8 @@ def input_size_of(cfg: TrainConfig) -> int:
 
 def class_weights(cfg: TrainConfig, class_counts: list[int] | None) -> list[float] | None:
     """Loss weights n / (k * n_c) for class_weighting="balanced"; None otherwise."""
-    if cfg.class_weighting == "none" or not class_counts:
+    if cfg.class_weighting == "none" or not class_counts:  # TrainConfig allows only "none" and "balanced"
         return None
-    if cfg.class_weighting != "balanced":
-        raise ValueError(f"class_weighting must be 'none' or 'balanced', not {cfg.class_weighting!r}")
     total, k = sum(class_counts), len(class_counts)
     return [total / (k * max(1, n)) for n in class_counts]
 
@@ -66,8 +61,9 @@ def build_trainer(
             storage_path=storage_path,
             name=name,
             callbacks=list(callbacks),
+            # Kept checkpoints are ranked by the run's metric; the best epoch survives, the rest are deleted.
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_METRIC, checkpoint_score_order="max"
+                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
             ),
         ),
     )

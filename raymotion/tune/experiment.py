@@ -42,7 +42,7 @@ class ModelTuneResult:
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
               cached: dict[str, ray.data.Dataset], storage_path: str) -> None:
     """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
-    cfg = TrainConfig(**base).replace(**config)
+    cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
                             name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()])
@@ -59,6 +59,8 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial.
     ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on."""
     space = load_search_space(base.model, spaces_dir)
+    # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
+    base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
                              storage_path=storage_path),
@@ -103,7 +105,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
 
     epochs_done = [len(h) for h in histories.values()]
-    best_config = base.replace(**{k: v for k, v in best_trial.config.items()}).to_dict()
+    best_config = base.replace(source=f"best trial of {base.model}", **best_trial.config).to_dict()
     return ModelTuneResult(
         model=base.model,
         config=best_config,
