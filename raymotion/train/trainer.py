@@ -9,7 +9,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from raymotion.config import TrainConfig
-from raymotion.data.pipeline import eval_stream, quiet_progress, train_stream
+from raymotion.data.pipeline import quiet_progress, train_stream
 from raymotion.models import get_model_spec
 from raymotion.train.loop import train_loop_per_worker
 
@@ -45,8 +45,13 @@ def build_trainer(
                               rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
                               brightness=cfg.brightness, crop_scale=cfg.crop_scale, cutmix_p=cfg.cutmix_p,
                               cutmix_alpha=cfg.cutmix_alpha, mixup_p=cfg.mixup_p, mixup_alpha=cfg.mixup_alpha),
-        "val": eval_stream(cached["val"]),
+        # As cached: evaluation draws nothing and the loop standardises on its device.
+        "val": cached["val"],
     }
+    # Train replaces a dataset's execution options by its defaults; the train stream's preserve_order is
+    # what makes its batches reproducible, so it is passed on.
+    train_options = ray.train.DataConfig.default_ingest_options()
+    train_options.preserve_order = datasets["train"].context.execution_options.preserve_order
     return TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
@@ -56,7 +61,7 @@ def build_trainer(
         ),
         datasets=datasets,
         # Only the training set is sharded; each worker may evaluate the whole val set.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": train_options}),
         run_config=ray.train.RunConfig(
             storage_path=storage_path,
             name=name,
