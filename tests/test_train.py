@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from raymotion.config import TrainConfig
 from raymotion.data import index_image_folders
 from raymotion.data.pipeline import load_cached
@@ -103,3 +105,25 @@ def test_frozen_backbone_trains_only_the_head():
     assert transfer_phases(cfg, pretrained=True) == [("head", 2, cfg.head_lr), ("full", 2, cfg.lr)]
     assert transfer_phases(cfg, pretrained=False) == [("full", 4, cfg.lr)]
     assert transfer_phases(cfg.replace(source="test", head_epochs=9), pretrained=True)[-1] == ("full", 1, cfg.lr)
+
+
+@pytest.mark.parametrize("total, warmup", [(20, 2), (7, 1), (5, 0)])
+def test_the_stock_schedule_warms_up_linearly_then_follows_a_cosine_to_zero(total, warmup):
+    """Per step: peak * (k + 1) / w during the w warm-up steps, then peak * (1 + cos(pi * t / (T - w))) / 2."""
+    import math
+
+    import torch
+
+    from raymotion.train.loop import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    seen = []
+    for _ in range(total):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    want = [0.5 * (k + 1) / warmup if k < warmup else
+            0.25 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup))) for k in range(total)]
+    assert seen == pytest.approx(want, abs=1e-9)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # after the last step
