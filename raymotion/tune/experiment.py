@@ -53,6 +53,27 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def _best_epoch(grid, settings: TuneSettings) -> tuple[dict[str, Any] | None, Any, dict[int, list[dict[str, Any]]]]:
+    """(best row, its trial's result, per-trial histories by id(result)) over every trial's epochs."""
+    sign = 1.0 if settings.mode == "max" else -1.0
+    best_row, best_trial, best_key, histories = None, None, None, {}
+    for result in grid:
+        if result.metrics_dataframe is None:
+            continue
+        rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
+        histories[id(result)] = rows
+        for row in rows:
+            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
+            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
+            path = row.get(CHECKPOINT_PATH_KEY)
+            if not path or settings.metric not in row or not os.path.isdir(path):
+                continue
+            key = (sign * row[settings.metric], row.get("epoch", 0))
+            if best_key is None or key > best_key:
+                best_row, best_trial, best_key = row, result, key
+    return best_row, best_trial, histories
+
+
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
                settings: TuneSettings, storage_path: str, spaces_dir: str | None = None,
                callbacks: Sequence[tune.Callback] = ()) -> ModelTuneResult:
@@ -84,22 +105,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     grid = tuner.fit()
     seconds = time.perf_counter() - started
 
-    sign = 1.0 if settings.mode == "max" else -1.0
-    best_row, best_trial, best_key, histories = None, None, None, {}
-    for result in grid:
-        if result.metrics_dataframe is None:
-            continue
-        rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
-        histories[id(result)] = rows
-        for row in rows:
-            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
-            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
-            path = row.get(CHECKPOINT_PATH_KEY)
-            if not path or settings.metric not in row or not os.path.isdir(path):
-                continue
-            key = (sign * row[settings.metric], row.get("epoch", 0))
-            if best_key is None or key > best_key:
-                best_row, best_trial, best_key = row, result, key
+    best_row, best_trial, histories = _best_epoch(grid, settings)
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
