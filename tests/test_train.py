@@ -75,6 +75,9 @@ def test_early_stopping_and_the_kept_checkpoint_follow_the_metric_and_mode(ray_s
                       max_batches_per_epoch=2, metric="epoch", mode="min")
     trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
                             storage_path=str(tmp_path), name="early")
+    # The pair reaches Train's checkpoint ranking (the kept epoch below could coincide with val F1's by chance).
+    kept = trainer.run_config.checkpoint_config
+    assert (kept.checkpoint_score_attribute, kept.checkpoint_score_order) == ("epoch", "min")
     result = trainer.fit()
     assert (result.metrics["epoch"], result.metrics["best_epoch"]) == (3, 1)
     _, meta = load_checkpoint(result.get_best_checkpoint(metric="epoch", mode="min").path)
