@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Literal
+
+# What "best" means unless a preset says otherwise: Tune's objective, Train's kept checkpoint and early
+# stopping all read one (metric, mode) pair (see TuneSettings and TrainConfig.metric).
+DEFAULT_METRIC = "val_macro_f1"
+Mode = Literal["max", "min"]
+ClassWeighting = Literal["none", "balanced"]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not exist; the message names it and where it came from."""
+
+
+def check_keys(cls: type, keys: Iterable[str], source: str) -> None:
+    """Raise ConfigError for any of ``keys`` that is not a field of dataclass ``cls``: a misspelt key
+    would otherwise change nothing, silently."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(keys) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; "
+                          f"known keys: {', '.join(sorted(known))}")
+
+
+def check_literals(obj: Any) -> None:
+    """Raise ConfigError for a field typed ``Literal[...]`` whose value is not one of its choices, at
+    construction rather than deep in the stage that first reads it."""
+    for name, hint in typing.get_type_hints(type(obj)).items():
+        if typing.get_origin(hint) is Literal and getattr(obj, name) not in typing.get_args(hint):
+            raise ConfigError(f"{type(obj).__name__}.{name} must be one of "
+                              f"{', '.join(map(repr, typing.get_args(hint)))}, not {getattr(obj, name)!r}")
 
 
 @dataclass
@@ -21,8 +51,12 @@ class TrainConfig:
     # the remaining epochs fine-tune everything at lr. 0 = one phase. Ignored for models without weights.
     head_epochs: int = 0
     head_lr: float = 3e-3
-    # Early stopping on val macro-F1: stop after this many epochs without a new best (0 = never).
+    # Early stopping on `metric`: stop after this many epochs without a new best (0 = never).
     early_stopping_patience: int = 0
+    # The reported metric that ranks epochs (Train's kept checkpoint, early stopping) and its direction.
+    # Tune sets both from its TuneSettings, so that trials, checkpoints and stopping agree.
+    metric: str = DEFAULT_METRIC
+    mode: Mode = "max"
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     # Augmentations, applied on Ray Data CPU workers to the training stream only; each is off at its
@@ -38,7 +72,7 @@ class TrainConfig:
     mixup_p: float = 0.0
     mixup_alpha: float = 0.2
     # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
-    class_weighting: str = "none"
+    class_weighting: ClassWeighting = "none"
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
     max_batches_per_epoch: int = 0
     seed: int = 0
@@ -50,9 +84,14 @@ class TrainConfig:
     # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
     torch_threads: int = 0
 
-    def replace(self, **changes: Any) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in known})
+    def __post_init__(self) -> None:
+        check_literals(self)
+
+    def replace(self, *, source: str, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``; ``source`` (preset, space file, CLI flag) names where they came from,
+        for the error on a key that is not a field."""
+        check_keys(TrainConfig, changes, source)
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,9 +149,12 @@ class TuneSettings:
     max_concurrent_trials: int = 1  # 2 CPUs: trials in sequence; a cluster raises this
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2
-    metric: str = "val_macro_f1"
-    mode: str = "max"
+    metric: str = DEFAULT_METRIC
+    mode: Mode = "max"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_literals(self)
 
 
 @dataclass
@@ -126,6 +168,11 @@ class Preset:
     samples: dict[str, int] = field(default_factory=dict)
     # Per-model overrides of TrainConfig, applied before the search space ("*": every model).
     train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # At definition: a misspelt override fails when the preset is written, not when its model runs.
+        for model, overrides in self.train_overrides.items():
+            check_keys(TrainConfig, overrides, f"preset {self.name!r}, overrides of model {model!r}")
 
 
 PRESETS: dict[str, Preset] = {

@@ -11,7 +11,7 @@ from PIL import Image
 from raymotion.data import DataError, index_image_folders
 from raymotion.data.augment import (augment_batch, crop_params, draw_geometry, draw_photometric, photometric_luts,
                                     rotation_matrices, theta_to_pixel_maps)
-from raymotion.data.pipeline import eval_stream, load_cached, train_stream
+from raymotion.data.pipeline import load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
 
 
@@ -196,8 +196,43 @@ def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, face
         labels.extend(batch["label"].tolist())
     assert mixed > 0  # CutMix/MixUp at p=0.5 each mixes some rows
     assert sorted(labels) == sorted(folders.train.labels)
-    # Val is not augmented: two passes give identical pixels.
-    val = eval_stream(cached["val"])
-    first = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
-    second = np.concatenate([b["image"] for b in val.iter_batches(batch_size=None)])
-    assert np.array_equal(first, second)
+
+
+AUG_MIX = dict(rotation_deg=10, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5, mixup_p=0.5)
+
+
+def _two_epochs(cached, seed):
+    """What one Train worker reads of a fresh train stream in its first two epochs (as the loop reads it:
+    a one-way streaming split, a seeded local shuffle): the first batch of each, and every row's pixels by uid."""
+    from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
+
+    shard = train_stream(cached["train"], seed=seed, num_classes=3, **AUG_MIX).streaming_split(1, equal=True)[0]
+    firsts, by_uid = [], []
+    for epoch in (1, 2):
+        batches = list(shard.iter_batches(batch_size=32, local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+                                          local_shuffle_seed=seed + epoch))
+        firsts.append(batches[0])
+        by_uid.append({int(u): img for b in batches for u, img in zip(b["uid"], b["image"])})
+    return firsts, by_uid
+
+
+def test_the_same_seed_gives_the_same_training_batches(ray_session, faces_root):
+    """Augmentation is drawn from (seed, epoch, block): a second run with the same seed reads the same
+    batches, epoch by epoch; a new epoch or another seed draws anew."""
+    cached, _ = load_cached(index_image_folders(faces_root), 32)
+    firsts, by_uid = _two_epochs(cached, seed=0)
+    again_firsts, again_by_uid = _two_epochs(cached, seed=0)
+    for a, b in zip(firsts, again_firsts):
+        for column in ("image", "label", "target", "uid"):
+            assert np.array_equal(a[column], b[column]), column
+    for a, b in zip(by_uid, again_by_uid):
+        assert a.keys() == b.keys() and all(np.array_equal(a[u], b[u]) for u in a)
+
+    def changed(x, y):  # the fraction of rows whose pixels differ
+        return np.mean([not np.array_equal(x[u], y[u]) for u in x])
+
+    # The same image is augmented anew in the next epoch (rotation alone changes nearly every row).
+    assert changed(by_uid[0], by_uid[1]) > 0.9
+    other_firsts, other_by_uid = _two_epochs(cached, seed=1)
+    assert not np.array_equal(firsts[0]["image"], other_firsts[0]["image"])
+    assert changed(by_uid[0], other_by_uid[0]) > 0.9

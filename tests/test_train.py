@@ -2,11 +2,13 @@
 
 import os
 
+import pytest
+
 from raymotion.config import TrainConfig
 from raymotion.data import index_image_folders
 from raymotion.data.pipeline import load_cached
 from raymotion.train.checkpoint import load_checkpoint
-from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer
+from raymotion.train.trainer import build_trainer
 
 
 def test_two_worker_training_reports_every_epoch_and_keeps_the_best_checkpoint(ray_session, faces_root, tmp_path):
@@ -20,11 +22,11 @@ def test_two_worker_training_reports_every_epoch_and_keeps_the_best_checkpoint(r
     for key in ("train_loss", "val_loss", "val_accuracy", "val_top2_accuracy", "val_macro_f1"):
         assert key in last and last[key] == last[key], key  # present and not NaN
     assert last["val_top2_accuracy"] >= last["val_accuracy"]
-    best = result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max")
+    best = result.get_best_checkpoint(metric=cfg.metric, mode=cfg.mode)
     model, meta = load_checkpoint(best.path)
     assert meta["classes"] == folders.classes and meta["input_size"] == 32
     # The kept checkpoint is the best epoch: never worse than the last one.
-    assert meta["metrics"][CHECKPOINT_METRIC] >= last[CHECKPOINT_METRIC]
+    assert meta["metrics"][cfg.metric] >= last[cfg.metric]
     assert os.path.isfile(os.path.join(best.path, "model.pt"))
 
 
@@ -40,7 +42,7 @@ def test_two_phase_transfer_with_two_workers(ray_session, faces_root, tmp_path):
     result = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
                            storage_path=str(tmp_path), name="two-phase").fit()
     assert result.metrics["epoch"] == 2 and result.metrics["head_only"] == 0.0
-    model, meta = load_checkpoint(result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max").path)
+    model, meta = load_checkpoint(result.get_best_checkpoint(metric=cfg.metric, mode=cfg.mode).path)
     imagenet = create_model("mobilenet_v2", num_classes=3, pretrained=True)
     backbone_ckpt, _ = split_head_parameters(model, "mobilenet_v2")
     backbone_init, _ = split_head_parameters(imagenet, "mobilenet_v2")
@@ -58,19 +60,28 @@ def test_early_stopping_rule():
     assert stopper.best_epoch == 2
     never = EarlyStopping(patience=0)
     assert not any(never.update(e, 0.1) for e in range(1, 20))
+    # mode="min": lower is better; an epoch that did not report the metric is no improvement.
+    lower = EarlyStopping(patience=1, mode="min")
+    assert [lower.update(e, v) for e, v in enumerate([0.9, 0.7, None, 0.8], 1)] == [False, False, True, True]
+    assert lower.best_epoch == 2
 
 
-def test_early_stopping_ends_the_run_in_ray_train(ray_session, faces_root, tmp_path):
+def test_early_stopping_and_the_kept_checkpoint_follow_the_metric_and_mode(ray_session, faces_root, tmp_path):
+    """A metric that never improves after epoch 1 under its mode ("epoch", "min"): early stopping must end
+    the run `patience` epochs later, and the checkpoint Train keeps must be epoch 1's. With the mode
+    ignored (higher is better) or early stopping off, all 6 epochs run and a later checkpoint is kept."""
     folders = index_image_folders(faces_root)
-    # lr=0 freezes the weights (BatchNorm statistics still move a little), so val macro-F1 soon stops improving.
-    cfg = TrainConfig(model="lenet", input_size=32, epochs=6, lr=0.0, early_stopping_patience=1, batch_size=16,
-                      max_batches_per_epoch=2)
-    result = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
-                           storage_path=str(tmp_path), name="early").fit()
-    last, best = result.metrics["epoch"], result.metrics["best_epoch"]
-    # Either it ran out of epochs, or it stopped exactly `patience` epochs after its best.
-    assert last == 6 or last == best + 1, (last, best)
-    assert best <= last
+    cfg = TrainConfig(model="lenet", input_size=32, epochs=6, early_stopping_patience=2, batch_size=16,
+                      max_batches_per_epoch=2, metric="epoch", mode="min")
+    trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
+                            storage_path=str(tmp_path), name="early")
+    # The pair reaches Train's checkpoint ranking (the kept epoch below could coincide with val F1's by chance).
+    kept = trainer.run_config.checkpoint_config
+    assert (kept.checkpoint_score_attribute, kept.checkpoint_score_order) == ("epoch", "min")
+    result = trainer.fit()
+    assert (result.metrics["epoch"], result.metrics["best_epoch"]) == (3, 1)
+    _, meta = load_checkpoint(result.get_best_checkpoint(metric="epoch", mode="min").path)
+    assert meta["epoch"] == 1
 
 
 def test_frozen_backbone_trains_only_the_head():
@@ -96,4 +107,26 @@ def test_frozen_backbone_trains_only_the_head():
     cfg = TrainConfig(model="mobilenet_v2", epochs=4, head_epochs=2)
     assert transfer_phases(cfg, pretrained=True) == [("head", 2, cfg.head_lr), ("full", 2, cfg.lr)]
     assert transfer_phases(cfg, pretrained=False) == [("full", 4, cfg.lr)]
-    assert transfer_phases(cfg.replace(head_epochs=9), pretrained=True)[-1] == ("full", 1, cfg.lr)
+    assert transfer_phases(cfg.replace(source="test", head_epochs=9), pretrained=True)[-1] == ("full", 1, cfg.lr)
+
+
+@pytest.mark.parametrize("total, warmup", [(20, 2), (7, 1), (5, 0)])
+def test_the_stock_schedule_warms_up_linearly_then_follows_a_cosine_to_zero(total, warmup):
+    """Per step: peak * (k + 1) / w during the w warm-up steps, then peak * (1 + cos(pi * t / (T - w))) / 2."""
+    import math
+
+    import torch
+
+    from raymotion.train.loop import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    seen = []
+    for _ in range(total):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    want = [0.5 * (k + 1) / warmup if k < warmup else
+            0.25 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup))) for k in range(total)]
+    assert seen == pytest.approx(want, abs=1e-9)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # after the last step

@@ -7,7 +7,6 @@ that, lazily, so it is drawn anew every epoch.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,10 +41,6 @@ def data_task_concurrency() -> int:
     so the cap mainly bounds worker processes and their memory.
     """
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-# Tasks reuse worker processes; a per-process counter gives each batch (and each epoch) its own stream.
-_batch_counter = itertools.count()
 
 
 def quiet_progress() -> None:
@@ -181,34 +176,55 @@ def augment_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     return mix_batch(x, labels, num_classes, rng, **mixing)
 
 
+def epoch_index() -> int:
+    """Inside a task of a train stream: which epoch (0, 1, ...) of that stream the task belongs to.
+
+    Ray Data re-executes a stream every epoch and counts the executions in the stream's DataContext, which
+    it hands to every task; its own reseeded shuffles (``RandomSeedConfig(reseed_after_execution=True)``)
+    read the same count. ``train_stream`` gives each stream a context of its own, counting from 0."""
+    return ray.data.DataContext.get_current()._execution_idx
+
+
+def _own_execution_count(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """``ds`` with a DataContext of its own, its execution count at 0. Derived datasets share their
+    parent's context, so without the copy the count would include every earlier read of the cached split
+    (and of other streams built on it), and two identical runs in one process would differ."""
+    own = ray.data.Dataset.copy(ds, _deep_copy=True)
+    own.context._execution_idx = 0
+    return own
+
+
 def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augment: dict,
                    mixing: dict) -> dict[str, np.ndarray]:
     uids = batch["uid"]
-    rng = np.random.default_rng([seed, int(uids[0]) if len(uids) else 0, next(_batch_counter)])
+    # The draws depend on (seed, epoch, block) only, the block named by its first row: not on which worker
+    # process runs it or what it ran before, so the same --seed gives the same batches.
+    block = int(uids[0]) if len(uids) else 0
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch_index(), block]))
     images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augment, mixing)
-    return {"image": images, "label": batch["label"], "target": target}
+    return {"image": images, "label": batch["label"], "target": target, "uid": uids}
 
 
 def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
                  rotation_deg: float = 0.0, hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
                  crop_scale: float = 1.0, cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0,
                  mixup_alpha: float = 0.2) -> ray.data.Dataset:
-    """Shuffled block order + random augmentation + mixing; re-executed every epoch.
+    """Shuffled block order + random augmentation + mixing; re-executed every epoch, reproducibly: block
+    order and augmentation are drawn from (seed, epoch), and blocks come out in order, so a run with one
+    Train worker sees the same batches for the same seed.
     Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
-    train.loop.standardize), label (int), target (float soft labels, rows sum to 1)."""
+    train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id)."""
     augment = dict(rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast, brightness=brightness,
                    crop_scale=crop_scale)
     mixing = dict(cutmix_p=cutmix_p, cutmix_alpha=cutmix_alpha, mixup_p=mixup_p, mixup_alpha=mixup_alpha)
-    return cached_train.randomize_block_order().map_batches(
+    own = _own_execution_count(cached_train)
+    # In order: otherwise blocks arrive as their tasks finish, and batch contents depend on timing. The
+    # cost is a block that finishes early waiting for the one before it (two similar tasks per CPU pair).
+    own.context.execution_options.preserve_order = True
+    return own.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
         _augment_batch,
         fn_kwargs=dict(seed=seed, num_classes=num_classes, augment=augment, mixing=mixing),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),
     )
-
-
-def eval_stream(cached_split: ray.data.Dataset) -> ray.data.Dataset:
-    """The cached split as it is (uint8 NHWC image, label): evaluation has nothing random to add, and the
-    loop standardises on its device, so no per-epoch task runs at all."""
-    return cached_split

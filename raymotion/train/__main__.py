@@ -11,7 +11,7 @@ from raymotion.config import TrainConfig
 from raymotion.data import open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.runtime import init_ray
-from raymotion.train.trainer import CHECKPOINT_METRIC, build_trainer, input_size_of
+from raymotion.train.trainer import build_trainer, input_size_of
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
                             cached=cached,
                             storage_path=os.path.abspath(args.out), name=f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric=CHECKPOINT_METRIC, mode="max")
+    best = result.get_best_checkpoint(metric=cfg.metric, mode=cfg.mode)
     print(f"trained {cfg.model} in {time.perf_counter() - started:.0f}s; last epoch: "
           + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if k.startswith("val_") and isinstance(v, float)))
-    print(f"best checkpoint ({CHECKPOINT_METRIC}): {best.path if best else None}")
+    print(f"best checkpoint ({cfg.metric}, {cfg.mode}): {best.path if best else None}")
 
 
 if __name__ == "__main__":

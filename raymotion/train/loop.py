@@ -1,12 +1,16 @@
-"""``train_loop_per_worker``: what each Ray Train worker runs (data-parallel via DDP when >1 worker)."""
+"""``train_loop_per_worker``: what each Ray Train worker runs (data-parallel via DDP when >1 worker).
+
+Shaped like torchvision's classification reference (references/classification/train.py): a short setup,
+then per epoch ``train_one_epoch``, ``evaluate`` and ``report_epoch``; the LR schedule is torch's own
+``SequentialLR`` of ``LinearLR`` warm-up and ``CosineAnnealingLR``, as there."""
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 import ray.train
@@ -40,14 +44,17 @@ def resolve_torch_threads(requested: int, local_world_size: int) -> int:
     return max(1, cores // max(1, local_world_size))
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: ``warmup_steps`` linear steps up to the peak lr (peak/w, 2 peak/w, ..., peak),
+    then cosine down to 0 at ``total_steps``. No warm-up (0 steps): the cosine alone."""
+    sched = torch.optim.lr_scheduler
+    cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps <= 0:
+        return cosine
+    # total_iters = w - 1: the w-th warm-up step already trains at the peak, as the cosine's first does.
+    warmup = sched.LinearLR(optimizer, start_factor=1.0 / warmup_steps, total_iters=max(1, warmup_steps - 1))
+    return sched.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 @torch.no_grad()
@@ -92,15 +99,19 @@ def transfer_phases(cfg: TrainConfig, pretrained: bool) -> list[tuple[str, int, 
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a strictly better value (higher is better); 0 = never."""
+    """Stop after ``patience`` epochs without a strictly better value; 0 = never. ``mode``: "max" (higher
+    is better) or "min", the same pair that ranks Train's checkpoints."""
 
-    def __init__(self, patience: int):
-        self.patience, self.best, self.best_epoch = patience, float("-inf"), 0
+    def __init__(self, patience: int, mode: str = "max"):
+        self.patience, self.best_epoch = patience, 0
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best = float("-inf")  # sign * value: higher is better in either mode
 
-    def update(self, epoch: int, value: float) -> bool:
-        """Record this epoch's value; True when training should stop now."""
-        if value > self.best:
-            self.best, self.best_epoch = value, epoch
+    def update(self, epoch: int, value: float | None) -> bool:
+        """Record this epoch's value (None: not reported, never an improvement); True when training
+        should stop now."""
+        if value is not None and self.sign * value > self.best:
+            self.best, self.best_epoch = self.sign * value, epoch
             return False
         return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
@@ -109,109 +120,143 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
-    "class_weights": [...] or None}."""
+@dataclass
+class WorkerRun:
+    """What every epoch of one worker's run shares, fixed at setup."""
+
+    cfg: TrainConfig
+    classes: list[str]
+    device: torch.device
+    amp: bool
+    mean: torch.Tensor  # (3,) on device: batches arrive as uint8 NHWC and are standardised there
+    std: torch.Tensor
+    pretrained: bool
+    steps_per_epoch: int
+    loss_fn: nn.Module
+    scaler: torch.amp.GradScaler
+    rank: int
+    world: int
+
+
+def setup_worker(loop_config: dict[str, Any]) -> tuple[WorkerRun, nn.Module]:
+    """Threads and seeds, the model (unwrapped), the loss and what the epochs share."""
     cfg = TrainConfig(**loop_config["train"])
-    classes: list[str] = loop_config["classes"]
     spec = get_model_spec(cfg.model)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(resolve_torch_threads(cfg.torch_threads, ctx.get_local_world_size()))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-
+    classes: list[str] = loop_config["classes"]
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
     pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
-    phases = transfer_phases(cfg, pretrained)
     device = ray.train.torch.get_device()
     amp = cfg.amp and device.type == "cuda"
-    # Batches arrive as uint8 NHWC (a quarter of float32's bytes through the object store and to the GPU).
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
-
+    world = ctx.get_world_size()
     steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches_per_epoch)
-    class_weights = loop_config.get("class_weights")
+    weights = loop_config.get("class_weights")
     # Soft targets (CutMix/MixUp rows) and optional class weights, one loss for both.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
-                                  weight=torch.tensor(class_weights, device=device) if class_weights else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+                                  weight=torch.tensor(weights, device=device) if weights else None)
+    run = WorkerRun(cfg, classes, device, amp, torch.tensor(spec.mean, dtype=torch.float32, device=device),
+                    torch.tensor(spec.std, dtype=torch.float32, device=device), pretrained, steps_per_epoch, loss_fn,
+                    torch.amp.GradScaler(device.type, enabled=amp), ctx.get_world_rank(), world)
+    return run, model
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    input_size = cfg.input_size or spec.input_size
 
-    # Epoch -> phase. Each phase gets its own optimizer and schedule (warm-up, then cosine to 0).
-    phase_of_epoch = [p for p in phases for _ in range(p[1])]
-    stopper, phase_name = EarlyStopping(cfg.early_stopping_patience), None
+def start_phase(run: WorkerRun, model: nn.Module, phase: tuple[str, int, float]):
+    """(Re)wrap the model for a transfer phase, with its own optimizer and schedule (warm-up, then cosine
+    to 0 over the phase). DDP only synchronises parameters that require grad when it is built, so the
+    full phase needs a new wrapper after the head phase."""
+    name, epochs, peak_lr = phase
+    module = unwrap(model)
+    if run.pretrained:
+        set_backbone_frozen(module, run.cfg.model, frozen=name == "head")
+    model = ray.train.torch.prepare_model(module)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=run.cfg.weight_decay)
+    total = run.steps_per_epoch * epochs
+    return model, optimizer, warmup_cosine(optimizer, total, warmup_steps=min(total // 10, run.steps_per_epoch))
+
+
+def epoch_batches(shard, cfg: TrainConfig, epoch: int, device: torch.device) -> Iterable[dict[str, torch.Tensor]]:
+    """One epoch of this worker's training shard, shuffled locally with a seed of (seed, epoch)."""
+    return shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True,
+                                    local_shuffle_buffer_size=max(SHUFFLE_BUFFER_ROWS, cfg.batch_size * 4),
+                                    local_shuffle_seed=cfg.seed + epoch, device=device)
+
+
+def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                    batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """At most ``steps_per_epoch`` optimizer steps (one per batch; the schedule steps with them)."""
+    started = time.perf_counter()
+    seen, loss_sum, correct = 0, 0.0, 0
+    for step, batch in enumerate(batches):
+        if step >= run.steps_per_epoch:
+            break
+        images, labels, target = standardize(batch["image"], run.mean, run.std), batch["label"], batch["target"]
+        with torch.autocast(run.device.type, enabled=run.amp):
+            logits = model(images)
+            loss = run.loss_fn(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        scheduler.step()
+        seen += len(labels)
+        loss_sum += loss.item() * len(labels)
+        # Against the dominant class of each (possibly mixed) target.
+        correct += int((logits.argmax(1) == target.argmax(1)).sum())
+    return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9)}
+
+
+def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any]) -> None:
+    """Report the epoch to Train (and through it Tune) with rank 0's checkpoint of it; Train keeps the best
+    by the run's metric."""
+    spec = get_model_spec(run.cfg.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if run.rank == 0:
+            save_checkpoint(tmp, unwrap(model), {
+                "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
+                "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
+                "train_config": run.cfg.to_dict(), "metrics": metrics,
+            })
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
+    "class_weights": [...] or None}."""
+    run, model = setup_worker(loop_config)
+    cfg = run.cfg
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    phase_of_epoch = [p for p in transfer_phases(cfg, run.pretrained) for _ in range(p[1])]
+    stopper, phase = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
     for epoch in range(1, cfg.epochs + 1):
-        if phase_of_epoch[epoch - 1][0] != phase_name:
-            phase_name, phase_epochs, peak_lr = phase_of_epoch[epoch - 1]
-            module = unwrap(model)
-            if pretrained:
-                set_backbone_frozen(module, cfg.model, frozen=phase_name == "head")
-            # (Re)wrap for this phase: DDP only synchronises parameters that require grad when it is
-            # built, so the full phase needs a new wrapper after the head phase.
-            model = ray.train.torch.prepare_model(module)
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=cfg.weight_decay)
-            total = steps_per_epoch * phase_epochs
-            scheduler = cosine_with_warmup(optimizer, total, warmup_steps=min(total // 10, steps_per_epoch))
+        if phase_of_epoch[epoch - 1] != phase:
+            phase = phase_of_epoch[epoch - 1]
+            model, optimizer, scheduler = start_phase(run, model, phase)
         model.train()
-        if pretrained and phase_name == "head":
+        if run.pretrained and phase[0] == "head":
             set_backbone_frozen(unwrap(model), cfg.model, frozen=True)  # model.train() re-enabled frozen BN
         started = time.perf_counter()
-        seen, loss_sum, correct = 0, 0.0, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, drop_last=True, local_shuffle_buffer_size=max(SHUFFLE_BUFFER_ROWS, cfg.batch_size * 4),
-            local_shuffle_seed=cfg.seed + epoch, device=device,
-        )
-        for step, batch in enumerate(batches):
-            if step >= steps_per_epoch:
-                break
-            images, labels, target = standardize(batch["image"], mean, std), batch["label"], batch["target"]
-            with torch.autocast(device.type, enabled=amp):
-                logits = model(images)
-                loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(labels)
-            loss_sum += loss.item() * len(labels)
-            # Against the dominant class of each (possibly mixed) target.
-            correct += int((logits.argmax(1) == target.argmax(1)).sum())
-        train_seconds = time.perf_counter() - started
-
+        metrics = {"epoch": epoch, **train_one_epoch(run, model, optimizer, scheduler,
+                                                     epoch_batches(train_shard, cfg, epoch, run.device))}
         # Every worker reads the whole (unsplit) val set and must consume it: Ray Train feeds an unsplit
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.
-        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), device, classes, amp, mean, std)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(1, seen),
-            "train_accuracy": correct / max(1, seen),
-            "train_images_per_s": seen * world / max(train_seconds, 1e-9),
-            "epoch_seconds": time.perf_counter() - started,
-            "lr": scheduler.get_last_lr()[0],
-            "head_only": float(phase_name == "head"),  # 1 while the backbone is frozen
-            **{f"val_{k}": v for k, v in val.items()},
-        }
-        # Early stopping on val macro-F1; the best epoch's checkpoint is the one Train keeps.
-        stop = stopper.update(epoch, metrics.get("val_macro_f1", float("-inf")))
+        val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), run.device, run.classes, run.amp,
+                       run.mean, run.std)
+        metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
+                        "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
+                        **{f"val_{k}": v for k, v in val.items()}})
+        # Early stopping on the run's metric; the best epoch's checkpoint is the one Train keeps.
+        stop = stopper.update(epoch, metrics.get(cfg.metric))
         metrics["best_epoch"] = stopper.best_epoch
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(tmp, unwrap(model), {
-                    "model": cfg.model, "classes": classes, "input_size": input_size,
-                    "mean": list(spec.mean), "std": list(spec.std), "epoch": epoch,
-                    "train_config": cfg.to_dict(), "metrics": metrics,
-                })
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report_epoch(run, model, metrics)
         if stop:
             break

@@ -9,12 +9,9 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from raymotion.config import TrainConfig
-from raymotion.data.pipeline import eval_stream, quiet_progress, train_stream
+from raymotion.data.pipeline import quiet_progress, train_stream
 from raymotion.models import get_model_spec
 from raymotion.train.loop import train_loop_per_worker
-
-# Kept checkpoints are ranked by this; the best epoch survives, the rest are deleted.
-CHECKPOINT_METRIC = "val_macro_f1"
 
 
 def input_size_of(cfg: TrainConfig) -> int:
@@ -23,10 +20,8 @@ def input_size_of(cfg: TrainConfig) -> int:
 
 def class_weights(cfg: TrainConfig, class_counts: list[int] | None) -> list[float] | None:
     """Loss weights n / (k * n_c) for class_weighting="balanced"; None otherwise."""
-    if cfg.class_weighting == "none" or not class_counts:
+    if cfg.class_weighting == "none" or not class_counts:  # TrainConfig allows only "none" and "balanced"
         return None
-    if cfg.class_weighting != "balanced":
-        raise ValueError(f"class_weighting must be 'none' or 'balanced', not {cfg.class_weighting!r}")
     total, k = sum(class_counts), len(class_counts)
     return [total / (k * max(1, n)) for n in class_counts]
 
@@ -50,8 +45,13 @@ def build_trainer(
                               rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
                               brightness=cfg.brightness, crop_scale=cfg.crop_scale, cutmix_p=cfg.cutmix_p,
                               cutmix_alpha=cfg.cutmix_alpha, mixup_p=cfg.mixup_p, mixup_alpha=cfg.mixup_alpha),
-        "val": eval_stream(cached["val"]),
+        # As cached: evaluation draws nothing and the loop standardises on its device.
+        "val": cached["val"],
     }
+    # Train replaces a dataset's execution options by its defaults; the train stream's preserve_order is
+    # what makes its batches reproducible, so it is passed on.
+    train_options = ray.train.DataConfig.default_ingest_options()
+    train_options.preserve_order = datasets["train"].context.execution_options.preserve_order
     return TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
@@ -61,13 +61,14 @@ def build_trainer(
         ),
         datasets=datasets,
         # Only the training set is sharded; each worker may evaluate the whole val set.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": train_options}),
         run_config=ray.train.RunConfig(
             storage_path=storage_path,
             name=name,
             callbacks=list(callbacks),
+            # Kept checkpoints are ranked by the run's metric; the best epoch survives, the rest are deleted.
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_METRIC, checkpoint_score_order="max"
+                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
             ),
         ),
     )

@@ -13,11 +13,13 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 import ray
 
-from raymotion.config import PRESETS, ExportConfig, Preset, TrainConfig, preset_overrides
+from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, preset_overrides
 from raymotion.console import filter_terminal
 from raymotion.data import DataError, is_generated, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
@@ -42,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--num-samples", type=int, help="trials per model (overrides the preset)")
     p.add_argument("--epochs", type=int, help="max epochs per trial (overrides the preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="set a TrainConfig field for every model, after the preset (repeatable; VALUE read as YAML)")
     p.add_argument("--spaces", help="directory of <model>.yaml search spaces (default tune_spaces/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: GPU workers + AMP + CUDA provider")
@@ -58,13 +62,31 @@ def run_directory(args: argparse.Namespace) -> str:
     return os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "class_weighting=balanced"]`` -> a dict; values are YAML scalars (numbers, bools, text),
+    made float for float fields (YAML reads "3e-4" as text). Unknown keys pass through: replace names them."""
+    defaults = TrainConfig().to_dict()
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        value = yaml.safe_load(text)
+        if isinstance(defaults.get(key), float) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
+
+
 def base_config(model: str, args: argparse.Namespace, preset: Preset) -> TrainConfig:
     base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
                        use_gpu=args.device == "cuda", amp=args.device == "cuda")
-    base = base.replace(**preset_overrides(preset, model))
+    base = base.replace(source=f"preset {preset.name!r}, overrides of model {model!r}", **preset_overrides(preset, model))
+    base = base.replace(source="--set", **parse_overrides(args.overrides))
     if args.epochs:
-        base = base.replace(epochs=args.epochs)
-    return base.replace(input_size=input_size_of(base))
+        base = base.replace(source="--epochs", epochs=args.epochs)
+    return base.replace(source="the model's input size", input_size=input_size_of(base))
 
 
 def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int) -> ModelPlan:
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(manifest, run_dir, time.perf_counter() - started, url), flush=True)
         if args.serve:
             wait_while_serving(owns_ray)
-    except (DataError, ResourcesHeld) as err:
+    except (ConfigError, DataError, ResourcesHeld) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:

@@ -42,7 +42,7 @@ class ModelTuneResult:
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
               cached: dict[str, ray.data.Dataset], storage_path: str) -> None:
     """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
-    cfg = TrainConfig(**base).replace(**config)
+    cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
                             name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()])
@@ -53,12 +53,35 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def _best_epoch(grid, settings: TuneSettings) -> tuple[dict[str, Any] | None, Any, dict[int, list[dict[str, Any]]]]:
+    """(best row, its trial's result, per-trial histories by id(result)) over every trial's epochs."""
+    sign = 1.0 if settings.mode == "max" else -1.0
+    best_row, best_trial, best_key, histories = None, None, None, {}
+    for result in grid:
+        if result.metrics_dataframe is None:
+            continue
+        rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
+        histories[id(result)] = rows
+        for row in rows:
+            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
+            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
+            path = row.get(CHECKPOINT_PATH_KEY)
+            if not path or settings.metric not in row or not os.path.isdir(path):
+                continue
+            key = (sign * row[settings.metric], row.get("epoch", 0))
+            if best_key is None or key > best_key:
+                best_row, best_trial, best_key = row, result, key
+    return best_row, best_trial, histories
+
+
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
                settings: TuneSettings, storage_path: str, spaces_dir: str | None = None,
                callbacks: Sequence[tune.Callback] = ()) -> ModelTuneResult:
     """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial.
     ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on."""
     space = load_search_space(base.model, spaces_dir)
+    # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
+    base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
                              storage_path=storage_path),
@@ -82,28 +105,13 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     grid = tuner.fit()
     seconds = time.perf_counter() - started
 
-    sign = 1.0 if settings.mode == "max" else -1.0
-    best_row, best_trial, best_key, histories = None, None, None, {}
-    for result in grid:
-        if result.metrics_dataframe is None:
-            continue
-        rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
-        histories[id(result)] = rows
-        for row in rows:
-            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
-            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
-            path = row.get(CHECKPOINT_PATH_KEY)
-            if not path or settings.metric not in row or not os.path.isdir(path):
-                continue
-            key = (sign * row[settings.metric], row.get("epoch", 0))
-            if best_key is None or key > best_key:
-                best_row, best_trial, best_key = row, result, key
+    best_row, best_trial, histories = _best_epoch(grid, settings)
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
 
     epochs_done = [len(h) for h in histories.values()]
-    best_config = base.replace(**{k: v for k, v in best_trial.config.items()}).to_dict()
+    best_config = base.replace(source=f"best trial of {base.model}", **best_trial.config).to_dict()
     return ModelTuneResult(
         model=base.model,
         config=best_config,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from raymotion.config import TrainConfig
+from raymotion.config import ConfigError, TrainConfig, check_keys
 
 _DOMAINS = {
     "uniform": lambda a: tune.uniform(*a),
@@ -36,20 +35,26 @@ def default_spaces_dir() -> str:
 
 
 def load_search_space(model: str, spaces_dir: str | None = None) -> SearchSpace:
+    """Every key is checked when the file is read: a misspelt one fails naming the file and the key."""
     path = os.path.join(spaces_dir or default_spaces_dir(), f"{model}.yaml")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    sections = {"space", "start"}
+    if set(doc) - sections:
+        raise ConfigError(f"search space {path}: unknown section(s) {sorted(set(doc) - sections)}; use {sorted(sections)}")
+    spec_of, start = doc.get("space") or {}, doc.get("start") or {}
+    check_keys(TrainConfig, spec_of, f"search space {path}")
+    check_keys(TrainConfig, start, f"search space {path}, start point")
+    # Optuna's first point must name searched keys only; a start key outside the space is a typo or a leftover.
+    if set(start) - set(spec_of):
+        raise ConfigError(f"search space {path}: start key(s) {sorted(set(start) - set(spec_of))} are not in its space")
     space = {}
-    for key, spec in (doc.get("space") or {}).items():
-        if key not in fields:
-            raise ValueError(f"{path}: {key!r} is not a TrainConfig field")
+    for key, spec in spec_of.items():
         if isinstance(spec, dict):
             ((kind, args),) = spec.items()
             if kind not in _DOMAINS:
-                raise ValueError(f"{path}: {key}: unknown domain {kind!r}; use one of {sorted(_DOMAINS)}")
+                raise ConfigError(f"search space {path}: {key}: unknown domain {kind!r}; use one of {sorted(_DOMAINS)}")
             space[key] = _DOMAINS[kind](args)
         else:
             space[key] = spec
-    start = doc.get("start")
     return SearchSpace(space, [start] if start else [])

@@ -1,0 +1,63 @@
+"""Strict configuration: a misspelt key fails naming itself and where it came from; enums are checked
+when a config is built."""
+
+import pytest
+
+from raymotion.config import PRESETS, ConfigError, Preset, TrainConfig, TuneSettings
+from raymotion.tune.__main__ import base_config, parse_args
+from raymotion.tune.spaces import default_spaces_dir, load_search_space
+
+
+def test_a_misspelt_preset_key_names_the_key_the_preset_and_the_model():
+    with pytest.raises(ConfigError, match=r"preset 'mine', overrides of model 'lenet'.*'epocs'"):
+        Preset(name="mine", train_overrides={"lenet": {"epocs": 3}})
+    # Overrides edited after construction still fail where the preset is applied.
+    preset = Preset(name="mine")
+    preset.train_overrides["*"] = {"early_stoping_patience": 2}
+    with pytest.raises(ConfigError, match=r"preset 'mine', overrides of model 'lenet'.*'early_stoping_patience'"):
+        base_config("lenet", parse_args([]), preset)
+
+
+def test_shipped_presets_apply_to_every_model_they_name():
+    for preset in PRESETS.values():
+        for model in preset.models:
+            base_config(model, parse_args([]), preset)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("space:\n  lr: {uniform: [0.001, 0.01]}\n  lerning_rate: {uniform: [0, 1]}\n", r"'lerning_rate'"),
+    ("space:\n  lr: {uniform: [0.001, 0.01]}\nstart:\n  lr: 0.002\n  weight_decy: 0.1\n", r"start point.*'weight_decy'"),
+    ("spcae:\n  lr: {uniform: [0.001, 0.01]}\n", r"unknown section.*'spcae'"),
+    ("space:\n  lr: {uniform: [0.001, 0.01]}\nstart:\n  lr: 0.002\n  contrast: 0.1\n", r"start key.*'contrast'.*not in its space"),
+])
+def test_a_misspelt_space_file_key_names_the_key_and_the_file(tmp_path, text, message):
+    path = tmp_path / "lenet.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_search_space("lenet", str(tmp_path))
+    assert str(path) in str(err.value)
+
+
+def test_every_shipped_space_file_loads():
+    import os
+
+    for name in sorted(os.listdir(default_spaces_dir())):
+        load_search_space(name.removesuffix(".yaml"))
+
+
+def test_a_misspelt_cli_override_names_the_key_and_the_flag():
+    with pytest.raises(ConfigError, match=r"--set: unknown TrainConfig key\(s\) 'clas_weighting'"):
+        base_config("lenet", parse_args(["--set", "clas_weighting=balanced"]), PRESETS["quick"])
+    # A correct one applies, typed by YAML, after the preset.
+    base = base_config("lenet", parse_args(["--set", "early_stopping_patience=2", "--set", "lr=3e-4"]), PRESETS["quick"])
+    assert base.early_stopping_patience == 2 and base.lr == 3e-4 and base.epochs == 5
+
+
+def test_a_bad_enum_value_fails_when_the_config_is_built():
+    with pytest.raises(ConfigError, match=r"TrainConfig.class_weighting must be one of 'none', 'balanced', not 'balancd'"):
+        TrainConfig(class_weighting="balancd")
+    with pytest.raises(ConfigError, match=r"TrainConfig.mode must be one of 'max', 'min'"):
+        TrainConfig().replace(source="test", mode="maximum")
+    with pytest.raises(ConfigError, match=r"TuneSettings.mode must be one of 'max', 'min', not 'maximise'"):
+        TuneSettings(mode="maximise")
+    assert TrainConfig(class_weighting="balanced", mode="min").mode == "min"
