@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
 from raymotion.export.bundle import read_manifest, sha256_file
 from raymotion.export.ensemble import calibrate, combine, served_members
-from raymotion.export.onnx import create_session, onnx_probabilities
+from raymotion.export.sessions import create_session, onnx_probabilities
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
 HEALTH_TIMEOUT_S = 5.0

@@ -23,7 +23,7 @@ from raymotion.bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
 from raymotion.export.bundle import read_manifest
 from raymotion.export.ensemble import calibrate, combine, served_members
-from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
+from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
 from raymotion.models import count_flops, create_model
 from raymotion.models.tta import FlipAveraged

@@ -32,7 +32,8 @@ from raymotion.data import is_generated
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
-from raymotion.export.onnx import OPSET, create_session, export_optimized, onnx_probabilities
+from raymotion.export.onnx import OPSET, export_optimized
+from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.export.quantize import calibration_images, choose_int8
 from raymotion.models.tta import FlipAveraged
 from raymotion.train.checkpoint import load_checkpoint
