@@ -10,7 +10,6 @@ onnxruntime. The ensemble at batch 1 runs its served members (positive weight) o
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
