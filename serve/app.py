@@ -14,8 +14,11 @@ HTTP contract:
 
 Each model deployment runs the file named in the manifest's ``models.<name>.serve``: the int8 file when
 the bundle accepted one (within the accuracy tolerance and faster than fp32), else the fp32 file.
-Only ensemble members with a positive weight are deployed: a weight-0 member cannot change an answer, and
-on a small machine each replica costs a CPU share and its memory.
+Only the manifest's ensemble "served" members (positive weight) are deployed: a weight-0 member cannot
+change an answer, and on a small machine each replica costs a CPU share and its memory.
+
+Nothing here imports torch: the manifest is read through ``raymotion.rundir`` and the files run through
+``raymotion.export.sessions``, so a replica pays only onnxruntime's start-up.
 """
 
 
@@ -31,9 +34,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
-from raymotion.export.bundle import read_manifest, sha256_file
-from raymotion.export.ensemble import calibrate, combine, served_members
-from raymotion.export.onnx import create_session, onnx_probabilities
+from raymotion.export.ensemble import calibrate, combine
+from raymotion.export.sessions import create_session, onnx_probabilities
+from raymotion.rundir import Manifest, manifest_json, read_manifest, sha256_file
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
 HEALTH_TIMEOUT_S = 5.0
@@ -44,12 +47,12 @@ class OnnxModel:
     """One model: its own preprocessing (size, normalization) and an onnxruntime session."""
 
     def __init__(self, name: str, path: str, sha256: str, input_size: int, mean: list[float], std: list[float],
-                 device: str = "cpu", intra_op_threads: int = 1, calibration: dict | None = None):
+                 calibration: dict[str, Any], device: str = "cpu", intra_op_threads: int = 1):
         if sha256_file(path) != sha256:
             raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
         self.name, self.input_size, self.mean, self.std = name, input_size, mean, std
-        # The member's own calibration (manifest models.<name>: temperature, bias); older manifests: none.
-        self.calibration = calibration or {}
+        # The member's own calibration (manifest models.<name>: temperature, bias).
+        self.calibration = calibration
         self.session = create_session(path, device=device, intra_op_threads=intra_op_threads)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
@@ -95,24 +98,17 @@ async def _read_image_bytes(request: Request):
     return data
 
 
-# Defined before the ingress class: @serve.ingress captures the class (and the globals its methods use)
-# when the class statement runs, so a helper defined below it is missing in the replica.
-def served(manifest: dict[str, Any]) -> list[str]:
-    """The members to deploy: those with a positive weight (the bundle's "served" list is made the same way)."""
-    ens = manifest["ensemble"]
-    return served_members({n: ens["weights"][n] for n in ens["members"]})
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 @serve.ingress(api)
 class EnsembleIngress:
     def __init__(self, manifest: dict[str, Any], *members: DeploymentHandle):
+        # The JSON travels (GET /models returns it as written); the typed view is rebuilt here.
         self.manifest = manifest
-        self.classes: list[str] = manifest["classes"]
-        self.members = dict(zip(served(manifest), members))
-        self.weights = {n: float(manifest["ensemble"]["weights"][n]) for n in self.members}
-        # Format 1 manifests have no temperature: their ensemble was the plain weighted mean.
-        self.temperature = float(manifest["ensemble"].get("temperature", 1.0))
+        typed = Manifest.model_validate(manifest)
+        self.classes = typed.classes
+        self.members = dict(zip(typed.ensemble.served, members))
+        self.weights = typed.ensemble.served_weights
+        self.temperature = typed.ensemble.temperature
 
     @api.post("/predict")
     async def predict(self, request: Request):
@@ -155,14 +151,13 @@ def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int =
     run_dir = os.path.abspath(run_dir)
     manifest = read_manifest(run_dir)
     members = []
-    for name in served(manifest):
-        m = manifest["models"][name]
-        # The file the bundle chose and scored (int8 when accepted); manifests before int8: the fp32 file.
-        served_file = m.get("serve", m)
+    for name in manifest.ensemble.served:
+        m = manifest.models[name]
+        # The file the bundle chose and scored (int8 when accepted, else fp32).
         members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
-            name, os.path.join(run_dir, served_file["file"]), served_file["sha256"], m["input_size"], m["mean"],
-            m["std"], device, intra_op_threads, {k: m[k] for k in ("temperature", "bias") if k in m}))
-    return EnsembleIngress.options(name="ingress").bind(manifest, *members)
+            name, os.path.join(run_dir, m.serve.file), m.serve.sha256, m.input_size, m.mean, m.std,
+            m.calibration, device, intra_op_threads))
+    return EnsembleIngress.options(name="ingress").bind(manifest_json(manifest), *members)
 
 
 def build_app(args: dict[str, str]):

@@ -11,6 +11,7 @@ import torch
 
 from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
+from raymotion import rundir
 from raymotion.export.onnx import export_optimized
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.checkpoint import save_checkpoint
@@ -19,8 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"lenet": 64, "mobilenet_v2": 32}  # mobilenet_v2 at 32 px keeps the test fast
 
 
-def make_run_dir(run_dir, faces_root) -> dict:
-    """checkpoints/<name>/, models/<name>.onnx and a manifest.json with the fields bundle.py writes."""
+def make_run_dir(run_dir, faces_root) -> rundir.Manifest:
+    """checkpoints/<name>/, models/<name>.onnx and a manifest.json built through raymotion.rundir (the model
+    bundle.py writes through). No int8 record: the bench builds int8 itself."""
     folders = index_image_folders(faces_root)
     torch.manual_seed(0)
     entries = {}
@@ -31,15 +33,22 @@ def make_run_dir(run_dir, faces_root) -> dict:
                         {"model": name, "classes": folders.classes, "input_size": size, "mean": list(spec.mean),
                          "std": list(spec.std), "epoch": 0, "metrics": {}, "train_config": {}})
         images, _ = load_images(list(folders.val.paths[:8]), size)
-        export_optimized(model, str(run_dir / "models" / f"{name}.onnx"), size, normalize(images, spec.mean, spec.std))
-        entries[name] = {"file": f"models/{name}.onnx", "input_size": size, "mean": list(spec.mean),
-                         "std": list(spec.std), "opset": 18}
-    manifest = {"format_version": 2, "classes": folders.classes,
-                "data": {"root": folders.root, "train": folders.counts("train"), "val": folders.counts("val")},
-                "models": entries,
-                "ensemble": {"members": list(entries), "served": list(entries),
-                             "weights": {"lenet": 0.25, "mobilenet_v2": 0.75}, "temperature": 1.5}}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+        path = run_dir / rundir.MODELS_DIR / f"{name}.onnx"
+        exported = export_optimized(model, str(path), size, normalize(images, spec.mean, spec.std))
+        fp32 = {"file": f"{rundir.MODELS_DIR}/{name}.onnx", "sha256": rundir.sha256_file(str(path)),
+                "bytes": os.path.getsize(path)}
+        entries[name] = rundir.ModelEntry(
+            **fp32, input_size=size, mean=list(spec.mean), std=list(spec.std), opset=18, **exported, epoch=0,
+            train_config={}, train_metrics={}, val={},
+            serve=rundir.ServedFile(variant="fp32", reason="int8 disabled (ExportConfig.int8=False)", **fp32))
+    manifest = rundir.Manifest(
+        created_at="2025-01-02T03:04:05+0000", classes=folders.classes,
+        data=rundir.DataRecord(root=folders.root, train=folders.counts("train"), val=folders.counts("val")),
+        models=entries,
+        ensemble=rundir.Ensemble(members=list(entries), served=list(entries),
+                                 weights={"lenet": 0.25, "mobilenet_v2": 0.75}, temperature=1.5, method="test",
+                                 combine="test", val={}))
+    rundir.write_manifest(str(run_dir), manifest)
     return manifest
 
 

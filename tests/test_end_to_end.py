@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import requests
 
+from raymotion import rundir
 from raymotion.console import NOISE, plain
-from raymotion.export.bundle import sha256_file
 from raymotion.export.ensemble import calibrate, combine
+from raymotion.rundir import sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,11 +21,6 @@ CLASSES = ["angry", "happy", "sad"]
 TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
 NPZ_KEYS = {"labels", "probs__lenet", "probs__mobilenet_v2", "probs_raw__lenet", "probs_raw__mobilenet_v2",
             "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs"}
-
-
-def _served(manifest: dict) -> list[str]:
-    """Members with a positive weight: the only ones the app deploys."""
-    return [n for n in manifest["ensemble"]["members"] if manifest["ensemble"]["weights"][n] > 0]
 
 
 def _free_port() -> int:
@@ -53,9 +49,10 @@ def cli_run(ray_session, faces_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(cli_run):
+    """The run directory and its manifest as JSON, read through rundir (which checks, among others, that
+    "served" is the members with a positive weight: the only ones the app deploys)."""
     run_dir = cli_run[0]
-    with open(os.path.join(run_dir, "manifest.json")) as f:
-        return run_dir, json.load(f)
+    return run_dir, rundir.manifest_json(rundir.read_manifest(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +149,14 @@ def test_run_directory_is_self_contained(run):
     assert ens["members"] == ["lenet", "mobilenet_v2"]
     weights = np.array([ens["weights"][n] for n in ens["members"]])
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0) and ens["temperature"] > 0
-    assert ens["served"] == _served(manifest) and ens["served"]
+    assert ens["served"]
     for key in ("val", "val_uncalibrated", "val_equal_weights", "val_out_of_fold"):
         assert 0.0 <= ens[key]["ece"] <= 1.0, key
     assert np.array(ens["val"]["confusion"]).sum() == 60
     # Fitted on val, so in-sample it is never worse by log loss than the best member (T only lowers it further).
     best_member = min(m["val"]["log_loss"] for m in manifest["models"].values())
     assert ens["val"]["log_loss"] <= ens["val_uncalibrated"]["log_loss"] + 1e-9 <= best_member + 2e-9
-    with open(os.path.join(run_dir, "manifest.json")) as f:
+    with open(os.path.join(run_dir, rundir.MANIFEST)) as f:  # the typed read loses nothing of the file
         assert json.load(f) == json.loads(json.dumps(manifest))
     with np.load(os.path.join(run_dir, "predictions", "val.npz")) as npz:
         assert set(npz.files) == NPZ_KEYS
@@ -184,7 +181,7 @@ def test_run_directory_is_self_contained(run):
 
 def test_health_and_models(server, run):
     health = requests.get(f"{server}/healthz", timeout=TIMEOUT_S)
-    assert health.status_code == 200 and sorted(health.json()["models"]) == sorted(_served(run[1]))
+    assert health.status_code == 200 and sorted(health.json()["models"]) == sorted(run[1]["ensemble"]["served"])
     assert requests.get(f"{server}/models", timeout=TIMEOUT_S).json() == json.loads(json.dumps(run[1]))
 
 
@@ -193,7 +190,7 @@ def _check_contract(body: dict, manifest: dict) -> None:
     assert list(body["probabilities"]) == CLASSES
     assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-5
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert set(body["models"]) == set(_served(manifest))
+    assert set(body["models"]) == set(manifest["ensemble"]["served"])
     for probs in body["models"].values():
         assert list(probs) == CLASSES and abs(sum(probs.values()) - 1.0) < 1e-5
     # The answer is the manifest's ensemble of the served members' answers.

@@ -8,9 +8,9 @@ import pytest
 import raymotion
 from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
-from raymotion.export.onnx import (PARITY_TOLERANCE, ParityError, create_session, export_onnx, export_optimized,
-                                   onnx_probabilities, optimize_onnx, parity_max_abs_diff, session_providers,
-                                   torch_probabilities)
+from raymotion.export.onnx import (PARITY_TOLERANCE, ParityError, export_onnx, export_optimized, optimize_onnx,
+                                   parity_max_abs_diff, torch_probabilities)
+from raymotion.export.sessions import create_session, onnx_probabilities, session_providers
 from raymotion.models import create_model, get_model_spec
 
 

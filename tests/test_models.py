@@ -10,8 +10,8 @@ import torchvision
 from PIL import Image
 
 from raymotion.data.transforms import normalize, resize_rgb
-from raymotion.export.onnx import (PARITY_TOLERANCE, create_session, export_onnx, onnx_probabilities,
-                                   parity_max_abs_diff, torch_probabilities)
+from raymotion.export.onnx import PARITY_TOLERANCE, export_onnx, parity_max_abs_diff, torch_probabilities
+from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.models import create_model, get_model_spec, list_models, split_head_parameters
 from raymotion.models.efficientnet import (TIMM_ARCH, efficientnet_lite0_imagenet,
                                            efficientnet_lite0_imagenet_weights, lukemelas_to_timm)

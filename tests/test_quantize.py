@@ -13,7 +13,8 @@ import torch
 
 from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
-from raymotion.export.onnx import create_session, export_onnx, onnx_probabilities
+from raymotion.export.onnx import export_onnx
+from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.export.quantize import calibration_images, choose_int8, quantize_dynamic_int8, quantize_static_qdq
 from raymotion.models import create_model, get_model_spec
 

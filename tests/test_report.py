@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from raymotion import rundir
 from raymotion.export import ensemble
 from raymotion.report import SECTIONS, write_report
 from raymotion.report.run import grid_order, per_class
@@ -89,8 +89,9 @@ def make_predictions(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -> str:
-    """A run directory in the report's input contract, the ensemble fitted by ``raymotion.export.ensemble``;
-    ``full=False`` is an older run: no optional manifest key, and predictions of the members only."""
+    """A run directory in the report's input contract (raymotion.rundir), the ensemble fitted by
+    ``raymotion.export.ensemble``; ``full=False`` has only the records rundir requires (no tune history,
+    member metrics without ECE or log loss) and predictions of the members only."""
     run_dir = root / ("full" if full else "minimal")
     os.makedirs(run_dir / "predictions")
     arrays = make_predictions(seed)
@@ -113,8 +114,11 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
 
     models = {}
     for i, name in enumerate(MEMBERS):
-        entry = {"input_size": 32 + 64 * i, "epoch": 3 + i, "bytes": 250_000 * (i + 1),
-                 "train_config": {"model": name, "epochs": 6, "lr": 1e-3, "batch_size": 64},
+        fp32 = {"file": f"{rundir.MODELS_DIR}/{name}.onnx", "sha256": f"{i:064x}", "bytes": 250_000 * (i + 1)}
+        entry = {**fp32, "input_size": 32 + 64 * i, "mean": [0.5] * 3, "std": [0.25] * 3, "opset": 18,
+                 "exporter": "dynamo", "optimization": "basic", "parity_max_abs_diff": 1e-6, "epoch": 3 + i,
+                 "train_config": {"model": name, "epochs": 6, "lr": 1e-3, "batch_size": 64}, "train_metrics": {},
+                 "serve": rundir.ServedFile(variant="fp32", reason="int8 disabled", **fp32),
                  "val": val(member_probs[name])}
         if full:
             history = [{"epoch": e, "train_loss": 1.1 / e, "val_loss": 1.0 / e + 0.1, "train_accuracy": 0.4 + 0.08 * e,
@@ -123,28 +127,25 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
             del history[2]["val_loss"]  # any key may be missing from a row
             entry["tune"] = {"trials": 4, "stopped_early": 2, "failed": 0, "seconds": 600.0 + 60 * i,
                              "history": history}
-        models[name] = entry
-    ens = {"members": MEMBERS, "weights": weights, "val": val(raw)}
+        models[name] = rundir.ModelEntry(**entry)
+    ens = {"members": MEMBERS, "served": ensemble.served_members(weights), "weights": weights,
+           "temperature": temperature, "method": ensemble.METHOD, "combine": ensemble.COMBINE, "val": val(raw)}
     if full:
         oof = ensemble.cross_fitted(member_probs, labels, folds=4, classes=CLASSES)
-        ens.update(temperature=temperature, method=ensemble.METHOD, combine=ensemble.COMBINE,
-                   served=ensemble.served_members(weights), val=val(calibrated), val_uncalibrated=val(raw),
+        ens.update(val=val(calibrated), val_uncalibrated=val(raw),
                    val_equal_weights=val(ensemble.combine(member_probs, {m: 1.0 for m in MEMBERS})),
                    val_out_of_fold=dict(oof["metrics"], fold_weights=oof["weights"],
                                         fold_temperatures=oof["temperatures"],
                                         uncalibrated=val(oof["probs_raw"])))
-    manifest = {"classes": CLASSES,
-                "data": {"root": "/data/<faces> & more", "train": {c: 100 + i for i, c in enumerate(CLASSES)},
-                         "val": {c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}},
-                "models": models, "ensemble": ens}
-    if full:
-        manifest["created_at"] = "2025-01-02T03:04:05+0000"
-    with open(run_dir / "manifest.json", "w") as f:
-        json.dump(manifest, f)
+    data = rundir.DataRecord(root="/data/<faces> & more", train={c: 100 + i for i, c in enumerate(CLASSES)},
+                             val={c: int((labels == i).sum()) for i, c in enumerate(CLASSES)})
+    rundir.write_manifest(str(run_dir), rundir.Manifest(created_at="2025-01-02T03:04:05+0000", classes=CLASSES,
+                                                        data=data, models=models,
+                                                        ensemble=rundir.Ensemble(**ens)))
     if predictions:
         if not full:  # an older predictions file: members only, no thumbnails
             arrays = {k: v for k, v in arrays.items() if k == "labels" or k in {f"probs__{m}" for m in MEMBERS}}
-        np.savez(run_dir / "predictions" / "val.npz", **arrays)
+        np.savez(run_dir / rundir.PREDICTIONS, **arrays)
     return str(run_dir)
 
 
@@ -193,8 +194,7 @@ METRICS = ("accuracy", "top2_accuracy", "macro_f1", "log_loss", "ece")
 
 def test_results_table_holds_the_manifest_numbers(full_report):
     run_dir, _, report = full_report
-    with open(os.path.join(run_dir, "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = rundir.manifest_json(rundir.read_manifest(run_dir))
     for name in MEMBERS:
         m, row = manifest["models"][name], report.row(name)
         assert row[1] == str(m["input_size"])
@@ -269,7 +269,7 @@ def test_minimal_manifest_still_renders(tmp_path):
     # and the reliability diagram falls back to the members.
     assert figures == {"confusion_lenet.png", "confusion_mobilenet_v2.png", "ensemble_weights.png", "reliability.png"}
     assert not report.cells
-    assert report.row("ensemble")[11] == "n/a"  # no ensemble predictions to compute it from
+    assert report.row("ensemble (fitted weights, T = 1)")[11] == "n/a"  # no ensemble predictions to compute it from
 
 
 def test_manifest_alone_renders(tmp_path):

@@ -10,7 +10,6 @@ onnxruntime. The ensemble at batch 1 runs its served members (positive weight) o
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,14 +18,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from raymotion import rundir
 from raymotion.bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
-from raymotion.export.bundle import read_manifest
-from raymotion.export.ensemble import calibrate, combine, served_members
-from raymotion.export.onnx import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
+from raymotion.export.ensemble import calibrate, combine
 from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
+from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.models import count_flops, create_model
 from raymotion.models.tta import FlipAveraged
+from raymotion.rundir import Manifest, ModelEntry, read_manifest
 from raymotion.train.checkpoint import MODEL_FILE, load_checkpoint
 from raymotion.train.metrics import classification_metrics, softmax
 
@@ -102,28 +102,26 @@ def time_variants(groups: dict[str, list[tuple[Runner, np.ndarray]]], cfg: Bench
                 "iters_bn": bn[k]["iters"]} for k in groups}
 
 
-def load_data(cfg: BenchConfig, manifest: dict[str, Any]) -> tuple[Any, str]:
+def load_data(cfg: BenchConfig, manifest: Manifest) -> tuple[Any, str]:
     """The data source for val metrics and int8 calibration, or None and why not."""
     from raymotion.data.folders import open_data
 
-    root = cfg.data or manifest.get("data", {}).get("root")
-    if not root:
-        return None, "the manifest names no data root and --data was not given: accuracy skipped"
+    root = cfg.data or manifest.data.root
     try:
         source = open_data(root)
     except Exception as err:  # a run from another machine: its data root is not here
         return None, f"data root {root} is not usable ({err}): accuracy skipped"
-    if list(source.classes) != list(manifest["classes"]):
-        return None, f"data root {root} has classes {source.classes}, the run {manifest['classes']}: accuracy skipped"
+    if list(source.classes) != manifest.classes:
+        return None, f"data root {root} has classes {source.classes}, the run {manifest.classes}: accuracy skipped"
     return source, f"val images from {root}"
 
 
-def int8_variant(name: str, entry: dict[str, Any], fp32_path: str, cfg: BenchConfig, source, val_x, val_y,
+def int8_variant(name: str, entry: ModelEntry, fp32_path: str, cfg: BenchConfig, source, val_x, val_y,
                  classes: list[str]) -> tuple[str | None, str, dict[str, Any]]:
     """The int8 file of a model: the manifest's when it has one, else built here with choose_int8.
 
     Returns (path or None, note, choose_int8 record or {})."""
-    recorded = entry.get("int8") or {}
+    recorded = entry.int8 or {}  # choose_int8's record (open-ended), absent when the bundle had int8 off
     rel = recorded.get("file")
     if rel and os.path.exists(os.path.join(cfg.run_dir, rel)):
         return os.path.join(cfg.run_dir, rel), f"int8 {recorded.get('selected', '')} from manifest".strip(), recorded
@@ -135,10 +133,10 @@ def int8_variant(name: str, entry: dict[str, Any], fp32_path: str, cfg: BenchCon
                     recorded)
     if source is None or val_x is None:
         return None, "no int8 in the manifest and no data to calibrate one", {}
-    size, n = entry["input_size"], cfg.calibration_images
-    cal = normalize(calibration_images(source, size, n), entry["mean"], entry["std"])
+    size, n = entry.input_size, cfg.calibration_images
+    cal = normalize(calibration_images(source, size, n), entry.mean, entry.std)
     # Held-out training images (disjoint from calibration) pick the static setting; val stays a test.
-    selection = normalize(calibration_images(source, size, n, skip=n), entry["mean"], entry["std"])
+    selection = normalize(calibration_images(source, size, n, skip=n), entry.mean, entry.std)
     record = choose_int8(fp32_path, os.path.join(cfg.run_dir, "bench", "int8"), cal, val_x, val_y, classes,
                          cfg.tolerance_points, max_latency_ratio=cfg.max_latency_ratio,
                          selection_images=selection if len(selection) else None, name=name,
@@ -162,13 +160,13 @@ def run_models_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> di
     peak = measured_peak_gflops(threads)
     log(f"machine: {machine['cpu_model']}, {machine['usable_cpus']} CPUs, {threads} threads; "
         f"float32 matmul peak {peak:.1f} GFLOP/s")
-    classes = manifest["classes"]
+    classes = manifest.classes
     source, data_note = load_data(cfg, manifest)
     log(data_note)
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     rows, details, members = [], {}, {}
-    for name, entry in manifest["models"].items():
-        size, mean, std = entry["input_size"], entry["mean"], entry["std"]
+    for name, entry in manifest.models.items():
+        size, mean, std = entry.input_size, entry.mean, entry.std
         val_x = val_y = None
         if source is not None:
             if size not in val_cache:
@@ -177,17 +175,17 @@ def run_models_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> di
             val_x = normalize(images, mean, std)
         probe = val_x[:cfg.batch_size] if val_x is not None else \
             np.random.default_rng(0).standard_normal((cfg.batch_size, 3, size, size)).astype(np.float32)
-        checkpoint_dir = os.path.join(cfg.run_dir, "checkpoints", name)
+        checkpoint_dir = os.path.join(cfg.run_dir, rundir.CHECKPOINTS_DIR, name)
         variants: dict[str, Variant] = {}
         if os.path.exists(os.path.join(checkpoint_dir, MODEL_FILE)):
             model, _ = load_checkpoint(checkpoint_dir)
         else:
             model = create_model(name, num_classes=len(classes), pretrained=False)  # FLOPs need only the graph
-        if entry.get("test_time_augmentation") == "hflip":
+        if entry.test_time_augmentation == "hflip":
             model = FlipAveraged(model).eval()  # what the ONNX files compute: torch does the same work
         if os.path.exists(os.path.join(checkpoint_dir, MODEL_FILE)):
             variants["torch"] = Variant(torch_runner(model), os.path.join(checkpoint_dir, MODEL_FILE))
-        fp32_path = os.path.join(cfg.run_dir, entry["file"])
+        fp32_path = os.path.join(cfg.run_dir, entry.file)
         variants["onnx-fp32"] = Variant(onnx_runner(fp32_path, threads), fp32_path)
         int8_path, int8_note, int8_record = int8_variant(name, entry, fp32_path, cfg, source, val_x, val_y, classes)
         if int8_path:
@@ -221,14 +219,12 @@ def finish_row(row: dict[str, Any], peak: float) -> dict[str, Any]:
     return row
 
 
-def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> list[dict[str, Any]]:
+def ensemble_rows(manifest: Manifest, members, cfg: BenchConfig, peak: float, classes) -> list[dict[str, Any]]:
     """One row per variant: members run in sequence. "onnx-int8" is the ensemble as deployed — each
     member's accepted int8 file, fp32 where int8 was rejected."""
-    ens = manifest["ensemble"]
-    weights = {n: float(ens["weights"][n]) for n in ens["members"]}
-    # What the Serve ingress runs: members with a positive weight (format 1 manifests have no temperature).
-    names = [n for n in served_members(weights) if n in members]
-    temperature = float(ens.get("temperature", 1.0))
+    ens = manifest.ensemble
+    # What the Serve ingress runs: the manifest's served members (positive weight).
+    weights, names, temperature = ens.served_weights, list(ens.served), ens.temperature
     chosen: dict[str, dict[str, Variant]] = {}
     for variant in VARIANTS:
         picked = {}
@@ -255,7 +251,7 @@ def ensemble_rows(manifest, members, cfg: BenchConfig, peak: float, classes) -> 
                **timings[variant]}
         if all("probs" in picked[n].extra for n in names):
             # Members through their own calibrations first (temperature, class bias), as the bundle and Serve do.
-            probs = combine({n: calibrate(picked[n].extra["probs"], manifest["models"][n]) for n in names},
+            probs = combine({n: calibrate(picked[n].extra["probs"], manifest.models[n].calibration) for n in names},
                             weights, temperature)
             metrics = classification_metrics(probs, members[names[0]]["val_y"], classes)
             row.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])

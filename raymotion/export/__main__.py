@@ -11,13 +11,25 @@ the export or ensemble code, or to serve a subset of a run's models (``--models`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from raymotion import rundir
 from raymotion.config import ExportConfig
 from raymotion.data import DataError, open_data
-from raymotion.export.bundle import MANIFEST, build_run_bundle, results_table
+from raymotion.export.bundle import build_run_bundle, results_table
+
+
+def previous_manifest(run_dir: str) -> rundir.Manifest | None:
+    """The manifest being replaced, if there is one this code reads (an older format is rebuilt from the
+    checkpoints alone, which is how the refusal message says to upgrade it)."""
+    if not os.path.isfile(os.path.join(run_dir, rundir.MANIFEST)):
+        return None
+    try:
+        return rundir.read_manifest(run_dir)
+    except rundir.UnsupportedFormat as err:
+        print(f"warning: {err}; rebuilding it without the tune records", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,16 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     run_dir = os.path.abspath(args.run_dir)
-    previous = {}
-    if os.path.isfile(os.path.join(run_dir, MANIFEST)):
-        with open(os.path.join(run_dir, MANIFEST)) as f:
-            previous = json.load(f)
-    checkpoint_root = os.path.join(run_dir, "checkpoints")
+    previous = previous_manifest(run_dir)
+    checkpoint_root = os.path.join(run_dir, rundir.CHECKPOINTS_DIR)
     if not os.path.isdir(checkpoint_root):
         sys.exit(f"error: {checkpoint_root} does not exist")
     names = sorted(os.listdir(checkpoint_root))
     # Keep the tune command's member order (it is the manifest's and the report's order).
-    order = list(previous.get("models", {}))
+    order = list(previous.models) if previous else []
     names = sorted(names, key=lambda n: order.index(n) if n in order else len(order))
     if args.models:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -47,14 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             sys.exit(f"error: no checkpoint for {', '.join(missing)} in {checkpoint_root}")
         names = [n for n in names if n in wanted]
-    root = args.data or previous.get("data", {}).get("root")
+    root = args.data or (previous.data.root if previous else None)
     if not root:
         sys.exit("error: the manifest records no data root; pass --data")
     try:
         source = open_data(root)
     except DataError as err:
         sys.exit(f"error: {err}")
-    extra = {name: {k: v for k, v in previous.get("models", {}).get(name, {}).items() if k == "tune"} for name in names}
+    # What the tune command recorded per model is carried over (export cannot recompute it).
+    kept = {name: previous.models[name].tune for name in names if previous and name in previous.models}
+    extra = {name: {"tune": tune} for name, tune in kept.items() if tune is not None}
     manifest = build_run_bundle(run_dir, {n: os.path.join(checkpoint_root, n) for n in names}, source, extra,
                                 ExportConfig.from_arguments(args))
     print(results_table(manifest))

@@ -1,4 +1,4 @@
-"""A run directory that serving needs and nothing else: ONNX files + ``manifest.json``.
+"""A run directory that serving needs and nothing else: ONNX files + ``manifest.json`` (raymotion.rundir).
 
     RUN_DIR/
       manifest.json          classes, per-model input size / normalization / val metrics / sha256,
@@ -10,16 +10,14 @@
       checkpoints/<name>/    the torch checkpoint each ONNX file came from
       predictions/val.npz    val labels, every member's and the ensemble's probabilities, thumbnails
 
-Format 2 (this one): the ensemble is ``raymotion.export.ensemble.combine`` with the manifest's fitted
-weights and ``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was
-accepted, else the fp32 file) and every val figure is computed from that file's outputs. Format 1 had equal weights and no temperature; readers treat a missing
-temperature as 1, so both still serve.
+The ensemble is ``raymotion.export.ensemble.combine`` with the manifest's fitted weights and
+``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was accepted, else the
+fp32 file) and every val figure is computed from that file's outputs. The manifest is validated by
+``raymotion.rundir.Manifest`` before it is written, so readers get exactly the fields declared there.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from typing import Any
@@ -27,40 +25,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from raymotion import rundir
 from raymotion.config import ExportConfig
 from raymotion.data import is_generated
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
-from raymotion.export.onnx import OPSET, create_session, export_optimized, onnx_probabilities
+from raymotion.export.onnx import OPSET, export_optimized
 from raymotion.export.quantize import calibration_images, choose_int8
+from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.models.tta import FlipAveraged
+from raymotion.rundir import Manifest, PredictionKeys, sha256_file
 from raymotion.train.checkpoint import load_checkpoint
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 PARITY_IMAGES = 64
-PREDICTIONS = os.path.join("predictions", "val.npz")
 THUMBNAILS = 96
 THUMB_SIZE = 64
 OUT_OF_FOLD_FOLDS = 5
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(run_dir: str) -> dict[str, Any]:
-    with open(os.path.join(run_dir, MANIFEST)) as f:
-        manifest = json.load(f)
-    if manifest.get("format_version") not in READABLE_VERSIONS:
-        raise ValueError(f"{run_dir}/{MANIFEST}: unsupported format_version {manifest.get('format_version')}")
-    return manifest
 
 
 def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
@@ -73,27 +54,27 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
     the logits of the image and its mirror image (raymotion.models.tta.FlipAveraged).
     """
     model, meta = load_checkpoint(checkpoint_dir)
+    meta = rundir.CheckpointMeta.model_validate(meta)
     if flip_tta:
         model = FlipAveraged(model).eval()
-    name = meta["model"]
-    relative = os.path.join("models", f"{name}.onnx")
+    relative = os.path.join(rundir.MODELS_DIR, f"{meta.model}.onnx")
     path = os.path.join(run_dir, relative)
-    x = normalize(val_images, meta["mean"], meta["std"])
-    exported = export_optimized(model, path, meta["input_size"], x[:PARITY_IMAGES])
+    x = normalize(val_images, meta.mean, meta.std)
+    exported = export_optimized(model, path, meta.input_size, x[:PARITY_IMAGES])
     probs = onnx_probabilities(create_session(path), x)
     entry = {
         "file": relative,
         "sha256": sha256_file(path),
         "bytes": os.path.getsize(path),
-        "input_size": meta["input_size"],
-        "mean": meta["mean"],
-        "std": meta["std"],
+        "input_size": meta.input_size,
+        "mean": meta.mean,
+        "std": meta.std,
         "opset": OPSET,
         **exported,  # exporter, offline optimisation level, parity_max_abs_diff
         "test_time_augmentation": "hflip" if flip_tta else "none",
-        "epoch": meta["epoch"],
-        "train_config": meta["train_config"],
-        "train_metrics": {k: v for k, v in meta["metrics"].items() if not k.startswith("val_")},
+        "epoch": meta.epoch,
+        "train_config": meta.train_config,
+        "train_metrics": {k: v for k, v in meta.metrics.items() if not k.startswith("val_")},
     }
     return entry, probs
 
@@ -124,7 +105,7 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
     calibration = normalize(calibration_images(source, size, n), entry["mean"], entry["std"])
     # Held-out training images (disjoint from calibration) pick the static setting; val stays the test.
     selection = normalize(calibration_images(source, size, n, skip=n), entry["mean"], entry["std"])
-    record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, "models"), calibration,
+    record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, rundir.MODELS_DIR), calibration,
                          val_x, val_labels, classes, cfg.int8_tolerance_points,
                          max_latency_ratio=cfg.int8_max_latency_ratio, selection_images=selection if len(selection) else None, name=name,
                          max_seconds=cfg.latency_seconds, val_probs=val_probs)
@@ -168,8 +149,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, raw_member_probs, labels = {}, {}, None
     for name, checkpoint_dir in checkpoints.items():
-        with open(os.path.join(checkpoint_dir, "meta.json")) as f:
-            size = json.load(f)["input_size"]
+        size = rundir.read_checkpoint_meta(checkpoint_dir).input_size
         if size not in val_cache:
             val_cache[size] = source.arrays("val", size)
         images, size_labels = val_cache[size]
@@ -206,8 +186,8 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     equal = ensemble.combine(raw_member_probs, {name: 1.0 for name in raw_member_probs})
     out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
                        uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
-    manifest = {
-        "format_version": FORMAT_VERSION,
+    manifest = Manifest.model_validate({
+        "format_version": rundir.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "classes": classes,
         "data": data_record(source),
@@ -225,20 +205,31 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
             "val_equal_weights": ensemble.scores(equal, labels, classes),
             "val_out_of_fold": out_of_fold,
         },
-    }
-    os.makedirs(os.path.join(run_dir, "predictions"), exist_ok=True)
+    })
+    write_predictions(run_dir, labels, member_probs, raw_member_probs, raw, calibrated,
+                      images=val_cache[max(val_cache)][0])
+    rundir.write_manifest(run_dir, manifest)
+    # The JSON as written (the tune command's summary reads it by key).
+    return rundir.manifest_json(manifest)
+
+
+def write_predictions(run_dir: str, labels: np.ndarray, member_probs: dict[str, np.ndarray],
+                      raw_member_probs: dict[str, np.ndarray], raw: np.ndarray, calibrated: np.ndarray,
+                      images: np.ndarray) -> str:
+    """predictions/val.npz (names: rundir.PredictionKeys), thumbnails cut from ``images`` (the largest size)."""
+    path = os.path.join(run_dir, rundir.PREDICTIONS)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     thumb_index = thumbnail_order(calibrated, labels, THUMBNAILS)
-    largest = val_cache[max(val_cache)][0]
-    arrays = {"labels": np.asarray(labels, np.int64)}
+    keys = PredictionKeys
+    arrays = {keys.LABELS: np.asarray(labels, np.int64)}
     # probs__<model>: what the ensemble mixes (each member through its own calibration, as served).
-    arrays.update({f"probs__{name}": p.astype(np.float32) for name, p in member_probs.items()})
-    arrays.update({f"probs_raw__{name}": p.astype(np.float32) for name, p in raw_member_probs.items()})
-    arrays.update(probs__ensemble_raw=raw.astype(np.float32), probs__ensemble=calibrated.astype(np.float32),
-                  thumb_index=thumb_index, thumbs=thumbnails(largest, thumb_index, THUMB_SIZE))
-    np.savez_compressed(os.path.join(run_dir, PREDICTIONS), **arrays)
-    with open(os.path.join(run_dir, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-    return manifest
+    arrays.update({keys.probs(name): p.astype(np.float32) for name, p in member_probs.items()})
+    arrays.update({keys.raw_probs(name): p.astype(np.float32) for name, p in raw_member_probs.items()})
+    arrays.update({keys.probs(keys.ENSEMBLE_RAW): raw.astype(np.float32),
+                   keys.probs(keys.ENSEMBLE): calibrated.astype(np.float32), keys.THUMB_INDEX: thumb_index,
+                   keys.THUMBS: thumbnails(images, thumb_index, THUMB_SIZE)})
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def thumbnail_order(probs: np.ndarray, labels: np.ndarray, limit: int, mistakes_share: float = 2 / 3) -> np.ndarray:
@@ -263,32 +254,35 @@ def thumbnails(images: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_rgb(Image.fromarray(images[i]), size) for i in index]).astype(np.uint8)
 
 
-def results_table(manifest: dict[str, Any]) -> str:
+def results_table(manifest: Manifest | dict[str, Any]) -> str:
     """Model, input, val accuracy, macro-F1, ECE, best config — a row per member, then the ensemble:
-    fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble."""
+    fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble.
+
+    ``manifest``: a Manifest, or the JSON build_run_bundle returns."""
+    if isinstance(manifest, dict):
+        manifest = Manifest.model_validate(manifest)
     rows = [("model", "input", "served", "val_acc", "macro_f1", "ece", "best config / ensemble")]
 
     def fmt(val: dict[str, Any], key: str) -> str:
         return f"{val[key]:.4f}" if key in val else "-"
 
-    for name, m in manifest["models"].items():
-        cfg = m["train_config"]
+    for name, m in manifest.models.items():
+        cfg = m.train_config
         best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['rotation_deg']:.1f} contrast={cfg['contrast']:.2f}"
-        v = m["val"]
-        served = m.get("serve", {}).get("variant", "fp32")
-        rows.append((name, str(m["input_size"]), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),
+        v = m.val
+        served = m.serve.variant
+        rows.append((name, str(m.input_size), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),
                      fmt(v, "macro_f1"), fmt(v, "ece"), best))
-    ens = manifest["ensemble"]
-    weights = " ".join(f"{n}={ens['weights'][n]:.2f}" for n in ens["members"])
-    temperature = ens.get("temperature", 1.0)
-    rows.append(("ensemble", "-", "-", fmt(ens["val"], "accuracy"), fmt(ens["val"], "macro_f1"), fmt(ens["val"], "ece"),
-                 f"weights {weights}, T={temperature:.3f} (fitted on val: in-sample)"))
-    if "val_equal_weights" in ens:
-        v = ens["val_equal_weights"]
+    ens = manifest.ensemble
+    weights = " ".join(f"{n}={ens.weights[n]:.2f}" for n in ens.members)
+    rows.append(("ensemble", "-", "-", fmt(ens.val, "accuracy"), fmt(ens.val, "macro_f1"), fmt(ens.val, "ece"),
+                 f"weights {weights}, T={ens.temperature:.3f} (fitted on val: in-sample)"))
+    if ens.val_equal_weights is not None:
+        v = ens.val_equal_weights
         rows.append(("ensemble (equal)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
-                     "plain mean of " + ", ".join(ens["members"]) + ", T=1"))
-    if "val_out_of_fold" in ens:
-        v = ens["val_out_of_fold"]
+                     "plain mean of " + ", ".join(ens.members) + ", T=1"))
+    if ens.val_out_of_fold is not None:
+        v = ens.val_out_of_fold
         rows.append(("ensemble (oof)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
                      f"weights and T refitted on {v['folds']}-1 folds, scored on the held-out fold (honest)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -22,7 +22,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from raymotion.export.onnx import INPUT_NAME, create_session, interleaved_latency, onnx_probabilities, strip_debug_info
+from raymotion.export.sessions import INPUT_NAME, create_session, interleaved_latency, onnx_probabilities, strip_debug_info
 from raymotion.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from raymotion import rundir
 from raymotion.report import page, plots
-from raymotion.report.run import (ENSEMBLE, ENSEMBLE_RAW, RunData, confusion_of, created_at, ensemble_metrics,
-                                  grid_order, grid_predictions, history_of, is_number, load_run, member_metrics,
-                                  metrics_for, per_class, train_seconds, uncalibrated_metrics)
+from raymotion.report.run import (ENSEMBLE, ENSEMBLE_RAW, RunData, confusion_of, ensemble_metrics, grid_order,
+                                  grid_predictions, history_of, is_number, load_run, member_metrics, metrics_for,
+                                  per_class, train_seconds, uncalibrated_metrics)
+from raymotion.rundir import ModelEntry
 from raymotion.train.metrics import expected_calibration_error
 
-REPORT_DIR = "report"
+REPORT_DIR = rundir.REPORT_DIR
 INDEX = "index.html"
 THUMBS_DIR = "thumbs"
 MAX_THUMBS = 240  # a page, not an archive: mistakes come first, so the cap drops correct images
@@ -77,79 +79,67 @@ def _metric_cells(m: dict[str, Any]) -> list[str]:
 # --- sections -------------------------------------------------------------------------------------------------
 
 def _summary(run: RunData, out: str, files: _FileNames) -> str:
-    data = run.manifest.get("data") or {}
-    train, val = data.get("train") or {}, data.get("val") or {}
-    rows = [[c, train.get(c, "n/a"), val.get(c, "n/a")] for c in run.classes]
-
-    def total(counts: dict[str, Any]) -> Any:
-        return sum(counts.values()) if counts and all(is_number(v) for v in counts.values()) else "n/a"
-
-    rows.append(["total", total(train), total(val)])
-    facts = [("run directory", os.path.abspath(run.run_dir)), ("created", created_at(run)),
-             ("data root", data.get("root", "n/a")), ("classes", ", ".join(run.classes) or "n/a"),
+    data = run.manifest.data
+    rows = [[c, data.train.get(c, "n/a"), data.val.get(c, "n/a")] for c in run.classes]
+    rows.append(["total", sum(data.train.values()), sum(data.val.values())])
+    facts = [("run directory", os.path.abspath(run.run_dir)), ("created", run.manifest.created_at),
+             ("data root", data.root), ("classes", ", ".join(run.classes) or "n/a"),
              ("models", ", ".join(run.members) or "none"),
              ("val predictions", f"{len(run.labels)} images (predictions/val.npz)" if run.labels is not None
               else "none (no predictions/val.npz): figures that need them are skipped")]
     # A run on generated faces must not pass for a real one: the warning leads the report.
-    banner = f'<p class="warning">{page.esc(data["warning"])}</p>' if data.get("generated") else ""
+    banner = f'<p class="warning">{page.esc(data.warning or "generated faces")}</p>' if data.generated else ""
     return (banner + page.facts(facts) + page.table(["class", "train images", "val images"], rows,
                                                      [""] * len(run.classes) + ["emph"]))
 
 
-def _served_file(entry: dict[str, Any]) -> str:
+def _served_file(entry: ModelEntry) -> str:
     """fp32, or the int8 variant served and its size (manifest models.<name>.serve)."""
-    serve = entry.get("serve") or {}
-    if serve.get("variant", "fp32") == "fp32":
+    if entry.serve.variant == "fp32":
         return "fp32"
-    size = f", {serve['bytes'] / 2**20:.2f} MB" if is_number(serve.get("bytes")) else ""
-    return f"int8 {serve['variant']}{size}"
+    return f"int8 {entry.serve.variant}, {entry.serve.bytes / 2**20:.2f} MB"
 
 
 def _results(run: RunData, out: str, files: _FileNames) -> str:
     header = ["model", "input px", "best epoch / max", "train min (best trial)", "tune min (all trials)",
               "trials (stopped early, failed)", "ONNX MB", "served file", *METRIC_HEADER, "weight"]
-    weights = run.ensemble.get("weights") or {}
+    weights = run.ensemble.weights
     rows, classes = [], []
     for name in run.members:
-        entry = run.manifest["models"][name] or {}
-        cfg, tune = entry.get("train_config") or {}, entry.get("tune") or {}
+        entry = run.manifest.models[name]
+        # Open-ended records: the train config of its day, and the tune command's record (absent when exported alone).
+        cfg, tune = entry.train_config, entry.tune or {}
         seconds = train_seconds(history_of(run, name))
         trials = f"{tune['trials']} ({tune.get('stopped_early', 'n/a')}, {tune.get('failed', 'n/a')})" \
             if "trials" in tune else "n/a"
-        rows.append([name, entry.get("input_size", "n/a"),
-                     f"{entry.get('epoch', 'n/a')} / {cfg.get('epochs', 'n/a')}",
+        rows.append([name, entry.input_size, f"{entry.epoch} / {cfg.get('epochs', 'n/a')}",
                      page.fmt(seconds / 60 if seconds is not None else None, ".1f"),
                      page.fmt(tune["seconds"] / 60 if is_number(tune.get("seconds")) else None, ".1f"),
-                     trials, page.fmt(entry["bytes"] / 2**20 if is_number(entry.get("bytes")) else None, ".2f"),
+                     trials, page.fmt(entry.bytes / 2**20, ".2f"),
                      _served_file(entry),
-                     *_metric_cells(member_metrics(run, name)), page.fmt(weights.get(name))])
+                     *_metric_cells(member_metrics(run, name)), page.fmt(weights[name])])
         classes.append("")
     blanks = ["-"] * 7
     ens = run.ensemble
-    oof = ens.get("val_out_of_fold") if isinstance(ens.get("val_out_of_fold"), dict) else None
-    if ens or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
-        t = ens.get("temperature")
-        label = "ensemble" + (f" (fitted weights, T = {page.fmt(t, '.3g')})" if is_number(t) else "")
-        rows.append([label, *blanks, *_metric_cells(ensemble_metrics(run)),
-                     page.fmt(sum(weights.values())) if weights and all(map(is_number, weights.values())) else "-"])
-        classes.append("emph")
-        variants = [(ens.get("val_uncalibrated"), "ensemble before temperature scaling", ENSEMBLE_RAW),
-                    (ens.get("val_equal_weights"), "ensemble, equal weights", None),
-                    (oof, "ensemble, out-of-fold", None),
-                    (oof.get("uncalibrated") if oof else None, "ensemble, out-of-fold, before temperature scaling",
-                     None)]
-        for stored, label, probs_key in variants:
-            if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
-                rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
-                classes.append("emph" if stored is oof else "")
+    oof = ens.val_out_of_fold
+    rows.append([f"ensemble (fitted weights, T = {page.fmt(ens.temperature, '.3g')})", *blanks,
+                 *_metric_cells(ensemble_metrics(run)), page.fmt(sum(weights.values()))])
+    classes.append("emph")
+    variants = [(ens.val_uncalibrated, "ensemble before temperature scaling", ENSEMBLE_RAW),
+                (ens.val_equal_weights, "ensemble, equal weights", None),
+                (oof, "ensemble, out-of-fold", None),
+                (oof.get("uncalibrated") if oof else None, "ensemble, out-of-fold, before temperature scaling", None)]
+    for stored, label, probs_key in variants:
+        if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
+            rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
+            classes.append("emph" if stored is oof else "")
     notes = ["Train minutes: the best trial's epochs (training + validation) from its history; tune minutes: "
              "the whole search for that model. ECE: expected calibration error, 15 equal-width confidence bins."]
-    if ens or run.probs:
-        before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
-        notes.append(f"Ensemble ECE before temperature scaling: {page.fmt(before)}; after: {page.fmt(after)} "
-                     f"(T = {page.fmt(ens.get('temperature'), '.3g')}).")
-    member_oof = {name: (run.manifest["models"][name] or {}).get("val_out_of_fold") for name in run.members}
-    member_oof = {name: v for name, v in member_oof.items() if isinstance(v, dict)}
+    before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
+    notes.append(f"Ensemble ECE before temperature scaling: {page.fmt(before)}; after: {page.fmt(after)} "
+                 f"(T = {page.fmt(ens.temperature, '.3g')}).")
+    member_oof = {name: run.manifest.models[name].val_out_of_fold for name in run.members}
+    member_oof = {name: v for name, v in member_oof.items() if v is not None}
     if member_oof:
         notes.append("Model rows are scored through each model's calibration (temperature and class bias), which "
                      "was fitted on val too; refitted out-of-fold they score: " + "; ".join(
@@ -172,7 +162,7 @@ def _curves(run: RunData, out: str, files: _FileNames) -> str:
     for name in run.members:
         history = history_of(run, name)
         png = plots.training_curves(history, f"{name} (best trial)", os.path.join(out, files(f"curves_{name}")),
-                                    best_epoch=(run.manifest["models"][name] or {}).get("epoch"))
+                                    best_epoch=run.manifest.models[name].epoch)
         if png:
             parts.append(page.figure(os.path.basename(png), f"{name}: loss and val macro-F1 / accuracy per epoch"))
         else:
@@ -185,8 +175,7 @@ def _curves(run: RunData, out: str, files: _FileNames) -> str:
 def _confusion_sources(run: RunData) -> list[tuple[str, np.ndarray | None]]:
     k = len(run.classes)
     out = [(name, confusion_of(member_metrics(run, name), k)) for name in run.members]
-    if run.ensemble or ENSEMBLE in run.probs or ENSEMBLE_RAW in run.probs:
-        out.append(("ensemble", confusion_of(ensemble_metrics(run), k)))
+    out.append(("ensemble", confusion_of(ensemble_metrics(run), k)))
     return out
 
 
@@ -219,27 +208,15 @@ def _per_class(run: RunData, out: str, files: _FileNames) -> str:
 
 def _ensemble(run: RunData, out: str, files: _FileNames) -> str:
     ens = run.ensemble
-    if not ens:
-        return page.note("n/a: the manifest records no ensemble")
-    weights = {str(k): float(v) for k, v in (ens.get("weights") or {}).items() if is_number(v)}
-    members = ens.get("members") or list(weights)
-    served = ens.get("served") or [m for m, w in weights.items() if w > 0]
-    facts = [("members", ", ".join(map(str, members)) or "n/a"),
-             ("served (weight > 0)", ", ".join(map(str, served)) or "n/a"),
-             ("temperature", page.fmt(ens.get("temperature"), ".4g")),
-             ("combine", ens.get("combine", "n/a")), ("method", ens.get("method", "n/a"))]
+    facts = [("members", ", ".join(ens.members) or "n/a"), ("served (weight > 0)", ", ".join(ens.served) or "n/a"),
+             ("temperature", page.fmt(ens.temperature, ".4g")), ("combine", ens.combine), ("method", ens.method)]
     shown = {"members", "served", "weights", "method", "combine", "temperature"}
-    # Whatever else the manifest says about the ensemble in one value, without guessing names.
-    facts += [(k, v if isinstance(v, str) else page.fmt(v, ".4g")) for k, v in ens.items()
+    # Whatever else the manifest says about the ensemble in one value (a newer writer's extra field too).
+    facts += [(k, v if isinstance(v, str) else page.fmt(v, ".4g")) for k, v in ens.model_dump().items()
               if k not in shown and (isinstance(v, str) or is_number(v))]
-    body = page.facts(facts)
-    if weights:
-        png = plots.weights_bar(weights, os.path.join(out, files("ensemble_weights")))
-        body += f'<div class="figs">{page.figure(os.path.basename(png), "weight per member")}</div>'
-    else:
-        body += page.note("weights: n/a")
-    body += _fold_table(ens.get("val_out_of_fold"), list(weights) or list(map(str, members)))
-    return body
+    png = plots.weights_bar(dict(ens.weights), os.path.join(out, files("ensemble_weights")))
+    body = page.facts(facts) + f'<div class="figs">{page.figure(os.path.basename(png), "weight per member")}</div>'
+    return body + _fold_table(ens.val_out_of_fold, ens.members)
 
 
 def _fold_table(oof: Any, members: list[str]) -> str:
@@ -260,12 +237,12 @@ def _fold_table(oof: Any, members: list[str]) -> str:
 def _reliability(run: RunData, out: str, files: _FileNames) -> str:
     if run.labels is None or not run.probs or len(run.labels) == 0:
         return page.note("n/a: needs predictions/val.npz")
-    t = run.ensemble.get("temperature")
+    t = run.ensemble.temperature
     curves = []
     if ENSEMBLE_RAW in run.probs:
         curves.append(("before temperature scaling", run.probs[ENSEMBLE_RAW]))
     if ENSEMBLE in run.probs:
-        label = "after temperature scaling" + (f" (T = {page.fmt(t, '.3g')})" if is_number(t) else "")
+        label = f"after temperature scaling (T = {page.fmt(t, '.3g')})"
         curves.append((label, run.probs[ENSEMBLE]))
     text = "The ensemble with its fitted weights, before (T = 1) and after temperature scaling."
     if not curves:  # an older run without ensemble predictions: the members instead

@@ -1,34 +1,32 @@
 """Read a run directory for the report: the manifest, the saved val predictions, and metrics derived from them.
 
-Everything past ``classes`` and ``models`` is optional here: older runs lack calibration figures, per-epoch
-history or the predictions file. What the manifest lacks is computed from the predictions when they exist,
-and left as ``None`` (shown as "n/a") when they do not.
+The manifest is read through ``raymotion.rundir`` (its typed records say what is always there). The
+open-ended parts may still lack figures (a metrics dict without ECE, a run without tune history, a
+predictions file of members only); what the manifest lacks is computed from the predictions when they
+exist, and left as ``None`` (shown as "n/a") when they do not.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from raymotion import rundir
 from raymotion.export.ensemble import scores
+from raymotion.rundir import Ensemble, Manifest, PredictionKeys
 
-MANIFEST = "manifest.json"
-PREDICTIONS = os.path.join("predictions", "val.npz")
-PROBS_PREFIX = "probs__"
-ENSEMBLE = "ensemble"  # probs__ensemble: fitted weights, after temperature scaling
-ENSEMBLE_RAW = "ensemble_raw"  # probs__ensemble_raw: fitted weights, T = 1
+ENSEMBLE = PredictionKeys.ENSEMBLE  # probs__ensemble: fitted weights, after temperature scaling
+ENSEMBLE_RAW = PredictionKeys.ENSEMBLE_RAW  # probs__ensemble_raw: fitted weights, T = 1
 
 
 @dataclass
 class RunData:
     run_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     classes: list[str]
     labels: np.ndarray | None = None  # (N,) int64, None without predictions/val.npz
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N, C): members, "ensemble", "ensemble_raw"
@@ -37,47 +35,37 @@ class RunData:
 
     @property
     def members(self) -> list[str]:
-        return list(self.manifest.get("models") or {})
+        return list(self.manifest.models)
 
     @property
-    def ensemble(self) -> dict[str, Any]:
-        return self.manifest.get("ensemble") or {}
+    def ensemble(self) -> Ensemble:
+        return self.manifest.ensemble
 
 
 def load_run(run_dir: str) -> RunData:
     """The manifest is required; ``predictions/val.npz`` is used when present and consistent with it."""
-    with open(os.path.join(run_dir, MANIFEST)) as f:
-        manifest = json.load(f)
-    classes = [str(c) for c in manifest.get("classes") or []]
-    run = RunData(run_dir=run_dir, manifest=manifest, classes=classes)
-    path = os.path.join(run_dir, PREDICTIONS)
+    manifest = rundir.read_manifest(run_dir)
+    run = RunData(run_dir=run_dir, manifest=manifest, classes=list(manifest.classes))
+    path = os.path.join(run_dir, rundir.PREDICTIONS)
     if not os.path.exists(path):
         return run
+    keys = PredictionKeys
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    if "labels" not in arrays:
+    if keys.LABELS not in arrays:
         return run
-    run.labels = np.asarray(arrays["labels"], np.int64)
+    run.labels = np.asarray(arrays[keys.LABELS], np.int64)
     n = len(run.labels)
     for key, value in arrays.items():
         # Probabilities of another length or class count would silently misalign every figure: skip them.
-        if key.startswith(PROBS_PREFIX) and value.ndim == 2 and value.shape == (n, len(classes)):
-            run.probs[key[len(PROBS_PREFIX):]] = np.asarray(value, np.float64)
-    if "thumb_index" in arrays and "thumbs" in arrays:
-        index, thumbs = np.asarray(arrays["thumb_index"], np.int64), arrays["thumbs"]
+        if key.startswith(keys.PROBS_PREFIX) and value.ndim == 2 and value.shape == (n, len(run.classes)):
+            run.probs[key[len(keys.PROBS_PREFIX):]] = np.asarray(value, np.float64)
+    if keys.THUMB_INDEX in arrays and keys.THUMBS in arrays:
+        index, thumbs = np.asarray(arrays[keys.THUMB_INDEX], np.int64), arrays[keys.THUMBS]
         keep = (index >= 0) & (index < n)
         if thumbs.ndim == 4 and len(thumbs) == len(index):
             run.thumb_index, run.thumbs = index[keep], thumbs[keep]
     return run
-
-
-def created_at(run: RunData) -> str:
-    """The manifest's own timestamp, else the manifest file's modification time."""
-    stamp = run.manifest.get("created_at")
-    if stamp:
-        return str(stamp)
-    mtime = os.path.getmtime(os.path.join(run.run_dir, MANIFEST))
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(mtime)) + " (manifest file time)"
 
 
 def is_number(value: Any) -> bool:
@@ -101,15 +89,15 @@ def metrics_for(run: RunData, stored: dict[str, Any] | None, probs_key: str | No
 
 
 def member_metrics(run: RunData, name: str) -> dict[str, Any]:
-    return metrics_for(run, (run.manifest["models"][name] or {}).get("val"), name)
+    return metrics_for(run, run.manifest.models[name].val, name)
 
 
 def ensemble_metrics(run: RunData) -> dict[str, Any]:
-    return metrics_for(run, run.ensemble.get("val"), ENSEMBLE if ENSEMBLE in run.probs else ENSEMBLE_RAW)
+    return metrics_for(run, run.ensemble.val, ENSEMBLE if ENSEMBLE in run.probs else ENSEMBLE_RAW)
 
 
 def uncalibrated_metrics(run: RunData) -> dict[str, Any]:
-    return metrics_for(run, run.ensemble.get("val_uncalibrated"), ENSEMBLE_RAW)
+    return metrics_for(run, run.ensemble.val_uncalibrated, ENSEMBLE_RAW)
 
 
 def confusion_of(metrics: dict[str, Any], k: int) -> np.ndarray | None:
@@ -138,7 +126,7 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def history_of(run: RunData, name: str) -> list[dict[str, Any]]:
-    tune = (run.manifest["models"][name] or {}).get("tune") or {}
+    tune = run.manifest.models[name].tune or {}  # absent for a bundle exported outside the tune command
     history = tune.get("history") or []
     return [row for row in history if isinstance(row, dict)]
 

@@ -1,32 +1,33 @@
-"""The checkpoint format: ``model.pt`` (state dict) + ``meta.json`` (what is needed to rebuild it)."""
+"""The checkpoint format: ``model.pt`` (state dict) + ``meta.json`` (raymotion.rundir.CheckpointMeta)."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from raymotion import rundir
 from raymotion.models import create_model
 
-MODEL_FILE = "model.pt"
-META_FILE = "meta.json"
+MODEL_FILE = rundir.CHECKPOINT_MODEL
+META_FILE = rundir.CHECKPOINT_META
 
 
 def save_checkpoint(directory: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    """``meta`` is validated before anything is written: export reads it back through the same model."""
+    record = rundir.CheckpointMeta.model_validate(meta)
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
-    with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    rundir.write_checkpoint_meta(directory, record)
 
 
 def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (no pretrained download: the state dict holds every weight) in eval mode."""
-    with open(os.path.join(directory, META_FILE)) as f:
-        meta = json.load(f)
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), pretrained=False)
+    """Rebuild the model (no pretrained download: the state dict holds every weight) in eval mode; the meta
+    as its JSON (validated by rundir.CheckpointMeta)."""
+    meta = rundir.read_checkpoint_meta(directory)
+    model = create_model(meta.model, num_classes=len(meta.classes), pretrained=False)
     state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.eval(), meta
+    return model.eval(), meta.model_dump(exclude_none=True)

@@ -1,0 +1,226 @@
+"""What crosses stage boundaries in a run directory: its file names and typed records (no torch).
+
+    RUN_DIR/
+      manifest.json          Manifest: classes, data, per-model entries, the ensemble
+      models/<name>.onnx     fp32; <name>.int8-static.onnx, <name>.int8-dynamic.onnx: int8 candidates
+      checkpoints/<name>/    model.pt + meta.json (CheckpointMeta), the torch checkpoint of each ONNX file
+      predictions/val.npz    val labels, member and ensemble probabilities, thumbnails (PredictionKeys)
+      report/                the HTML report
+
+Export writes these records and every later reader (Serve, bench, report) reads them through this module,
+so a field has one name and one type. It sits beside the stages (any stage may import it) and needs only
+pydantic, so that a Serve replica can read a manifest without importing torch.
+
+One format version is read: a manifest of another version is refused with a message naming it, rather
+than half-read (the ensemble formula and each member's served file changed between versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+FORMAT_VERSION = 2
+
+MANIFEST = "manifest.json"
+MODELS_DIR = "models"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_META = "meta.json"
+CHECKPOINT_MODEL = "model.pt"
+PREDICTIONS = os.path.join("predictions", "val.npz")
+REPORT_DIR = "report"
+
+Metrics = dict[str, Any]  # open-ended on purpose: scores() grows figures (per-class recall, confusion, ...)
+
+
+class UnsupportedFormat(ValueError):
+    """A manifest of a format version this code does not read."""
+
+
+class _Record(BaseModel):
+    # Extra keys are kept and written back: a newer writer's field must survive a rewrite by this code.
+    model_config = ConfigDict(extra="allow")
+
+
+class CheckpointMeta(_Record):
+    """checkpoints/<name>/meta.json: what is needed to rebuild the model and to export it."""
+    model: str
+    classes: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    epoch: int
+    train_config: dict[str, Any]
+    metrics: Metrics
+
+
+class ServedFile(_Record):
+    """models.<name>.serve: the ONNX file Serve runs for a member (int8 when accepted, else fp32)."""
+    variant: Literal["fp32", "static", "dynamic"]
+    file: str
+    sha256: str
+    bytes: int
+    reason: str
+
+
+class ModelEntry(_Record):
+    """models.<name>: one exported member, its served file, its calibration and its val figures."""
+    file: str
+    sha256: str
+    bytes: int
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    opset: int
+    exporter: str
+    optimization: str
+    parity_max_abs_diff: float
+    test_time_augmentation: Literal["none", "hflip"] = "none"
+    epoch: int
+    train_config: dict[str, Any]
+    train_metrics: Metrics
+    serve: ServedFile
+    int8: dict[str, Any] | None = None  # choose_int8's record; absent when int8 was disabled
+    # The member's own calibration (softmax(log p / T + b)), fitted on val by the bundle.
+    temperature: float = 1.0
+    bias: list[float] | None = None
+    val: Metrics
+    val_uncalibrated: Metrics | None = None
+    val_out_of_fold: Metrics | None = None
+    tune: dict[str, Any] | None = None  # trials, stopped_early, failed, seconds, history (the tune command)
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """What raymotion.export.ensemble.calibrate takes."""
+        return {"temperature": self.temperature, "bias": self.bias}
+
+
+class DataRecord(_Record):
+    root: str
+    train: dict[str, int]
+    val: dict[str, int]
+    generated: bool = False
+    warning: str | None = None  # set when generated: such a run's models know nothing of real faces
+
+
+class Ensemble(_Record):
+    """The ensemble: raymotion.export.ensemble.combine(members' calibrated probabilities, weights, temperature)."""
+    members: list[str]
+    served: list[str]  # members with a positive weight: the ones Serve deploys
+    weights: dict[str, float]
+    temperature: float
+    method: str
+    combine: str
+    val: Metrics
+    val_uncalibrated: Metrics | None = None
+    val_equal_weights: Metrics | None = None
+    val_out_of_fold: Metrics | None = None  # + folds, seed, fold_weights, fold_temperatures, uncalibrated
+
+    @model_validator(mode="after")
+    def _served_are_the_weighted_members(self) -> "Ensemble":
+        # Readers deploy "served" and mix with "weights": the two must say the same thing.
+        if set(self.weights) != set(self.members):
+            raise ValueError(f"ensemble weights name {sorted(self.weights)}, members are {self.members}")
+        positive = [m for m in self.members if self.weights[m] > 0]
+        if self.served != positive:
+            raise ValueError(f"ensemble served {self.served} is not the members with a positive weight {positive}")
+        return self
+
+    @property
+    def served_weights(self) -> dict[str, float]:
+        return {name: self.weights[name] for name in self.served}
+
+
+class Manifest(_Record):
+    format_version: int = FORMAT_VERSION
+    created_at: str
+    classes: list[str]
+    data: DataRecord
+    models: dict[str, ModelEntry]
+    ensemble: Ensemble
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        check_format_version(version)
+        return version
+
+    @model_validator(mode="after")
+    def _members_are_models(self) -> "Manifest":
+        unknown = [m for m in self.ensemble.members if m not in self.models]
+        if unknown:
+            raise ValueError(f"ensemble members {unknown} have no models entry")
+        return self
+
+
+def check_format_version(version: Any, where: str = MANIFEST) -> None:
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormat(f"{where}: format_version {version!r} is not readable by this raymotion, which reads "
+                                f"format {FORMAT_VERSION} only; rebuild the bundle from its checkpoints with "
+                                "python -m raymotion.export RUN_DIR")
+
+
+def read_manifest(run_dir: str) -> Manifest:
+    """RUN_DIR/manifest.json, validated; UnsupportedFormat for another format version."""
+    path = os.path.join(run_dir, MANIFEST)
+    with open(path) as f:
+        raw = json.load(f)
+    # Checked before the fields, so that an old manifest says "format" rather than "field missing".
+    check_format_version(raw.get("format_version") if isinstance(raw, dict) else None, path)
+    return Manifest.model_validate(raw)
+
+
+def manifest_json(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as written to disk (and returned by Serve's GET /models); absent optionals are omitted."""
+    return manifest.model_dump(exclude_none=True)
+
+
+def write_manifest(run_dir: str, manifest: Manifest) -> str:
+    path = os.path.join(run_dir, MANIFEST)
+    with open(path, "w") as f:
+        json.dump(manifest_json(manifest), f, indent=2, sort_keys=False)
+    return path
+
+
+def sha256_file(path: str) -> str:
+    """The digest the manifest records per file; Serve refuses a file that no longer matches it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint_meta(checkpoint_dir: str) -> CheckpointMeta:
+    with open(os.path.join(checkpoint_dir, CHECKPOINT_META)) as f:
+        return CheckpointMeta.model_validate(json.load(f))
+
+
+def write_checkpoint_meta(checkpoint_dir: str, meta: CheckpointMeta) -> str:
+    path = os.path.join(checkpoint_dir, CHECKPOINT_META)
+    with open(path, "w") as f:
+        json.dump(meta.model_dump(exclude_none=True), f, indent=2, sort_keys=True)
+    return path
+
+
+class PredictionKeys:
+    """Array names in predictions/val.npz."""
+    LABELS = "labels"  # (N,) int64
+    PROBS_PREFIX = "probs__"  # probs__<member>: what the ensemble mixes (each member through its calibration)
+    RAW_PREFIX = "probs_raw__"  # probs_raw__<member>: the served file's own probabilities
+    ENSEMBLE = "ensemble"  # probs__ensemble: fitted weights, after temperature scaling
+    ENSEMBLE_RAW = "ensemble_raw"  # probs__ensemble_raw: fitted weights, T = 1
+    THUMB_INDEX = "thumb_index"  # (K,) rows of labels / probs shown as thumbnails
+    THUMBS = "thumbs"  # (K, h, w, 3) uint8
+
+    @classmethod
+    def probs(cls, name: str) -> str:
+        return cls.PROBS_PREFIX + name
+
+    @classmethod
+    def raw_probs(cls, name: str) -> str:
+        return cls.RAW_PREFIX + name
