@@ -145,8 +145,28 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     serves (``models.<name>.serve``), so that the manifest describes what Serve answers.
     """
     export = export or ExportConfig()
-    classes = source.classes
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache)
+    member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes)
+    manifest = Manifest.model_validate({
+        "format_version": rundir.FORMAT_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "classes": source.classes,
+        "data": data_record(source),
+        "models": models,
+        "ensemble": fitted["ensemble"],
+    })
+    write_predictions(run_dir, labels, member_probs, raw_member_probs, fitted["raw"], fitted["calibrated"],
+                      images=val_cache[max(val_cache)][0])
+    rundir.write_manifest(run_dir, manifest)
+    # The JSON as written (the tune command's summary reads it by key).
+    return rundir.manifest_json(manifest)
+
+
+def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dict[str, dict[str, Any]],
+                   export: ExportConfig, val_cache: dict[int, tuple[np.ndarray, np.ndarray]]):
+    """Each checkpoint to ONNX, its served file chosen (fp32 or int8); returns the manifest entries, the
+    served files' val probabilities and the val labels. ``val_cache``: val arrays by input size, filled."""
     models, raw_member_probs, labels = {}, {}, None
     for name, checkpoint_dir in checkpoints.items():
         size = rundir.read_checkpoint_meta(checkpoint_dir).input_size
@@ -158,15 +178,19 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
             raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
         labels = size_labels
         entry, probs = export_member(checkpoint_dir, run_dir, images, flip_tta=export.flip_tta)
-        entry.update((extra or {}).get(name, {}))
+        entry.update(extra.get(name, {}))
         x = normalize(images, entry["mean"], entry["std"])
         val_probs = {"fp32": probs}
-        serve = choose_served_file(name, entry, run_dir, source, x, labels, classes, export, val_probs)
-        probs = val_probs[serve["variant"]]  # the served file's outputs
-        models[name], raw_member_probs[name] = entry, probs
+        serve = choose_served_file(name, entry, run_dir, source, x, labels, source.classes, export, val_probs)
+        models[name], raw_member_probs[name] = entry, val_probs[serve["variant"]]  # the served file's outputs
+    return models, raw_member_probs, labels
 
-    # Members are calibrated one by one (their own temperature and class bias), then mixed, then the
-    # mixture is tempered.
+
+def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_probs: dict[str, np.ndarray],
+                                 labels: np.ndarray, classes: list[str]):
+    """Members calibrated one by one (their own temperature and class bias), then mixed, then the mixture
+    tempered; every figure scored on val in-sample and out-of-fold. Fills each member's entry in
+    ``models``; returns the calibrated member probabilities and {"ensemble" record, "raw", "calibrated"}."""
     member_calibrations = ensemble.fit_member_calibrations(raw_member_probs, labels)
     member_probs = ensemble.calibrate_members(raw_member_probs, member_calibrations)
     # Out-of-fold: every fold refits the members' calibrations, the weights and T on the other folds.
@@ -186,31 +210,20 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     equal = ensemble.combine(raw_member_probs, {name: 1.0 for name in raw_member_probs})
     out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
                        uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
-    manifest = Manifest.model_validate({
-        "format_version": rundir.FORMAT_VERSION,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "classes": classes,
-        "data": data_record(source),
-        "models": models,
-        "ensemble": {
-            "members": list(models),
-            "served": ensemble.served_members(weights),
-            "weights": weights,
-            "temperature": temperature,
-            "method": ensemble.METHOD,
-            "combine": ensemble.COMBINE,
-            # In-sample: weights and T were fitted on these very images; val_out_of_fold is the honest figure.
-            "val": ensemble.scores(calibrated, labels, classes),
-            "val_uncalibrated": ensemble.scores(raw, labels, classes),
-            "val_equal_weights": ensemble.scores(equal, labels, classes),
-            "val_out_of_fold": out_of_fold,
-        },
-    })
-    write_predictions(run_dir, labels, member_probs, raw_member_probs, raw, calibrated,
-                      images=val_cache[max(val_cache)][0])
-    rundir.write_manifest(run_dir, manifest)
-    # The JSON as written (the tune command's summary reads it by key).
-    return rundir.manifest_json(manifest)
+    record = {
+        "members": list(models),
+        "served": ensemble.served_members(weights),
+        "weights": weights,
+        "temperature": temperature,
+        "method": ensemble.METHOD,
+        "combine": ensemble.COMBINE,
+        # In-sample: weights and T were fitted on these very images; val_out_of_fold is the honest figure.
+        "val": ensemble.scores(calibrated, labels, classes),
+        "val_uncalibrated": ensemble.scores(raw, labels, classes),
+        "val_equal_weights": ensemble.scores(equal, labels, classes),
+        "val_out_of_fold": out_of_fold,
+    }
+    return member_probs, {"ensemble": record, "raw": raw, "calibrated": calibrated}
 
 
 def write_predictions(run_dir: str, labels: np.ndarray, member_probs: dict[str, np.ndarray],
