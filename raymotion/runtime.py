@@ -27,19 +27,16 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     of this process and hands its environment to every worker, so both variables are set for the start.
     """
     port = _free_port()
-    address = f"{ray.util.get_node_ip_address()}:{port}"
-    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
-    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
+    # RAY_ADDRESS stays set in this process too: its own State API calls (raymotion.tune.resources) resolve
+    # the cluster the same way, and beside `make run`'s head they would ask that head (and its token).
+    os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         # The dashboard hosts the State API, which Ray Train uses to clean up finished worker groups.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.pop("RAY_GCS_SERVER_PORT")  # a later instance must pick its own port
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:

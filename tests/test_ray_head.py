@@ -94,8 +94,13 @@ def test_make_ray_up_makes_a_token_on_a_machine_without_one(ray_session, fresh_h
 
     # The clients the README uses, in token mode, with that HOME: the CLI, a driver, the dashboard API.
     client_env = dict(env, RAY_AUTH_MODE="token")
-    status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs}"], env=client_env,
-                            capture_output=True, text=True, timeout=60)
+    deadline = time.monotonic() + 90
+    while True:  # right after the start (and more so on a loaded machine) it says "No cluster status" yet
+        status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs}"], env=client_env,
+                                capture_output=True, text=True, timeout=60)
+        if status.returncode != 0 or "1.0 CPU" in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert status.returncode == 0 and "1.0 CPU" in status.stdout, status.stdout + status.stderr
     driver = subprocess.run(
         [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{gcs}'); "
