@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
+
+import yaml
 
 # What "best" means unless a preset says otherwise: Tune's objective, Train's kept checkpoint and early
 # stopping all read one (metric, mode) pair (see TuneSettings and TrainConfig.metric).
@@ -18,10 +21,10 @@ class ConfigError(ValueError):
     """A configuration key or value that does not exist; the message names it and where it came from."""
 
 
-def check_keys(cls: type, keys: Iterable[str], source: str) -> None:
-    """Raise ConfigError for any of ``keys`` that is not a field of dataclass ``cls``: a misspelt key
-    would otherwise change nothing, silently."""
-    known = {f.name for f in dataclasses.fields(cls)}
+def check_keys(cls: type, keys: Iterable[str], source: str, also: Iterable[str] = ()) -> None:
+    """Raise ConfigError for any of ``keys`` that is not a field of dataclass ``cls`` (or in ``also``): a
+    misspelt key would otherwise change nothing, silently."""
+    known = {f.name for f in dataclasses.fields(cls)} | set(also)
     unknown = sorted(set(keys) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; "
@@ -35,6 +38,55 @@ def check_literals(obj: Any) -> None:
         if typing.get_origin(hint) is Literal and getattr(obj, name) not in typing.get_args(hint):
             raise ConfigError(f"{type(obj).__name__}.{name} must be one of "
                               f"{', '.join(map(repr, typing.get_args(hint)))}, not {getattr(obj, name)!r}")
+
+
+def check_train_keys(keys: Iterable[str], source: str) -> None:
+    """What ``TrainConfig.replace`` takes: its fields and, by their own names, the augmentation fields."""
+    check_keys(TrainConfig, keys, source, also=[f.name for f in dataclasses.fields(Augmentation)])
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The random train-time transforms, passed whole to data.pipeline.augment_mix. Each is off at its
+    neutral value (0, or 1.0 for crop_scale); ``Augmentation.only(...)`` has every other one off."""
+
+    rotation_deg: float = 10.0
+    hflip_p: float = 0.5
+    contrast: float = 0.2
+    brightness: float = 0.1
+    crop_scale: float = 0.85  # random resized crop: minimum area fraction kept
+    # Batch-level mixing (soft labels): at most one of CutMix / MixUp per batch.
+    cutmix_p: float = 0.0
+    cutmix_alpha: float = 1.0
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.2
+
+    @classmethod
+    def only(cls, **on: float) -> "Augmentation":
+        neutral = dict(rotation_deg=0.0, hflip_p=0.0, contrast=0.0, brightness=0.0, crop_scale=1.0, cutmix_p=0.0,
+                       mixup_p=0.0)
+        return cls(**{**neutral, **on})
+
+    def per_image(self) -> dict[str, float]:
+        """data.augment.augment_batch's arguments."""
+        return dict(rotation_deg=self.rotation_deg, hflip_p=self.hflip_p, contrast=self.contrast,
+                    brightness=self.brightness, crop_scale=self.crop_scale)
+
+    def per_batch(self) -> dict[str, float]:
+        """data.mixing.mix_batch's arguments."""
+        return dict(cutmix_p=self.cutmix_p, cutmix_alpha=self.cutmix_alpha, mixup_p=self.mixup_p,
+                    mixup_alpha=self.mixup_alpha)
+
+    def summary(self) -> str:
+        """The augmentations in force, for the pre-training summary."""
+        parts = [f"rotation +-{self.rotation_deg:.0f} deg" if self.rotation_deg > 0 else "",
+                 f"hflip p={self.hflip_p:.2f}" if self.hflip_p > 0 else "",
+                 f"contrast +-{self.contrast:.2f}" if self.contrast > 0 else "",
+                 f"brightness +-{self.brightness:.2f}" if self.brightness > 0 else "",
+                 f"random resized crop >= {self.crop_scale:.2f} area" if self.crop_scale < 1 else "",
+                 f"CutMix p={self.cutmix_p:.2f} alpha={self.cutmix_alpha}" if self.cutmix_p > 0 else "",
+                 f"MixUp p={self.mixup_p:.2f} alpha={self.mixup_alpha}" if self.mixup_p > 0 else ""]
+        return ", ".join(p for p in parts if p) or "none"
 
 
 @dataclass
@@ -59,18 +111,8 @@ class TrainConfig:
     mode: Mode = "max"
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    # Augmentations, applied on Ray Data CPU workers to the training stream only; each is off at its
-    # neutral value (0, or 1.0 for crop_scale).
-    rotation_deg: float = 10.0
-    hflip_p: float = 0.5
-    contrast: float = 0.2
-    brightness: float = 0.1
-    crop_scale: float = 0.85  # random resized crop: minimum area fraction kept
-    # Batch-level mixing (soft labels): at most one of CutMix / MixUp per batch.
-    cutmix_p: float = 0.0
-    cutmix_alpha: float = 1.0
-    mixup_p: float = 0.0
-    mixup_alpha: float = 0.2
+    # Applied on Ray Data CPU workers to the training stream only (data.pipeline.train_stream).
+    augmentation: Augmentation = field(default_factory=lambda: Augmentation())
     # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
     class_weighting: ClassWeighting = "none"
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
@@ -86,26 +128,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_literals(self)
+        if isinstance(self.augmentation, dict):  # from to_dict(), as configs travel to workers
+            check_keys(Augmentation, self.augmentation, "TrainConfig.augmentation")
+            self.augmentation = Augmentation(**self.augmentation)
 
     def replace(self, *, source: str, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``; ``source`` (preset, space file, CLI flag) names where they came from,
-        for the error on a key that is not a field."""
-        check_keys(TrainConfig, changes, source)
-        return dataclasses.replace(self, **changes)
+        for the error on a key that is neither a field nor an augmentation field. Augmentation fields go by
+        their own names (``rotation_deg=5``), so that search spaces and ``--set`` stay flat."""
+        check_train_keys(changes, source)
+        augmentation_keys = {f.name for f in dataclasses.fields(Augmentation)}
+        own = {k: v for k, v in changes.items() if k not in augmentation_keys}
+        augmentation = {k: v for k, v in changes.items() if k in augmentation_keys}
+        if augmentation:
+            own["augmentation"] = dataclasses.replace(self.augmentation, **augmentation)
+        return dataclasses.replace(self, **own)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def augmentations(self) -> str:
-        """The augmentations in force, for the pre-training summary."""
-        parts = [f"rotation +-{self.rotation_deg:.0f} deg" if self.rotation_deg > 0 else "",
-                 f"hflip p={self.hflip_p:.2f}" if self.hflip_p > 0 else "",
-                 f"contrast +-{self.contrast:.2f}" if self.contrast > 0 else "",
-                 f"brightness +-{self.brightness:.2f}" if self.brightness > 0 else "",
-                 f"random resized crop >= {self.crop_scale:.2f} area" if self.crop_scale < 1 else "",
-                 f"CutMix p={self.cutmix_p:.2f} alpha={self.cutmix_alpha}" if self.cutmix_p > 0 else "",
-                 f"MixUp p={self.mixup_p:.2f} alpha={self.mixup_alpha}" if self.mixup_p > 0 else ""]
-        return ", ".join(p for p in parts if p) or "none"
 
 
 @dataclass
@@ -122,14 +162,16 @@ class ExportConfig:
     # int8 is served only when its batch-1 latency is at most this x fp32's. Whether it is depends on the
     # CPU (int8 convolutions lose without VNNI), so tests force either outcome through this (inf / 0).
     int8_max_latency_ratio: float = 1.0
-    calibration_images: int = 300  # training images for static calibration (as many again pick the setting)
+    int8_range_images: int = 300  # training images that set static int8's activation ranges (as many again pick its setting)
     latency_seconds: float = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
 
     @staticmethod
     def add_arguments(parser) -> None:
         """The export flags shared by ``raymotion.tune`` and ``raymotion.export`` (argparse)."""
-        parser.add_argument("--no-int8", action="store_true", help="serve fp32 only (skip building int8 candidates)")
-        parser.add_argument("--no-flip-tta", action="store_true", help="export without mirror-image test-time averaging")
+        parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=ExportConfig.int8,
+                            help="build int8 candidates and serve one when it wins (--no-int8: fp32 only)")
+        parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=ExportConfig.flip_tta,
+                            help="average the logits of the image and its mirror image in the exported graph")
         parser.add_argument("--int8-tolerance", type=float, default=ExportConfig.int8_tolerance_points,
                             help="val accuracy points an int8 model may lose and still be served")
         parser.add_argument("--int8-max-latency-ratio", type=float, default=ExportConfig.int8_max_latency_ratio,
@@ -137,7 +179,7 @@ class ExportConfig:
 
     @classmethod
     def from_arguments(cls, args) -> "ExportConfig":
-        return cls(flip_tta=not args.no_flip_tta, int8=not args.no_int8, int8_tolerance_points=args.int8_tolerance,
+        return cls(flip_tta=args.flip_tta, int8=args.int8, int8_tolerance_points=args.int8_tolerance,
                    int8_max_latency_ratio=args.int8_max_latency_ratio)
 
 
@@ -172,7 +214,7 @@ class Preset:
     def __post_init__(self) -> None:
         # At definition: a misspelt override fails when the preset is written, not when its model runs.
         for model, overrides in self.train_overrides.items():
-            check_keys(TrainConfig, overrides, f"preset {self.name!r}, overrides of model {model!r}")
+            check_train_keys(overrides, f"preset {self.name!r}, overrides of model {model!r}")
 
 
 PRESETS: dict[str, Preset] = {
@@ -216,6 +258,24 @@ PRESETS: dict[str, Preset] = {
         train_overrides={"*": {"epochs": 2, "batch_size": 16}},
     ),
 }
+
+
+def parse_set_pairs(pairs: Iterable[str]) -> dict[str, Any]:
+    """``--set`` flags, ``["lr=1e-3", "class_weighting=balanced"]``, as TrainConfig.replace changes. Values are
+    YAML scalars (numbers, bools, text), made float for float fields (YAML reads "3e-4" as text). An unknown
+    key passes through: replace names it in its error."""
+    defaults = {**TrainConfig().to_dict(), **dataclasses.asdict(Augmentation())}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        value = yaml.safe_load(text)
+        if isinstance(defaults.get(key), float) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
 
 
 def preset_overrides(preset: Preset, model: str) -> dict[str, Any]:

@@ -95,7 +95,7 @@ class ModelEntry(_Record):
 
     @property
     def calibration(self) -> dict[str, Any]:
-        """What raymotion.export.ensemble.calibrate takes."""
+        """A calibration record: ``raymotion.export.mixture.temper(p, **entry.calibration)``."""
         return {"temperature": self.temperature, "bias": self.bias}
 
 
@@ -108,7 +108,7 @@ class DataRecord(_Record):
 
 
 class Ensemble(_Record):
-    """The ensemble: raymotion.export.ensemble.combine(members' calibrated probabilities, weights, temperature)."""
+    """The ensemble: raymotion.export.mixture.combine(members' calibrated probabilities, weights, temperature)."""
     members: list[str]
     served: list[str]  # members with a positive weight: the ones Serve deploys
     weights: dict[str, float]

@@ -5,7 +5,7 @@
 HTTP contract:
     POST /predict   body = image bytes (image/jpeg, image/png, ...) or multipart field "file"
                     -> {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
-                    "probabilities" is the manifest's ensemble (raymotion.export.ensemble.combine with its
+                    "probabilities" is the manifest's ensemble (raymotion.export.mixture.combine with its
                     weights and temperature); "models" holds each served model's own probabilities, calibrated
                     by its own temperature and class bias (manifest models.<name>), which is what the ensemble mixes
                     unreadable image -> 400 {"error": ...}; body too large -> 413
@@ -24,17 +24,18 @@ Nothing here imports torch: the manifest is read through ``raymotion.rundir`` an
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
-from raymotion.export.ensemble import calibrate, combine
+from raymotion.export.mixture import combine, temper
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.rundir import Manifest, manifest_json, read_manifest, sha256_file
 
@@ -59,7 +60,7 @@ class OnnxModel:
     async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 HWC RGB images (any size) -> class probabilities; concurrent requests share one run."""
         batch = np.stack([resize_rgb(Image.fromarray(img), self.input_size) for img in images])
-        return list(calibrate(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)), self.calibration))
+        return list(temper(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)), **self.calibration))
 
     async def ready(self) -> str:
         return self.name
@@ -160,9 +161,19 @@ def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int =
     return EnsembleIngress.options(name="ingress").bind(manifest_json(manifest), *members)
 
 
-def build_app(args: dict[str, str]):
-    """Entry point for ``serve run serve.app:build_app run_dir=... [device=cuda] [replicas=2]``."""
-    if "run_dir" not in args:
-        raise ValueError("pass run_dir=<path to a run directory with manifest.json>")
-    return build_ensemble(args["run_dir"], device=args.get("device", "cpu"),
-                          intra_op_threads=int(args.get("intra_op_threads", 1)), replicas=int(args.get("replicas", 1)))
+class AppArgs(BaseModel):
+    """``serve run serve.app:build_app run_dir=... [device=cuda] [replicas=2] [intra_op_threads=2]``, or a
+    Serve config file's ``args``: Serve validates them into this before ``build_app`` runs, so a misspelt
+    or out-of-range argument fails naming itself."""
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str  # a run directory with manifest.json
+    device: Literal["cpu", "cuda"] = "cpu"
+    intra_op_threads: int = Field(1, ge=1)  # per replica: on 2 CPUs, one thread each keeps replicas apart
+    replicas: int = Field(1, ge=1)  # per member
+
+
+def build_app(args: AppArgs):
+    """The Serve application builder (typed: Serve converts the args dict to ``AppArgs``)."""
+    return build_ensemble(args.run_dir, device=args.device, intra_op_threads=args.intra_op_threads,
+                          replicas=args.replicas)

@@ -62,7 +62,7 @@ def test_bench_models_command_on_a_tiny_run(faces_root, tmp_path, max_latency_ra
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "raymotion.bench", "models", str(run_dir), "--iters", "5", "--json", str(out),
-         "--calibration-images", "48", "--max-seconds", "2", "--int8-max-latency-ratio", max_latency_ratio,
+         "--int8-range-images", "48", "--max-seconds", "2", "--int8-max-latency-ratio", max_latency_ratio,
          "--tolerance", "100"],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

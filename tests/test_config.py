@@ -61,3 +61,36 @@ def test_a_bad_enum_value_fails_when_the_config_is_built():
     with pytest.raises(ConfigError, match=r"TuneSettings.mode must be one of 'max', 'min', not 'maximise'"):
         TuneSettings(mode="maximise")
     assert TrainConfig(class_weighting="balanced", mode="min").mode == "min"
+
+
+def test_augmentation_fields_go_by_their_own_names_and_travel_as_one_nested_record():
+    from raymotion.config import Augmentation
+
+    cfg = TrainConfig().replace(source="test", rotation_deg=3.0, lr=0.01)
+    assert cfg.augmentation.rotation_deg == 3.0 and cfg.lr == 0.01
+    assert cfg.augmentation.hflip_p == Augmentation().hflip_p  # the other augmentations keep their values
+    # As configs reach Ray workers: a plain dict, rebuilt into the same record.
+    assert TrainConfig(**cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"--set: unknown TrainConfig key\(s\) 'rotation'"):
+        TrainConfig().replace(source="--set", rotation=3.0)
+    with pytest.raises(ConfigError, match=r"TrainConfig.augmentation: unknown Augmentation key\(s\) 'rotaton_deg'"):
+        TrainConfig(augmentation={"rotaton_deg": 3.0})
+
+
+def test_the_train_command_takes_set_pairs_and_bool_flags_take_no_forms():
+    import argparse
+
+    from raymotion.config import ExportConfig
+    from raymotion.train.__main__ import parse_args as train_args
+
+    _, cfg = train_args(["--model", "mobilenet_v2", "--set", "epochs=4", "--set", "pretrained=false",
+                         "--set", "cutmix_p=0.5"])
+    assert (cfg.model, cfg.epochs, cfg.pretrained, cfg.augmentation.cutmix_p) == ("mobilenet_v2", 4, False, 0.5)
+    with pytest.raises(ConfigError, match="'epoch'"):
+        train_args(["--set", "epoch=4"])
+    parser = argparse.ArgumentParser()
+    ExportConfig.add_arguments(parser)
+    assert ExportConfig.from_arguments(parser.parse_args([])) == ExportConfig()
+    off = ExportConfig.from_arguments(parser.parse_args(["--no-int8", "--no-flip-tta"]))
+    assert (off.int8, off.flip_tta) == (False, False)
+    assert parse_args(["--serve"]).serve and not parse_args([]).serve

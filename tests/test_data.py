@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from raymotion.config import Augmentation
 from raymotion.data import DataError, index_image_folders
 from raymotion.data.augment import (augment_batch, crop_params, draw_geometry, draw_photometric, photometric_luts,
                                     rotation_matrices, theta_to_pixel_maps)
@@ -184,8 +185,7 @@ def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, face
     cached, report = load_cached(folders, 32)
     assert not report.skipped
     assert cached["train"].count() == 300 and cached["val"].count() == 60
-    train = train_stream(cached["train"], seed=0, num_classes=3, rotation_deg=10, hflip_p=0.5,
-                         contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5, mixup_p=0.5)
+    train = train_stream(cached["train"], seed=0, num_classes=3, augmentation=AUG_MIX)
     labels, mixed = [], 0
     for batch in train.iter_batches(batch_size=64):
         # uint8 NHWC, as cached: the train loop standardises on its device.
@@ -198,7 +198,8 @@ def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, face
     assert sorted(labels) == sorted(folders.train.labels)
 
 
-AUG_MIX = dict(rotation_deg=10, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5, mixup_p=0.5)
+AUG_MIX = Augmentation.only(rotation_deg=10, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.8, cutmix_p=0.5,
+                            mixup_p=0.5)
 
 
 def _two_epochs(cached, seed):
@@ -206,7 +207,7 @@ def _two_epochs(cached, seed):
     a one-way streaming split, a seeded local shuffle): the first batch of each, and every row's pixels by uid."""
     from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 
-    shard = train_stream(cached["train"], seed=seed, num_classes=3, **AUG_MIX).streaming_split(1, equal=True)[0]
+    shard = train_stream(cached["train"], seed=seed, num_classes=3, augmentation=AUG_MIX).streaming_split(1, equal=True)[0]
     firsts, by_uid = [], []
     for epoch in (1, 2):
         batches = list(shard.iter_batches(batch_size=32, local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,

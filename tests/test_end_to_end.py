@@ -12,7 +12,7 @@ import requests
 
 from raymotion import rundir
 from raymotion.console import NOISE, plain
-from raymotion.export.ensemble import calibrate, combine
+from raymotion.export.mixture import combine, temper
 from raymotion.rundir import sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +168,7 @@ def test_run_directory_is_self_contained(run):
         for n in ens["members"]:
             m = manifest["models"][n]
             assert m["temperature"] > 0 and len(m["bias"]) == len(CLASSES)
-            np.testing.assert_allclose(members[n], calibrate(npz[f"probs_raw__{n}"].astype(np.float64), m), atol=1e-5)
+            np.testing.assert_allclose(members[n], temper(npz[f"probs_raw__{n}"].astype(np.float64), temperature=m["temperature"], bias=m["bias"]), atol=1e-5)
         # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
         np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"]),
                                    atol=1e-5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raymotion.export.ensemble import (combine, cross_fitted, fit_temperature, fit_weights, log_loss,
-                                       served_members, stratified_folds)
+from raymotion.export.ensemble import cross_fitted, fit_temperature, fit_weights, log_loss, served_members, stratified_folds
+from raymotion.export.mixture import combine
 from raymotion.train.metrics import expected_calibration_error, softmax
 
 C = 3
@@ -142,7 +142,7 @@ def test_calibrating_members_first_lets_the_accurate_overconfident_member_in():
     ensemble_acc = float((combine(calibrated, weights).argmax(1) == labels).mean())
     assert ensemble_acc >= acc["accurate_overconfident"] - 0.01
     # Out-of-fold with per-fold member temperatures predicts every row.
-    oof = cross_fitted(members, labels, folds=5, calibrate=True)
+    oof = cross_fitted(members, labels, folds=5, fit_member_calibration=True)
     assert oof["probs"].shape == (n, C) and np.isfinite(oof["probs"]).all()
 
 
@@ -150,7 +150,8 @@ def test_class_bias_removes_a_prior_shift_that_temperature_cannot():
     """A member trained with class weights over-predicts the rare classes: its probabilities are the true
     posterior times a wrong prior. Temperature alone cannot move mass between classes; T + bias recovers
     the posterior (the bias converges to the log prior ratio) and its NLL and ECE."""
-    from raymotion.export.ensemble import calibrate, fit_calibration, temper
+    from raymotion.export.ensemble import fit_calibration
+    from raymotion.export.mixture import temper
 
     rng = np.random.default_rng(11)
     n = 6000
@@ -167,7 +168,7 @@ def test_class_bias_removes_a_prior_shift_that_temperature_cannot():
     expected = np.log(prior) - np.log(prior).mean()
     np.testing.assert_allclose(cal["bias"], expected, atol=0.1)
     assert cal["temperature"] == pytest.approx(1.0, abs=0.1)
-    fixed = calibrate(shifted, cal)
+    fixed = temper(shifted, **cal)
     assert log_loss(fixed, labels) < log_loss(combine({"m": shifted}, {"m": 1.0}, t_only), labels) - 0.01
     # Calibrated in the sense the prior shift breaks: the mean predicted probability of each class is its
     # frequency. Temperature alone leaves the happy class ~0.1 short.
@@ -184,8 +185,8 @@ def test_class_bias_removes_a_prior_shift_that_temperature_cannot():
 def test_member_calibration_out_of_fold_is_fitted_without_the_rows_it_scores():
     """cross_fitted_calibration: every fold goes through the calibration fitted on the other folds (the
     same stratified folds as cross_fitted), so it equals that fit, and it differs from the in-sample fit."""
-    from raymotion.export.ensemble import (calibrate, cross_fitted_calibration, fit_calibration,
-                                           stratified_folds)
+    from raymotion.export.ensemble import cross_fitted_calibration, fit_calibration, stratified_folds
+    from raymotion.export.mixture import temper
 
     rng = np.random.default_rng(5)
     prior = np.array([0.2, 0.6, 0.2])
@@ -195,10 +196,10 @@ def test_member_calibration_out_of_fold_is_fitted_without_the_rows_it_scores():
     fold = stratified_folds(labels, 5, 0)
     for k in range(5):
         held = fold == k
-        expected = calibrate(shifted[held], fit_calibration(shifted[~held], labels[~held]))
+        expected = temper(shifted[held], **fit_calibration(shifted[~held], labels[~held]))
         np.testing.assert_allclose(oof[held], expected)
     np.testing.assert_allclose(oof.sum(1), 1.0)
-    in_sample = calibrate(shifted, fit_calibration(shifted, labels))
+    in_sample = temper(shifted, **fit_calibration(shifted, labels))
     assert not np.allclose(oof, in_sample)
     # Out of fold it still removes most of the prior shift, and in-sample flatters it (lower NLL).
     assert log_loss(in_sample, labels) <= log_loss(oof, labels) < log_loss(shifted, labels) - 0.01

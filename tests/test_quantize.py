@@ -15,7 +15,7 @@ from raymotion.data import index_image_folders
 from raymotion.data.transforms import load_images, normalize
 from raymotion.export.onnx import export_onnx
 from raymotion.export.sessions import create_session, onnx_probabilities
-from raymotion.export.quantize import calibration_images, choose_int8, quantize_dynamic_int8, quantize_static_qdq
+from raymotion.export.quantize import choose_int8, quantize_dynamic_int8, quantize_static_qdq, training_sample
 from raymotion.models import create_model, get_model_spec
 
 SIZE = 64
@@ -74,7 +74,7 @@ def lenet_case(faces_root, tmp_path_factory):
     fp32 = str(out / "lenet.onnx")
     export_onnx(model, fp32, SIZE)
     return {"fp32": fp32, "dir": out, "classes": folders.classes,
-            "calibration": normalize(calibration_images(folders, SIZE, 64), spec.mean, spec.std),
+            "calibration": normalize(training_sample(folders, SIZE, 64), spec.mean, spec.std),
             "val_x": normalize(load_images(list(folders.val.paths), SIZE)[0], spec.mean, spec.std),
             "val_y": np.asarray(folders.val.labels)}
 

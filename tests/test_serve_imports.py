@@ -10,10 +10,13 @@ from test_rundir import sample_manifest  # tests/ is on sys.path (no __init__.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Through the function ``serve run`` and ``serve deploy`` call the builder with (it validates the args into
+# the builder's pydantic annotation).
 BUILD = """
 import sys
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary as build
 import serve.app
-app = serve.app.build_app({"run_dir": sys.argv[1]})
+app = build(serve.app.build_app, {"run_dir": sys.argv[1], "replicas": "2"})
 assert type(app).__name__ == "Application", type(app)
 print(sorted(m for m in ("torch", "torchvision") if m in sys.modules))
 """
@@ -25,3 +28,16 @@ def test_building_the_serve_app_imports_no_torch(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_serve_app_args_are_typed_and_refuse_what_they_do_not_know():
+    import pydantic
+    import pytest
+
+    from serve.app import AppArgs
+
+    assert AppArgs.model_validate({"run_dir": "r", "replicas": "3"}).replicas == 3
+    for bad, word in [({"run_dir": "r", "replica": 2}, "replica"), ({"run_dir": "r", "replicas": 0}, "replicas"),
+                      ({"run_dir": "r", "device": "gpu"}, "device"), ({}, "run_dir")]:
+        with pytest.raises(pydantic.ValidationError, match=word):
+            AppArgs.model_validate(bad)

@@ -78,7 +78,7 @@ def run_models(args: argparse.Namespace) -> None:
     cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
                       threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
                       max_latency_ratio=args.int8_max_latency_ratio,
-                      calibration_images=args.calibration_images)
+                      int8_range_images=args.int8_range_images)
     result = run_models_bench(cfg, log=lambda line: print(line, flush=True))
     table = format_table(result)
     candidates = int8_table(result)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     models.add_argument("--tolerance", type=float, default=0.5, help="int8 val accuracy tolerance, points")
     models.add_argument("--int8-max-latency-ratio", type=float, default=1.0,
                         help="serve int8 only when its batch-1 latency is at most this x fp32 (inf: any, 0: never)")
-    models.add_argument("--calibration-images", type=int, default=300)
+    models.add_argument("--int8-range-images", type=int, default=300)
     data = sub.add_parser("data", help="Ray Data + Ray Train vs DataLoader; folders vs Parquet")
     data.add_argument("--data")
     data.add_argument("--model", default="mobilenet_v2")

@@ -19,7 +19,7 @@ import ray.train
 import torch
 import torch.nn as nn
 
-from raymotion.config import TrainConfig
+from raymotion.config import Augmentation, TrainConfig
 from raymotion.data.folders import ImageFolders
 from raymotion.data.parquet import ParquetCache
 from raymotion.data.pipeline import augment_mix, decode_split, train_stream
@@ -28,7 +28,7 @@ from raymotion.models import create_model, get_model_spec
 from raymotion.train.loop import resolve_torch_threads, standardize
 from raymotion.train.trainer import build_trainer
 
-AUG = dict(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
+AUG = Augmentation.only(rotation_deg=8.0, hflip_p=0.5, contrast=0.2, brightness=0.1, crop_scale=0.85)
 
 
 def _train_steps(model, optimizer, batches, steps: int, warmup: int, t0: float, spec) -> dict[str, float]:
@@ -76,7 +76,7 @@ def _bench_loop_per_worker(config: dict[str, Any]) -> None:
 
 def bench_ray(source, cached, size: int, model: str, batch_size: int, steps: int, warmup: int) -> dict[str, float]:
     """The training path's datasets and scaling (build_trainer); only the loop is the timing one."""
-    cfg = TrainConfig(model=model, input_size=size, batch_size=batch_size, **AUG)
+    cfg = TrainConfig(model=model, input_size=size, batch_size=batch_size, augmentation=AUG)
     bench = {"model": model, "batch_size": batch_size, "steps": steps, "warmup": warmup, "t0": time.time()}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(cfg, classes=source.classes, cached=cached, storage_path=tmp, name="bench",
@@ -109,7 +109,7 @@ class AugmentCollate:
             worker = torch.utils.data.get_worker_info()
             self.rng = np.random.default_rng([0, worker.id if worker else 0])
         labels = np.asarray([label for _, label in items], np.int64)
-        images, _ = augment_mix(np.stack([img for img, _ in items]), labels, self.rng, self.num_classes, AUG, {})
+        images, _ = augment_mix(np.stack([img for img, _ in items]), labels, self.rng, self.num_classes, AUG)
         return torch.from_numpy(images), torch.from_numpy(labels)
 
 
@@ -136,7 +136,7 @@ def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int
     The two sources alternate ``repeats`` times; the median of each is the figure (other processes on a
     2-core machine make single passes noisy). One untimed pass first: it starts Ray's worker processes
     (each imports torch, ~1-2 s), which would otherwise be charged to whichever source runs first."""
-    warmup = train_stream(parquet.read("train"), seed=0, num_classes=len(folders.classes), **AUG)
+    warmup = train_stream(parquet.read("train"), seed=0, num_classes=len(folders.classes), augmentation=AUG)
     for _ in warmup.iter_batches(batch_size=256):
         pass
     passes: dict[str, list[dict[str, float]]] = {"folders": [], "parquet": []}
@@ -145,7 +145,7 @@ def bench_pipeline_alone(folders: ImageFolders, parquet: ParquetCache, size: int
             started = time.perf_counter()
             ds = decode_split(folders.train, size)[0] if name == "folders" else parquet.read("train").materialize()
             source_s = time.perf_counter() - started
-            stream = train_stream(ds, seed=0, num_classes=len(folders.classes), **AUG)
+            stream = train_stream(ds, seed=0, num_classes=len(folders.classes), augmentation=AUG)
             rows = sum(len(b["label"]) for b in stream.iter_batches(batch_size=256))
             total_s = time.perf_counter() - started
             passes[name].append({"images_per_s": rows / total_s, "source_images_per_s": rows / source_s,

@@ -5,7 +5,7 @@ per image and the fraction of the machine's measured matmul peak that the batch-
 Everything runs in this process, one model at a time, with the same thread count for torch and
 onnxruntime. The ensemble at batch 1 runs its served members (positive weight) one after the other
 (what the Serve ingress costs in CPU time) and combines them as the manifest says
-(``raymotion.export.ensemble.combine``: weights, then temperature).
+(``raymotion.export.mixture.combine``: weights, then temperature).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from raymotion import rundir
 from raymotion.bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
-from raymotion.export.ensemble import calibrate, combine
-from raymotion.export.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images, choose_int8
+from raymotion.export.mixture import combine, temper
+from raymotion.export.quantize import DEFAULT_RANGE_IMAGES, choose_int8, int8_image_sets
 from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.models import count_flops, create_model
 from raymotion.models.tta import FlipAveraged
@@ -49,7 +49,7 @@ class BenchConfig:
     # int8 slower than this x fp32 at batch 1 is not served (inf: accept any speed, 0: accept none). Which
     # way the measured choice goes depends on the CPU (VNNI or not); tests force each way through this.
     max_latency_ratio: float = 1.0
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    int8_range_images: int = DEFAULT_RANGE_IMAGES
 
 
 @dataclass
@@ -104,7 +104,7 @@ def time_variants(groups: dict[str, list[tuple[Runner, np.ndarray]]], cfg: Bench
 
 def load_data(cfg: BenchConfig, manifest: Manifest) -> tuple[Any, str]:
     """The data source for val metrics and int8 calibration, or None and why not."""
-    from raymotion.data.folders import open_data
+    from raymotion.data.sources import open_data
 
     root = cfg.data or manifest.data.root
     try:
@@ -133,13 +133,10 @@ def int8_variant(name: str, entry: ModelEntry, fp32_path: str, cfg: BenchConfig,
                     recorded)
     if source is None or val_x is None:
         return None, "no int8 in the manifest and no data to calibrate one", {}
-    size, n = entry.input_size, cfg.calibration_images
-    cal = normalize(calibration_images(source, size, n), entry.mean, entry.std)
-    # Held-out training images (disjoint from calibration) pick the static setting; val stays a test.
-    selection = normalize(calibration_images(source, size, n, skip=n), entry.mean, entry.std)
-    record = choose_int8(fp32_path, os.path.join(cfg.run_dir, "bench", "int8"), cal, val_x, val_y, classes,
-                         cfg.tolerance_points, max_latency_ratio=cfg.max_latency_ratio,
-                         selection_images=selection if len(selection) else None, name=name,
+    ranges, selection = int8_image_sets(source, entry.input_size, entry.mean, entry.std, cfg.int8_range_images)
+    record = choose_int8(fp32_path, os.path.join(cfg.run_dir, "bench", "int8"), ranges, val_x, val_y, classes,
+                         cfg.tolerance_points, max_latency_ratio=cfg.max_latency_ratio, selection_images=selection,
+                         name=name,
                          latency_iters=cfg.iters, max_seconds=cfg.max_seconds)
     if record["selected"] != "fp32":
         return record["path"], f"int8 {record['selected']} (built here)", record
@@ -251,7 +248,7 @@ def ensemble_rows(manifest: Manifest, members, cfg: BenchConfig, peak: float, cl
                **timings[variant]}
         if all("probs" in picked[n].extra for n in names):
             # Members through their own calibrations first (temperature, class bias), as the bundle and Serve do.
-            probs = combine({n: calibrate(picked[n].extra["probs"], manifest.models[n].calibration) for n in names},
+            probs = combine({n: temper(picked[n].extra["probs"], **manifest.models[n].calibration) for n in names},
                             weights, temperature)
             metrics = classification_metrics(probs, members[names[0]]["val_y"], classes)
             row.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])

@@ -11,7 +11,8 @@ import argparse
 import os
 import shutil
 
-from raymotion.data.folders import index_image_folders, is_generated, open_data
+from raymotion.data.folders import index_image_folders
+from raymotion.data.sources import is_generated, open_data
 from raymotion.data.synthetic import GENERATED_MARKER, make_synthetic_faces
 
 

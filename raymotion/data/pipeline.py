@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
+from raymotion.config import Augmentation
 from raymotion.data.augment import augment_batch
 from raymotion.data.folders import ImageFolders, Split
 from raymotion.data.mixing import mix_batch
@@ -166,14 +167,14 @@ def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[st
     return cached, report
 
 
-def augment_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, num_classes: int, augment: dict,
-                mixing: dict) -> tuple[np.ndarray, np.ndarray]:
+def augment_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, num_classes: int,
+                augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC images -> (augmented and mixed uint8 NHWC images (new arrays), float32 soft targets (N, C)).
 
     The one train-time transform: the Ray pipeline runs it per block, the DataLoader baseline of the data
     benchmark per batch."""
-    x = augment_batch(images, rng, **augment)
-    return mix_batch(x, labels, num_classes, rng, **mixing)
+    x = augment_batch(images, rng, **augmentation.per_image())
+    return mix_batch(x, labels, num_classes, rng, **augmentation.per_batch())
 
 
 def epoch_index() -> int:
@@ -194,36 +195,31 @@ def _own_execution_count(ds: ray.data.Dataset) -> ray.data.Dataset:
     return own
 
 
-def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augment: dict,
-                   mixing: dict) -> dict[str, np.ndarray]:
+def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int,
+                   augmentation: Augmentation) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     # The draws depend on (seed, epoch, block) only, the block named by its first row: not on which worker
     # process runs it or what it ran before, so the same --seed gives the same batches.
     block = int(uids[0]) if len(uids) else 0
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch_index(), block]))
-    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augment, mixing)
+    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augmentation)
     return {"image": images, "label": batch["label"], "target": target, "uid": uids}
 
 
 def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
-                 rotation_deg: float = 0.0, hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
-                 crop_scale: float = 1.0, cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0,
-                 mixup_alpha: float = 0.2) -> ray.data.Dataset:
+                 augmentation: Augmentation) -> ray.data.Dataset:
     """Shuffled block order + random augmentation + mixing; re-executed every epoch, reproducibly: block
     order and augmentation are drawn from (seed, epoch), and blocks come out in order, so a run with one
     Train worker sees the same batches for the same seed.
     Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
     train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id)."""
-    augment = dict(rotation_deg=rotation_deg, hflip_p=hflip_p, contrast=contrast, brightness=brightness,
-                   crop_scale=crop_scale)
-    mixing = dict(cutmix_p=cutmix_p, cutmix_alpha=cutmix_alpha, mixup_p=mixup_p, mixup_alpha=mixup_alpha)
     own = _own_execution_count(cached_train)
     # In order: otherwise blocks arrive as their tasks finish, and batch contents depend on timing. The
     # cost is a block that finishes early waiting for the one before it (two similar tasks per CPU pair).
     own.context.execution_options.preserve_order = True
     return own.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
         _augment_batch,
-        fn_kwargs=dict(seed=seed, num_classes=num_classes, augment=augment, mixing=mixing),
+        fn_kwargs=dict(seed=seed, num_classes=num_classes, augmentation=augmentation),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),

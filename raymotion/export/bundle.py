@@ -10,7 +10,7 @@
       checkpoints/<name>/    the torch checkpoint each ONNX file came from
       predictions/val.npz    val labels, every member's and the ensemble's probabilities, thumbnails
 
-The ensemble is ``raymotion.export.ensemble.combine`` with the manifest's fitted weights and
+The ensemble is ``raymotion.export.mixture.combine`` with the manifest's fitted weights and
 ``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was accepted, else the
 fp32 file) and every val figure is computed from that file's outputs. The manifest is validated by
 ``raymotion.rundir.Manifest`` before it is written, so readers get exactly the fields declared there.
@@ -32,7 +32,7 @@ from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
 from raymotion.export.onnx import OPSET, export_optimized
-from raymotion.export.quantize import calibration_images, choose_int8
+from raymotion.export.quantize import choose_int8, int8_image_sets
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.models.tta import FlipAveraged
 from raymotion.rundir import Manifest, PredictionKeys, sha256_file
@@ -101,13 +101,10 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
     if not cfg.int8:
         entry["serve"] = dict(fp32, reason="int8 disabled (ExportConfig.int8=False)")
         return entry["serve"]
-    size, n = entry["input_size"], cfg.calibration_images
-    calibration = normalize(calibration_images(source, size, n), entry["mean"], entry["std"])
-    # Held-out training images (disjoint from calibration) pick the static setting; val stays the test.
-    selection = normalize(calibration_images(source, size, n, skip=n), entry["mean"], entry["std"])
-    record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, rundir.MODELS_DIR), calibration,
+    ranges, selection = int8_image_sets(source, entry["input_size"], entry["mean"], entry["std"], cfg.int8_range_images)
+    record = choose_int8(os.path.join(run_dir, entry["file"]), os.path.join(run_dir, rundir.MODELS_DIR), ranges,
                          val_x, val_labels, classes, cfg.int8_tolerance_points,
-                         max_latency_ratio=cfg.int8_max_latency_ratio, selection_images=selection if len(selection) else None, name=name,
+                         max_latency_ratio=cfg.int8_max_latency_ratio, selection_images=selection, name=name,
                          max_seconds=cfg.latency_seconds, val_probs=val_probs)
     record = _relative_record(record, run_dir)
     # Per-class val metrics of each candidate are in the member's own "val"; keep the headline figures.
@@ -195,7 +192,7 @@ def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_p
     member_probs = ensemble.calibrate_members(raw_member_probs, member_calibrations)
     # Out-of-fold: every fold refits the members' calibrations, the weights and T on the other folds.
     oof = ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
-                                calibrate=True)
+                                fit_member_calibration=True)
     for name, entry in models.items():
         entry.update(member_calibrations[name])  # "temperature" and "bias" (one per class, in class order)
         entry["val"] = ensemble.scores(member_probs[name], labels, classes)
@@ -281,7 +278,7 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
 
     for name, m in manifest.models.items():
         cfg = m.train_config
-        best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['rotation_deg']:.1f} contrast={cfg['contrast']:.2f}"
+        best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['augmentation']['rotation_deg']:.1f} contrast={cfg['augmentation']['contrast']:.2f}"
         v = m.val
         served = m.serve.variant
         rows.append((name, str(m.input_size), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),

@@ -1,10 +1,8 @@
-"""Fit, combine and honestly score the ensemble of a run's members (numpy only).
+"""Fit and honestly score the ensemble of a run's members (scipy's optimisers, scikit-learn's folds).
 
-    p_mix = sum_m w_m p_m / sum_m w_m            weighted mean of member probabilities
-    p     = softmax(log(p_mix) / T)              temperature scaling on the mixture's log-probabilities
-
-``combine`` is the one implementation of that formula: the export bundle scores the validation set with
-it and the Serve ingress answers requests with it, so served probabilities are the reported ones.
+The formula fitted here is ``raymotion.export.mixture`` (``temper``, ``combine``): the export bundle scores
+the validation set with it and the Serve ingress answers requests with it, so served probabilities are the
+reported ones.
 
 Members are calibrated first: each member's probabilities get its own temperature T_m and class bias b_m
 (bias-corrected temperature scaling, Alexandari et al., ICML 2020: softmax(log p_m / T_m + b_m), fitted on
@@ -32,123 +30,50 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import logsumexp
 
-from raymotion.train.metrics import classification_metrics, confusion_matrix, expected_calibration_error
+from raymotion.export.mixture import EPS, combine, log_probs, temper
+from raymotion.train.metrics import classification_metrics, confusion_matrix, expected_calibration_error, softmax
 
-# Probabilities are clipped here before a log: a member that says exactly 0 must not make the NLL infinite.
-EPS = 1e-12
 T_BOUNDS = (0.05, 20.0)
 ROUNDS = 50
-NEWTON_ITERATIONS = 50
-GOLDEN_ITERATIONS = 80  # the bracket on log T shrinks by 0.618 per step: ~1e-16 of its width at the end
 # A greedy step must beat the current best by more than this to count: float noise is not an improvement,
 # and a tie keeps the smaller ensemble.
 IMPROVEMENT_TOL = 1e-12
 
 METHOD = ("each member's probabilities calibrated by its own fitted temperature and class bias "
-          "(softmax(log p / T + b), Newton's method on the val NLL), then "
+          "(softmax(log p / T + b), L-BFGS-B on the val NLL), then "
           f"greedy ensemble selection with replacement (Caruana et al. 2004): start from the member with the lowest "
           f"val log loss, then {ROUNDS} rounds each add one copy of the member that lowers val log loss most; "
           "weights = copy counts of the best prefix (ties keep fewer members); then one temperature T fitted by "
-          f"golden-section search on log T in [{T_BOUNDS[0]}, {T_BOUNDS[1]}] minimising val NLL of softmax(log(p_mix) / T). "
+          f"bounded scalar minimisation on log T in [{T_BOUNDS[0]}, {T_BOUNDS[1]}] of the val NLL of softmax(log(p_mix) / T). "
           "Log loss, not accuracy, is optimised: it is smooth and proper, accuracy is reported alongside")
 COMBINE = "weighted mean of member probabilities, then temperature scaling on its log-probabilities: softmax(log(p_mix) / T)"
 
 
-def combine(member_probs: dict[str, np.ndarray], weights: dict[str, float], temperature: float = 1.0) -> np.ndarray:
-    """Ensemble probabilities (N, C) float64. Members with weight 0 may be absent from ``member_probs``."""
-    used = [name for name, w in weights.items() if w > 0]
-    if not used:
-        raise ValueError("no member has a positive weight")
-    missing = [name for name in used if name not in member_probs]
-    if missing:
-        raise KeyError(f"weighted members without probabilities: {missing}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    total = float(sum(weights[name] for name in used))
-    mix = sum(np.asarray(member_probs[name], np.float64) * (weights[name] / total) for name in used)
-    return _temper(mix, temperature)
-
-
-def _temper(probs: np.ndarray, temperature: float) -> np.ndarray:
-    return _softmax(np.log(np.clip(probs, EPS, None)) / temperature)
-
-
-def temper(probs: np.ndarray, temperature: float, bias=None) -> np.ndarray:
-    """softmax(log(p) / T + b): temperature scaling of probabilities (T > 1 softens, T < 1 sharpens), with
-    an optional per-class bias b (C,) that moves mass between classes (None: zeros)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if bias is None:
-        return _temper(np.asarray(probs, np.float64), float(temperature))
-    z = np.log(np.clip(np.asarray(probs, np.float64), EPS, None)) / float(temperature) + np.asarray(bias, np.float64)
-    return _softmax(z)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _logsumexp(z: np.ndarray) -> np.ndarray:
-    """Row-wise log(sum(exp(z))), shifted by the row maximum so that exp cannot overflow (scipy's
-    ``logsumexp`` would do; this module stays numpy only)."""
-    z_max = z.max(axis=1)
-    return z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1))
-
-
-def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
-    """A member's probabilities through its calibration: a dict with ``temperature`` and optionally ``bias``
-    (what ``fit_calibration`` returns, and what a manifest's ``models.<name>`` holds; missing: identity)."""
-    return temper(probs, float(calibration.get("temperature", 1.0)), calibration.get("bias"))
-
-
-def fit_calibration(probs: np.ndarray, labels: np.ndarray, iterations: int = NEWTON_ITERATIONS) -> dict:
+def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Bias-corrected temperature scaling: T and b (C,) minimising the NLL of softmax(log p / T + b).
 
-    The NLL is convex in (1/T, b) (a log-sum-exp of a linear map), so damped Newton from the identity
-    (1/T = 1, b = 0) converges in a few steps; 1/T is kept inside ``T_BOUNDS``. b is returned centred
-    (softmax ignores a common shift). Deterministic. Returns {"temperature": T, "bias": [b_c, ...]}.
+    The NLL is convex in (1/T, b) (a log-sum-exp of a linear map), so L-BFGS-B from the identity
+    (1/T = 1, b = 0) with the exact gradient finds its minimum; 1/T is bounded by ``T_BOUNDS``. b is returned
+    centred (softmax ignores a common shift). Deterministic. Returns {"temperature": T, "bias": [b_c, ...]}.
     """
     labels = np.asarray(labels, np.int64)
-    logp = np.log(np.clip(np.asarray(probs, np.float64), EPS, None))
-    n, num_classes = logp.shape
+    logp = log_probs(probs)
+    num_classes = logp.shape[1]
     onehot = np.eye(num_classes)[labels]
-    a_lo, a_hi = 1.0 / T_BOUNDS[1], 1.0 / T_BOUNDS[0]
-    theta = np.zeros(num_classes + 1)
-    theta[0] = 1.0  # (1/T, b_1..b_C)
 
-    def nll(th: np.ndarray) -> float:
-        z = th[0] * logp + th[1:]
-        return float((_logsumexp(z) - (z * onehot).sum(axis=1)).mean())
-
-    loss = nll(theta)
-    for _ in range(iterations):
-        p = _softmax(theta[0] * logp + theta[1:])
-        resid = p - onehot
-        mean_l = (p * logp).sum(axis=1)  # E_p[log p_member] per row
+    def nll_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = theta[0] * logp + theta[1:]
+        resid = softmax(z) - onehot
         grad = np.concatenate([[(resid * logp).sum(axis=1).mean()], resid.mean(axis=0)])
-        hess = np.empty((num_classes + 1, num_classes + 1))
-        hess[0, 0] = ((p * logp ** 2).sum(axis=1) - mean_l ** 2).mean()
-        hess[0, 1:] = hess[1:, 0] = (p * (logp - mean_l[:, None])).mean(axis=0)
-        hess[1:, 1:] = np.diag(p.mean(axis=0)) - p.T @ p / n
-        # The bias has one free direction too many (a common shift): lstsq takes the minimum-norm step.
-        step = np.linalg.lstsq(hess + 1e-9 * np.eye(num_classes + 1), grad, rcond=None)[0]
-        t = 1.0
-        while True:  # backtracking: Newton's full step can overshoot where the NLL is far from quadratic
-            candidate = theta - t * step
-            candidate[0] = min(max(candidate[0], a_lo), a_hi)
-            new_loss = nll(candidate)
-            if new_loss <= loss or t < 1e-6:
-                break
-            t *= 0.5
-        if new_loss > loss:
-            break
-        done = loss - new_loss < 1e-12
-        theta, loss = candidate, new_loss
-        if done:
-            break
+        return float((logsumexp(z, axis=1) - (z * onehot).sum(axis=1)).mean()), grad
+
+    start = np.concatenate([[1.0], np.zeros(num_classes)])  # (1/T, b_1..b_C)
+    bounds = [(1.0 / T_BOUNDS[1], 1.0 / T_BOUNDS[0])] + [(None, None)] * num_classes
+    theta = minimize(nll_and_grad, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                     options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 500}).x
     bias = theta[1:] - theta[1:].mean()
     return {"temperature": float(1.0 / theta[0]), "bias": [float(b) for b in bias]}
 
@@ -159,7 +84,8 @@ def fit_member_calibrations(member_probs: dict[str, np.ndarray], labels: np.ndar
 
 
 def calibrate_members(member_probs: dict[str, np.ndarray], calibrations: dict[str, dict]) -> dict[str, np.ndarray]:
-    return {name: calibrate(p, calibrations.get(name, {})) for name, p in member_probs.items()}
+    """Each member through its calibration record (``temper(p, **record)``; no record: unchanged)."""
+    return {name: temper(p, **calibrations.get(name, {})) for name, p in member_probs.items()}
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -204,32 +130,21 @@ def fit_weights(member_probs: dict[str, np.ndarray], labels: np.ndarray, rounds:
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """T in ``T_BOUNDS`` minimising NLL of softmax(log p / T); golden-section search on log T, deterministic.
+    """T in ``T_BOUNDS`` minimising NLL of softmax(log p / T); bounded scalar search on log T, deterministic.
 
-    The NLL is convex in 1/T, hence unimodal in log T, so a bracketing search finds its minimum.
+    The NLL is convex in 1/T, hence unimodal in log T, so a bounded scalar minimiser finds its minimum.
     """
     labels = np.asarray(labels, np.int64)
-    logp = np.log(np.clip(np.asarray(probs, np.float64), EPS, None))
+    logp = log_probs(probs)
     rows = np.arange(len(labels))
 
     def nll(log_t: float) -> float:
         z = logp / math.exp(log_t)
-        return float((_logsumexp(z) - z[rows, labels]).mean())
+        return float((logsumexp(z, axis=1) - z[rows, labels]).mean())
 
-    lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(a), nll(b)
-    for _ in range(GOLDEN_ITERATIONS):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = nll(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = nll(b)
-    return float(math.exp((lo + hi) / 2))
+    log_t = minimize_scalar(nll, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded",
+                            options={"xatol": 1e-10}).x
+    return float(math.exp(log_t))
 
 
 def fit(member_probs: dict[str, np.ndarray], labels: np.ndarray, rounds: int = ROUNDS) -> tuple[dict[str, float], float]:
@@ -254,16 +169,15 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
 
 
 def stratified_folds(labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Fold id per row: each class's rows shuffled (seeded) and dealt round-robin, so folds keep class ratios."""
+    """Fold id per row from scikit-learn's seeded ``StratifiedKFold``: folds keep the class ratios."""
+    # Imported here: scikit-learn takes 1.5 s to import and only the fitting needs it.
+    from sklearn.model_selection import StratifiedKFold
+
     labels = np.asarray(labels, np.int64)
-    rng = np.random.default_rng(seed)
     fold = np.empty(len(labels), np.int64)
-    offset = 0
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        # Continue the deal where the previous class stopped: small classes do not all land in fold 0.
-        fold[idx] = (np.arange(len(idx)) + offset) % folds
-        offset += len(idx)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold[held] = k
     return fold
 
 
@@ -271,17 +185,17 @@ def cross_fitted_calibration(probs: np.ndarray, labels: np.ndarray, folds: int =
     """One member's probabilities calibrated out-of-fold: each stratified fold through the temperature and
     class bias fitted on the other folds. The calibration is fitted on val, the set it is scored on; this is
     its honest score (``cross_fitted``'s ``member_probs`` for a single member)."""
-    return cross_fitted({"member": probs}, labels, folds, seed, calibrate=True)["member_probs"]["member"]
+    return cross_fitted({"member": probs}, labels, folds, seed, fit_member_calibration=True)["member_probs"]["member"]
 
 
 def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0,
-                 classes: list[str] | None = None, rounds: int = ROUNDS, calibrate: bool = False) -> dict:
+                 classes: list[str] | None = None, rounds: int = ROUNDS, fit_member_calibration: bool = False) -> dict:
     """Out-of-fold ensemble: for each of ``folds`` stratified folds fit weights + T on the others, predict it.
 
     Returns ``probs`` (N, C: every row predicted by a fit that never saw it), ``probs_raw`` (same weights,
     T=1), ``member_probs`` (each member's rows as that fold mixed them: out-of-fold calibrated when
-    ``calibrate``), ``fold`` (N,), per-fold ``weights`` and ``temperatures``, and ``metrics`` (``scores`` of
-    ``probs`` plus the fold count and seed). ``calibrate``: ``member_probs`` are raw, and each fold also refits the
+    ``fit_member_calibration``), ``fold`` (N,), per-fold ``weights`` and ``temperatures``, and ``metrics`` (``scores`` of
+    ``probs`` plus the fold count and seed). ``fit_member_calibration``: ``member_probs`` are raw, and each fold also refits the
     members' own calibrations (temperature and class bias) on its fitting rows (as the bundle does on all of val).
     """
     labels = np.asarray(labels, np.int64)
@@ -296,7 +210,7 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
     for k in range(folds):
         held, fit_rows = fold == k, fold != k
         fold_probs = member_probs
-        if calibrate:
+        if fit_member_calibration:
             member_cal = fit_member_calibrations({m: p[fit_rows] for m, p in member_probs.items()}, labels[fit_rows])
             fold_probs = calibrate_members(member_probs, member_cal)
         weights, temperature = fit({m: p[fit_rows] for m, p in fold_probs.items()}, labels[fit_rows], rounds)

@@ -1,5 +1,9 @@
-"""int8 ONNX: static QDQ (calibrated on training images) and dynamic quantization, and the choice between
-them (and fp32) by validation accuracy, then batch-1 latency.
+"""int8 ONNX: static QDQ (activation ranges set on training images) and dynamic quantization, and the
+choice between them (and fp32) by validation accuracy, then batch-1 latency.
+
+Words: onnxruntime calls setting the activation ranges "calibration" (its reader and method classes keep
+that name here); raymotion's own names say "range images" for those inputs, because "calibration" in
+raymotion means a member's probability temperature and class bias (export.ensemble).
 
 Static QDQ is preferred because onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into
 QLinearConv kernels, while dynamic quantization's ConvInteger rescales activations on every call and was
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                        "entropy": CalibrationMethod.Entropy}
-DEFAULT_CALIBRATION_IMAGES = 300
+DEFAULT_RANGE_IMAGES = 300
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,11 @@ def preprocess_for_quantization(src: str, dst: str) -> str:
     return dst
 
 
-def quantize_static_qdq(fp32_path: str, out_path: str, calibration_images: np.ndarray,
+def quantize_static_qdq(fp32_path: str, out_path: str, range_images: np.ndarray,
                         config: StaticQuantConfig = StaticQuantConfig()) -> str:
-    """Static int8 (QDQ format, per-channel weights) calibrated on ``calibration_images``
+    """Static int8 (QDQ format, per-channel weights) calibrated on ``range_images``
     (normalized float32 NCHW, a few hundred training images)."""
-    if len(calibration_images) == 0:
+    if len(range_images) == 0:
         raise ValueError("static quantization needs calibration images")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = preprocess_for_quantization(fp32_path, os.path.join(tmp, "prepared.onnx"))
@@ -112,7 +116,7 @@ def quantize_static_qdq(fp32_path: str, out_path: str, calibration_images: np.nd
         if config.calibrate_method == "percentile":
             extra["CalibPercentile"] = 99.999
         quantize_static(
-            prepared, out_path, ArrayCalibrationReader(calibration_images, config.calibration_batch),
+            prepared, out_path, ArrayCalibrationReader(range_images, config.calibration_batch),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(config.op_types) if config.op_types else None,
             per_channel=config.per_channel, reduce_range=config.reduce_range,
             activation_type=QUANT_TYPES[config.activation_type], weight_type=QUANT_TYPES[config.weight_type],
@@ -120,7 +124,7 @@ def quantize_static_qdq(fp32_path: str, out_path: str, calibration_images: np.nd
     return strip_debug_info(out_path)
 
 
-def quantize_static_search(fp32_path: str, out_path: str, calibration_images: np.ndarray,
+def quantize_static_search(fp32_path: str, out_path: str, range_images: np.ndarray,
                            selection_images: np.ndarray | None,
                            candidates: Sequence[StaticQuantConfig] = STATIC_CANDIDATES) -> tuple[str, dict[str, Any]]:
     """Static QDQ with each of ``candidates``; keep the one whose top-1 agrees most with fp32 on
@@ -130,14 +134,14 @@ def quantize_static_search(fp32_path: str, out_path: str, calibration_images: np
     Returns (out_path, {"config": the kept config, "search": [{"config", "agreement"}, ...]}).
     """
     if selection_images is None or len(selection_images) == 0 or len(candidates) == 1:
-        quantize_static_qdq(fp32_path, out_path, calibration_images, candidates[0])
+        quantize_static_qdq(fp32_path, out_path, range_images, candidates[0])
         return out_path, {"config": asdict(candidates[0]), "search": []}
     reference = onnx_probabilities(create_session(fp32_path), selection_images).argmax(1)
     search, best = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for i, config in enumerate(candidates):
             path = os.path.join(tmp, f"candidate{i}.onnx")
-            quantize_static_qdq(fp32_path, path, calibration_images, config)
+            quantize_static_qdq(fp32_path, path, range_images, config)
             agreement = float((onnx_probabilities(create_session(path), selection_images).argmax(1) == reference).mean())
             search.append({"config": asdict(config), "agreement": agreement})
             if best is None or agreement > search[best]["agreement"]:
@@ -159,7 +163,7 @@ def quantize_dynamic_int8(fp32_path: str, out_path: str, op_types: Sequence[str]
     return strip_debug_info(out_path)
 
 
-def calibration_images(source, size: int, n: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0,
+def training_sample(source, size: int, n: int = DEFAULT_RANGE_IMAGES, seed: int = 0,
                        skip: int = 0) -> np.ndarray:
     """``n`` training images (uint8 NHWC at ``size``), a seeded random subset of ``source``'s train split
     (ImageFolders: only those files are decoded; ParquetCache: read, then subset). ``skip``: leave out the
@@ -174,6 +178,17 @@ def calibration_images(source, size: int, n: int = DEFAULT_CALIBRATION_IMAGES, s
         return images
     images, _ = source.arrays("train", size)
     return images[np.sort(rng.permutation(len(images))[skip:skip + n])]
+
+
+def int8_image_sets(source, size: int, mean, std, n: int = DEFAULT_RANGE_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalized training images for ``choose_int8``: ``n`` that set static int8's activation ranges, and
+    ``n`` others of the same seeded order (disjoint) that pick the static setting, so that val stays a test
+    (None when the split has no images beyond the first ``n``)."""
+    from raymotion.data.transforms import normalize
+
+    ranges = normalize(training_sample(source, size, n), mean, std)
+    selection = normalize(training_sample(source, size, n, skip=n), mean, std)
+    return ranges, (selection if len(selection) else None)
 
 
 def evaluate_onnx(path: str, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str],
@@ -208,7 +223,7 @@ def _build(variant: str, build: Callable[[], Any]) -> tuple[Any, str | None]:
         return None, f"{type(err).__name__}: {err}"
 
 
-def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, val_images: np.ndarray,
+def choose_int8(fp32_path: str, out_dir: str, range_images: np.ndarray, val_images: np.ndarray,
                 val_labels: np.ndarray, classes: list[str], tolerance_points: float = 0.5, *,
                 max_latency_ratio: float = 1.0, tie_points: float | None = None,
                 selection_images: np.ndarray | None = None,
@@ -219,7 +234,7 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     dynamic (val accuracy, macro-F1, size, batch-1 latency) and select one.
 
     Images are normalized float32 NCHW. The static file is the best of ``static_candidates`` by top-1
-    agreement with fp32 on ``selection_images`` (training images not used for calibration; None: the
+    agreement with fp32 on ``selection_images`` (training images not among the range images; None: the
     first candidate only). An int8 variant is rejected when it fails to build, loses more
     than ``tolerance_points`` of val accuracy (percentage points), or is slower than
     ``max_latency_ratio`` x fp32 at batch 1 (an int8 file that is smaller but slower is not worth
@@ -238,7 +253,7 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
     record: dict[str, Any] = {"tolerance_points": tolerance_points,
                               "max_latency_ratio": max_latency_ratio if math.isfinite(max_latency_ratio) else None,
                               "tie_points": tie, "fp32": fp32}
-    built = build_int8_variants(fp32_path, out_dir, stem, calibration_images, selection_images, static_candidates,
+    built = build_int8_variants(fp32_path, out_dir, stem, range_images, selection_images, static_candidates,
                                 record)
     time_variants(fp32_path, built, val_images, record, iters=latency_iters, max_seconds=max_seconds)
     accepted = score_variants(built, val_images, val_labels, classes, val_probs, record,
@@ -249,14 +264,14 @@ def choose_int8(fp32_path: str, out_dir: str, calibration_images: np.ndarray, va
 INT8_VARIANTS = ("static", "dynamic")
 
 
-def build_int8_variants(fp32_path: str, out_dir: str, stem: str, calibration_images: np.ndarray,
+def build_int8_variants(fp32_path: str, out_dir: str, stem: str, range_images: np.ndarray,
                         selection_images: np.ndarray | None, static_candidates: Sequence[StaticQuantConfig],
                         record: dict[str, Any]) -> dict[str, str]:
     """Static QDQ (best of ``static_candidates``) and dynamic int8 files; {variant: path} of those that
     built. A variant that fails to build gets its reason in ``record``."""
     builders = {
         "static": lambda: quantize_static_search(fp32_path, os.path.join(out_dir, f"{stem}.int8-static.onnx"),
-                                                 calibration_images, selection_images, static_candidates),
+                                                 range_images, selection_images, static_candidates),
         "dynamic": lambda: quantize_dynamic_int8(fp32_path, os.path.join(out_dir, f"{stem}.int8-dynamic.onnx")),
     }
     built = {}

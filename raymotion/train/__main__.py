@@ -1,13 +1,12 @@
-"""``python -m raymotion.train --model NAME --data ROOT``: train one model with Ray Train."""
+"""``python -m raymotion.train --model NAME --data ROOT [--set KEY=VALUE ...]``: train one model with Ray Train."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
-from raymotion.config import TrainConfig
+from raymotion.config import TrainConfig, parse_set_pairs
 from raymotion.data import open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.runtime import init_ray
@@ -16,16 +15,14 @@ from raymotion.train.trainer import build_trainer, input_size_of
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
     parser = argparse.ArgumentParser(prog="python -m raymotion.train", description=__doc__)
+    parser.add_argument("--model", default=TrainConfig.model, help="registry name (raymotion.models.list_models())")
     parser.add_argument("--data", help="root with train/ and val/ class folders (default: ../shared/data/emotions)")
     parser.add_argument("--out", default="runs/train", help="Ray Train storage path")
     parser.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
-    for f in dataclasses.fields(TrainConfig):
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
-        if f.name == "pretrained":
-            kind = lambda s: s if s not in ("true", "false", "1", "0") else s in ("true", "1")  # noqa: E731
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="any TrainConfig field or augmentation field, e.g. --set epochs=5 --set rotation_deg=0")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg = TrainConfig(model=args.model).replace(source="--set", **parse_set_pairs(args.overrides))
     return args, cfg
 
 
@@ -34,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
     source = open_data(root)
     print(f"data: {root} ({how})\n{source.summary()}\ninput size: {input_size_of(cfg)}px; "
-          f"augmentations: {cfg.augmentations()}; class weighting: {cfg.class_weighting}")
+          f"augmentations: {cfg.augmentation.summary()}; class weighting: {cfg.class_weighting}")
     init_ray(args.address)
     cached, report = load_cached(source, input_size_of(cfg))
     print(f"decoded: {report.summary()}")

@@ -41,10 +41,7 @@ def build_trainer(
     """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
     quiet_progress()
     datasets = {
-        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes),
-                              rotation_deg=cfg.rotation_deg, hflip_p=cfg.hflip_p, contrast=cfg.contrast,
-                              brightness=cfg.brightness, crop_scale=cfg.crop_scale, cutmix_p=cfg.cutmix_p,
-                              cutmix_alpha=cfg.cutmix_alpha, mixup_p=cfg.mixup_p, mixup_alpha=cfg.mixup_alpha),
+        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation),
         # As cached: evaluation draws nothing and the loop standardises on its device.
         "val": cached["val"],
     }

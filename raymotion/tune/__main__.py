@@ -19,7 +19,7 @@ import yaml
 
 import ray
 
-from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, preset_overrides
+from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, parse_set_pairs, preset_overrides
 from raymotion.console import filter_terminal
 from raymotion.data import DataError, is_generated, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="data-parallel Train workers per trial")
     p.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
     ExportConfig.add_arguments(p)
-    p.add_argument("--serve", action="store_true", help="serve the run over HTTP when done")
+    p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=False, help="serve the run over HTTP when done")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     return p.parse_args(argv)
@@ -62,28 +62,11 @@ def run_directory(args: argparse.Namespace) -> str:
     return os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["lr=1e-3", "class_weighting=balanced"]`` -> a dict; values are YAML scalars (numbers, bools, text),
-    made float for float fields (YAML reads "3e-4" as text). Unknown keys pass through: replace names them."""
-    defaults = TrainConfig().to_dict()
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text)
-        if isinstance(defaults.get(key), float) and not isinstance(value, bool):
-            value = float(value)
-        out[key] = value
-    return out
-
-
 def base_config(model: str, args: argparse.Namespace, preset: Preset) -> TrainConfig:
     base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
                        use_gpu=args.device == "cuda", amp=args.device == "cuda")
     base = base.replace(source=f"preset {preset.name!r}, overrides of model {model!r}", **preset_overrides(preset, model))
-    base = base.replace(source="--set", **parse_overrides(args.overrides))
+    base = base.replace(source="--set", **parse_set_pairs(args.overrides))
     if args.epochs:
         base = base.replace(source="--epochs", epochs=args.epochs)
     return base.replace(source="the model's input size", input_size=input_size_of(base))
@@ -136,7 +119,7 @@ def tune_and_export(args: argparse.Namespace,
             cached_by_size[base.input_size], report = load_cached(source, base.input_size)
             print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
         print(f"\ntuning {model}: {model_settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
-              f"augmentations (before the search space varies them): {base.augmentations()}; "
+              f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
               f"class weighting: {base.class_weighting} | {clock.status()}", flush=True)
         progress = EpochProgress(model, clock, settings.metric, settings.mode)
         result = tune_model(base, classes=source.classes, class_counts=class_counts,

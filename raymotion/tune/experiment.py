@@ -15,16 +15,14 @@ from typing import Any, Sequence
 
 import ray.data
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+# CHECKPOINT_PATH_KEY: the metrics key under which TuneReportCallback reports each checkpoint's path.
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raymotion.config import TrainConfig, TuneSettings
 from raymotion.train.trainer import build_trainer
 from raymotion.tune.spaces import load_search_space
-
-CHECKPOINT_PATH_KEY = "checkpoint_path"
-
 
 @dataclass
 class ModelTuneResult:

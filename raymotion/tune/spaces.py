@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from raymotion.config import ConfigError, TrainConfig, check_keys
+from raymotion.config import ConfigError, check_train_keys
 
 _DOMAINS = {
     "uniform": lambda a: tune.uniform(*a),
@@ -43,8 +43,8 @@ def load_search_space(model: str, spaces_dir: str | None = None) -> SearchSpace:
     if set(doc) - sections:
         raise ConfigError(f"search space {path}: unknown section(s) {sorted(set(doc) - sections)}; use {sorted(sections)}")
     spec_of, start = doc.get("space") or {}, doc.get("start") or {}
-    check_keys(TrainConfig, spec_of, f"search space {path}")
-    check_keys(TrainConfig, start, f"search space {path}, start point")
+    check_train_keys(spec_of, f"search space {path}")
+    check_train_keys(start, f"search space {path}, start point")
     # Optuna's first point must name searched keys only; a start key outside the space is a typo or a leftover.
     if set(start) - set(spec_of):
         raise ConfigError(f"search space {path}: start key(s) {sorted(set(start) - set(spec_of))} are not in its space")
