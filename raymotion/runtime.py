@@ -8,7 +8,6 @@ import socket
 
 import ray
 
-from raymotion.data.pipeline import quiet_progress
 
 
 def _free_port() -> int:
@@ -39,20 +38,36 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         os.environ.pop("RAY_GCS_SERVER_PORT")  # a later instance must pick its own port
 
 
+def last_started_cluster(address_file: str | None = None) -> str | None:
+    """The GCS address the last ``ray start`` on this machine wrote (what ``address="auto"`` reads), when
+    that GCS still accepts connections: a head killed without ``ray stop`` leaves the file behind, and
+    Ray would then retry it for minutes."""
+    from ray._common.utils import get_ray_address_file
+
+    try:
+        with open(address_file or get_ray_address_file(None)) as f:
+            address = f.read().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Initialise Ray once; returns True when this process started its own local instance
-    (which dies with the process), False when it joined an existing cluster."""
+    """Initialise Ray once; returns True when this process started its own local instance (which dies
+    with the process), False when it joined an existing cluster.
+
+    ``address``: a cluster to join; "local": always a new local instance; None: RAY_ADDRESS, else the
+    cluster the last ``ray start`` made when it still answers, else a new local instance. Not Ray's
+    "auto", which also joins any Ray found running here (a test session's, say) and waits minutes on a
+    stale address."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    quiet_progress()
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS") or last_started_cluster()
+    if address and address != "local":
         ray.init(address=address, logging_level=logging.WARNING)
         return False
-    try:
-        ray.init(address="auto", logging_level=logging.WARNING)
-        return False
-    except ConnectionError:
-        start_local_ray(num_cpus)
-        return True
+    start_local_ray(num_cpus)
+    return True

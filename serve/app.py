@@ -1,139 +1,232 @@
 """Ray Serve application: an HTTP ingress over one ONNX deployment per served model of a run directory.
 
-    serve run serve.app:build_app run_dir=runs/<run>        # 127.0.0.1:8000
+    serve run serve/config.yaml                              # settings sized for 2 CPUs, 127.0.0.1:8000
+    serve run serve.app:build_app run_dir=runs/<run>        # the same with AppArgs' defaults
 
-HTTP contract:
-    POST /predict   body = image bytes (image/jpeg, image/png, ...) or multipart field "file"
-                    -> {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
-                    "probabilities" is the manifest's ensemble (raymotion.export.mixture.combine with its
-                    weights and temperature); "models" holds each served model's own probabilities, calibrated
-                    by its own temperature and class bias (manifest models.<name>), which is what the ensemble mixes
-                    unreadable image -> 400 {"error": ...}; body too large -> 413
-    GET  /healthz   200 when every model deployment answers, else 503
-    GET  /models    the run's manifest; its ensemble "served" lists the deployed models
+HTTP contract (pydantic models in serve.schema; /openapi.json and /docs publish it with every error):
+    POST /predict          image bytes (image/jpeg, image/png, ...) or multipart field "file"
+                           -> Prediction {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
+                           "probabilities" is the manifest's ensemble (raymotion.export.mixture.combine with
+                           its weights and temperature) of the served models' calibrated probabilities
+       ?faces=1            a whole photo: every face found, cropped as the training faces were, classified
+                           -> FacesAnswer {"image": {width, height}, "faces": [{box, score, label, ...}]}
+    POST /predict/batch    multipart, one or more "files" parts -> {"results": [one item per part, each
+                           answered or errored on its own]}
+    GET  /healthz          200 when every deployment answers, else 503
+    GET  /models           the run that answers (id, version), classes, served models and figures
+    GET  /                 the browser page
+Errors: 400 unreadable image or body, 413 too large, 422 bad query, 503 overloaded (with Retry-After).
 
-Each model deployment runs the file named in the manifest's ``models.<name>.serve``: the int8 file when
-the bundle accepted one (within the accuracy tolerance and faster than fp32), else the fp32 file.
-Only the manifest's ensemble "served" members (positive weight) are deployed: a weight-0 member cannot
-change an answer, and on a small machine each replica costs a CPU share and its memory.
-
-Nothing here imports torch: the manifest is read through ``raymotion.rundir`` and the files run through
-``raymotion.export.sessions``, so a replica pays only onnxruntime's start-up.
+Pre-processing happens once per request, in the ingress: the image is decoded once and resized once per
+distinct model input size, and each model gets compact uint8 pixels at its own size (its replica
+normalizes and runs them). Each model deployment runs the file named in the manifest's
+``models.<name>.serve`` (int8 when the bundle accepted it, else fp32); only the ensemble's "served"
+members (positive weight) are deployed. Nothing here imports torch.
 """
 
-
+# No `from __future__ import annotations` here: Serve reads build_app's annotation (AppArgs) at run time to
+# validate the app's args into it, and a postponed annotation is only a string.
 import asyncio
+import hashlib
 import os
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
 from raymotion.export.mixture import combine, temper
 from raymotion.export.sessions import create_session, onnx_probabilities
-from raymotion.rundir import Manifest, manifest_json, read_manifest, sha256_file
+from raymotion.rundir import MANIFEST, Manifest, ModelEntry, manifest_json, read_manifest, sha256_file
+from serve import faces as face_finder
+from serve import schema
+from serve.page import page_html
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
+MAX_BATCH_BODY_BYTES = 4 * MAX_BODY_BYTES
 HEALTH_TIMEOUT_S = 5.0
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
-class OnnxModel:
-    """One model: its own preprocessing (size, normalization) and an onnxruntime session."""
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
-    def __init__(self, name: str, path: str, sha256: str, input_size: int, mean: list[float], std: list[float],
-                 calibration: dict[str, Any], device: str = "cpu", intra_op_threads: int = 1):
+
+@serve.deployment(health_check_period_s=5)
+class OnnxModel:
+    """One model: normalization and an onnxruntime session; takes uint8 NHWC stacks at its input size."""
+
+    def __init__(self, name: str, path: str, sha256: str, mean: list[float], std: list[float],
+                 calibration: dict[str, Any], device: str, intra_op_threads: int, max_batch_size: int,
+                 batch_wait_timeout_s: float):
         if sha256_file(path) != sha256:
             raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
-        self.name, self.input_size, self.mean, self.std = name, input_size, mean, std
-        # The member's own calibration (manifest models.<name>: temperature, bias).
-        self.calibration = calibration
+        self.name, self.mean, self.std = name, mean, std
+        self.calibration = calibration  # the member's own (manifest models.<name>: temperature, bias)
         self.session = create_session(path, device=device, intra_op_threads=intra_op_threads)
+        self.predict.set_max_batch_size(max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 HWC RGB images (any size) -> class probabilities; concurrent requests share one run."""
-        batch = np.stack([resize_rgb(Image.fromarray(img), self.input_size) for img in images])
-        return list(temper(onnx_probabilities(self.session, normalize(batch, self.mean, self.std)), **self.calibration))
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def predict(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        """Each call's (k, S, S, 3) uint8 -> its (k, C) probabilities; concurrent calls share one run."""
+        counts = np.cumsum([len(s) for s in stacks])[:-1]
+        x = normalize(np.concatenate(stacks), self.mean, self.std)
+        return np.split(temper(onnx_probabilities(self.session, x), **self.calibration), counts)
 
     async def ready(self) -> str:
         return self.name
 
 
-api = FastAPI(title="raymotion", description="Facial-emotion classification ensemble")
+@serve.deployment(health_check_period_s=5)
+class FaceDetector:
+    """Finds faces in an RGB image already scaled down by the ingress (the detector's cost grows with pixels)."""
+
+    async def detect(self, rgb: np.ndarray) -> list[face_finder.FaceBox]:
+        return face_finder.detect_faces(rgb, max_side=max(rgb.shape[:2]))
+
+    async def ready(self) -> str:
+        return "faces"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+api = FastAPI(title="raymotion", description="Facial-emotion classification: an ensemble of ONNX models on Ray Serve",
+              version="1")
 
 
-async def _read_image_bytes(request: Request):
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        return _error(413, f"body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
+    if length and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"body of {length} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_uploads(request: Request, field: str, limit: int, max_files: int) -> list[tuple[str | None, bytes]]:
+    """The multipart parts named ``field`` as (filename, bytes); 400 when there is none."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files + 8, max_part_size=limit)
+    except Exception as err:  # starlette's parser: malformed body, too many parts
+        raise ApiError(413 if "too many" in str(err).lower() else 400, f"malformed multipart body: {err}") from None
+    uploads = [u for u in form.getlist(field) if not isinstance(u, str)]
+    if not uploads:
+        raise ApiError(400, f"multipart body has no file field named {field!r}")
+    return [(u.filename, await u.read(limit + 1)) for u in uploads]
+
+
+async def read_image_bytes(request: Request) -> bytes:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_BODY_BYTES)
-        except Exception as err:
-            return _error(400, f"malformed multipart body: {err}")
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return _error(400, "multipart body has no file field named 'file'")
-        data = await upload.read(MAX_BODY_BYTES + 1)
+        (_, data), = await read_uploads(request, "file", MAX_BODY_BYTES, max_files=1)
     else:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return _error(413, f"body exceeds the {MAX_BODY_BYTES}-byte limit")
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = await read_body(request, MAX_BODY_BYTES)
     if len(data) > MAX_BODY_BYTES:
-        return _error(413, f"body exceeds the {MAX_BODY_BYTES}-byte limit")
+        raise ApiError(413, f"body exceeds the {MAX_BODY_BYTES}-byte limit")
     return data
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+def decode(data: bytes) -> Image.Image:
+    try:
+        return decode_image(data)
+    except InvalidImage as err:
+        raise ApiError(413 if err.kind == "too-large" else 400, str(err)) from None
+
+
+def public_models(manifest: Manifest, run_dir: str, version: str) -> dict[str, Any]:
+    """GET /models: what answers, without the server's file-system layout (paths, data root)."""
+    ens = manifest.ensemble
+    models = {name: schema.ServedModel(variant=manifest.models[name].serve.variant, sha256=manifest.models[name].serve.sha256,
+                                       input_size=manifest.models[name].input_size, weight=ens.weights[name],
+                                       val=manifest.models[name].val)
+              for name in ens.served}
+    return schema.ModelsInfo(
+        run=schema.RunInfo(id=os.path.basename(run_dir.rstrip("/")), version=version, created_at=manifest.created_at),
+        classes=manifest.classes, models=models,
+        ensemble={"served": ens.served, "weights": ens.served_weights, "temperature": ens.temperature,
+                  "val": ens.val, "val_out_of_fold": ens.val_out_of_fold}).model_dump()
+
+
+@serve.deployment
 @serve.ingress(api)
 class EnsembleIngress:
-    def __init__(self, manifest: dict[str, Any], *members: DeploymentHandle):
-        # The JSON travels (GET /models returns it as written); the typed view is rebuilt here.
-        self.manifest = manifest
-        typed = Manifest.model_validate(manifest)
+    def __init__(self, manifest: dict[str, Any], public: dict[str, Any], face_max_side: int,
+                 detector: DeploymentHandle, *members: DeploymentHandle):
+        typed = Manifest.model_validate(manifest)  # the JSON travels; the typed view is rebuilt here
         self.classes = typed.classes
         self.members = dict(zip(typed.ensemble.served, members))
+        self.sizes = {name: typed.models[name].input_size for name in typed.ensemble.served}
         self.weights = typed.ensemble.served_weights
         self.temperature = typed.ensemble.temperature
+        self.public, self.face_max_side, self.detector = public, face_max_side, detector
 
-    @api.post("/predict")
-    async def predict(self, request: Request):
-        data = await _read_image_bytes(request)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            image = await asyncio.to_thread(lambda: np.asarray(decode_image(data)))
-        except InvalidImage as err:
-            return _error(400, str(err))
+    async def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """Each image resized once per distinct input size, every model called once for all of them."""
+        by_size = {size: np.stack([resize_rgb(img, size) for img in images]) for size in set(self.sizes.values())}
         names = list(self.members)
-        # Fan out to every model at once; each deployment batches across concurrent requests.
-        results = await asyncio.gather(*(self.members[n].predict.remote(image) for n in names))
+        results = await asyncio.gather(*(self.members[n].predict.remote(by_size[self.sizes[n]]) for n in names))
         per_model = dict(zip(names, results))
         # The function the bundle scored val with: served probabilities are the reported ones.
-        combined = combine({n: p[None] for n, p in per_model.items()}, self.weights, self.temperature)[0]
+        combined = combine(per_model, self.weights, self.temperature)
         as_dict = lambda p: {c: float(v) for c, v in zip(self.classes, p)}  # noqa: E731
-        return {
-            "label": self.classes[int(np.argmax(combined))],
-            "probabilities": as_dict(combined),
-            "models": {n: as_dict(p) for n, p in per_model.items()},
-        }
+        return [{"label": self.classes[int(np.argmax(combined[i]))], "probabilities": as_dict(combined[i]),
+                 "models": {n: as_dict(p[i]) for n, p in per_model.items()}} for i in range(len(images))]
 
-    @api.get("/healthz")
+    async def find_faces(self, image: Image.Image) -> dict[str, Any]:
+        scale = min(1.0, self.face_max_side / max(image.size))
+        small = image if scale == 1.0 else image.resize((max(1, round(image.width * scale)),
+                                                         max(1, round(image.height * scale))), Image.BILINEAR)
+        boxes = [b.scaled(1.0 / scale, image.width, image.height)
+                 for b in await self.detector.detect.remote(np.asarray(small))]
+        crops = [face_finder.crop_face(image, box) for box in boxes]
+        answers = await self.classify(crops) if crops else []
+        return {"image": {"width": image.width, "height": image.height},
+                "faces": [{"box": box.as_box(), "score": box.score, **answer} for box, answer in zip(boxes, answers)]}
+
+    @api.post("/predict", response_model=schema.Prediction | schema.FacesAnswer,
+              responses=schema.error_responses(400, 413, 422, 503), openapi_extra=schema.image_body("file"))
+    async def predict(self, request: Request, faces: bool = Query(False, description="find and classify every face")):
+        image = await asyncio.to_thread(decode, await read_image_bytes(request))
+        if faces:
+            return await self.find_faces(image)
+        return (await self.classify([image]))[0]
+
+    @api.post("/predict/batch", response_model=schema.BatchAnswer, responses=schema.error_responses(400, 413, 503),
+              openapi_extra=schema.image_body("files", many=True))
+    async def predict_batch(self, request: Request):
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "send multipart/form-data with one 'files' part per image")
+        uploads = await read_uploads(request, "files", MAX_BODY_BYTES, max_files=schema.MAX_BATCH_IMAGES)
+        items, images = [], []
+        for index, (filename, data) in enumerate(uploads):
+            try:
+                if len(data) > MAX_BODY_BYTES:
+                    raise ApiError(413, f"part exceeds the {MAX_BODY_BYTES}-byte limit")
+                images.append(await asyncio.to_thread(decode, data))
+                items.append({"index": index, "filename": filename, "status": 200})
+            except ApiError as err:  # one bad image answers for itself only
+                items.append({"index": index, "filename": filename, "status": err.status, "error": err.message})
+        answers = iter(await self.classify(images) if images else [])
+        for item in items:
+            if item["status"] == 200:
+                item["prediction"] = next(answers)
+        return {"results": items}
+
+    @api.get("/healthz", response_model=schema.Health, responses={503: {"model": schema.Health}})
     async def healthz(self):
         try:
             ready = await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.members.values())),
@@ -142,38 +235,70 @@ class EnsembleIngress:
             return JSONResponse({"status": "unavailable", "error": repr(err)}, status_code=503)
         return {"status": "ok", "models": ready}
 
-    @api.get("/models")
+    @api.get("/models", response_model=schema.ModelsInfo)
     async def models(self):
-        return self.manifest
+        return self.public
 
-
-def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int = 1, replicas: int = 1):
-    """The Serve application for a run directory (see the module docstring)."""
-    run_dir = os.path.abspath(run_dir)
-    manifest = read_manifest(run_dir)
-    members = []
-    for name in manifest.ensemble.served:
-        m = manifest.models[name]
-        # The file the bundle chose and scored (int8 when accepted, else fp32).
-        members.append(OnnxModel.options(name=f"model_{name}", num_replicas=replicas).bind(
-            name, os.path.join(run_dir, m.serve.file), m.serve.sha256, m.input_size, m.mean, m.std,
-            m.calibration, device, intra_op_threads))
-    return EnsembleIngress.options(name="ingress").bind(manifest_json(manifest), *members)
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self):
+        return page_html()
 
 
 class AppArgs(BaseModel):
-    """``serve run serve.app:build_app run_dir=... [device=cuda] [replicas=2] [intra_op_threads=2]``, or a
-    Serve config file's ``args``: Serve validates them into this before ``build_app`` runs, so a misspelt
-    or out-of-range argument fails naming itself."""
+    """The application's settings: ``serve run serve.app:build_app run_dir=... replicas=2``, or the ``args``
+    of serve/config.yaml. Serve validates them into this before ``build_app`` runs, so a misspelt or
+    out-of-range setting fails naming itself. Defaults are sized for 2 CPUs."""
     model_config = ConfigDict(extra="forbid")
 
     run_dir: str  # a run directory with manifest.json
     device: Literal["cpu", "cuda"] = "cpu"
-    intra_op_threads: int = Field(1, ge=1)  # per replica: on 2 CPUs, one thread each keeps replicas apart
-    replicas: int = Field(1, ge=1)  # per member
+    replicas: int = Field(1, ge=1)  # per model
+    model_cpus: float = Field(0.5, gt=0)  # Ray CPUs per model replica (a scheduling share, not a thread cap)
+    intra_op_threads: int = Field(1, ge=1)  # onnxruntime threads per replica
+    max_batch_size: int = Field(16, ge=1)  # calls one model run takes at most
+    batch_wait_timeout_s: float = Field(0.0, ge=0)  # 0: run what is queued at once; waiting only adds latency
+    model_max_ongoing_requests: int = Field(32, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_cpus: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(32, ge=1)  # per ingress replica
+    max_queued_requests: int = Field(64, ge=-1)  # beyond this the proxy answers 503 with Retry-After
+    retry_after_s: float = Field(1.0, ge=0)
+    face_replicas: int = Field(1, ge=1)
+    face_max_side: int = Field(640, ge=64)  # photos are scaled to this long side before face detection
+
+
+def run_version(run_dir: str) -> str:
+    return hashlib.sha256(open(os.path.join(run_dir, MANIFEST), "rb").read()).hexdigest()[:16]
+
+
+def bind_member(name: str, entry: ModelEntry, run_dir: str, args: AppArgs):
+    # The file the bundle chose and scored (int8 when accepted, else fp32).
+    return OnnxModel.options(
+        name=f"model_{name}", num_replicas=args.replicas, max_ongoing_requests=args.model_max_ongoing_requests,
+        ray_actor_options={"num_cpus": args.model_cpus, "num_gpus": 0.25 if args.device == "cuda" else 0},
+    ).bind(name, os.path.join(run_dir, entry.serve.file), entry.serve.sha256, entry.mean, entry.std,
+           entry.calibration, args.device, args.intra_op_threads, args.max_batch_size, args.batch_wait_timeout_s)
+
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_run_dir(run_dir: str) -> str:
+    """A relative run_dir is taken from the checkout, not from the working directory of whichever Ray
+    process builds the app (``serve deploy`` builds it inside the cluster)."""
+    return os.path.realpath(run_dir if os.path.isabs(run_dir) else os.path.join(CHECKOUT, run_dir))
 
 
 def build_app(args: AppArgs):
     """The Serve application builder (typed: Serve converts the args dict to ``AppArgs``)."""
-    return build_ensemble(args.run_dir, device=args.device, intra_op_threads=args.intra_op_threads,
-                          replicas=args.replicas)
+    run_dir = resolve_run_dir(args.run_dir)
+    manifest = read_manifest(run_dir)
+    members = [bind_member(name, manifest.models[name], run_dir, args) for name in manifest.ensemble.served]
+    detector = FaceDetector.options(name="faces", num_replicas=args.face_replicas,
+                                    ray_actor_options={"num_cpus": 0.25}).bind()
+    public = public_models(manifest, run_dir, run_version(run_dir))
+    return EnsembleIngress.options(
+        name="ingress", num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests, ray_actor_options={"num_cpus": args.ingress_cpus},
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
+    ).bind(manifest_json(manifest), public, args.face_max_side, detector, *members)

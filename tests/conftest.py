@@ -1,10 +1,16 @@
-"""One real local Ray instance per test session, and a generated face data set (no ../shared needed)."""
+"""One real local Ray instance per test session, a generated face data set (no ../shared needed), and one
+run of the tune command on it, served on 127.0.0.1 (shared by the end-to-end, API and browser tests)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
+
+from raymotion import rundir
 
 from raymotion.data.synthetic import make_synthetic_faces
 
@@ -31,3 +37,56 @@ def ray_session():
 def faces_root(tmp_path_factory) -> str:
     """train: 100 per class, val: 20 per class, 64 px; the mouth and brows encode the class."""
     return make_synthetic_faces(tmp_path_factory.mktemp("faces"), train_per_class=100, val_per_class=20, size=64, seed=1)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cli_run(ray_session, faces_root, tmp_path_factory):
+    """``python -m raymotion.tune`` as a user runs it, as a driver of the session's Ray: its terminal
+    output (stdout + stderr, as a terminal shows them) and its run directory."""
+    out = tmp_path_factory.mktemp("run")
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymotion.tune", "--address", address, "--data", faces_root,
+         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "4",
+         "--out", str(out),
+         # int8 served whatever this CPU measures (it loses to fp32 without VNNI), so that the int8 path
+         # through the bundle and Serve runs on every machine.
+         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return str(out), proc.stdout
+
+
+@pytest.fixture(scope="session")
+def run(cli_run):
+    """The run directory and its manifest as JSON, read through rundir (which checks, among others, that
+    "served" is the members with a positive weight: the only ones the app deploys)."""
+    run_dir = cli_run[0]
+    return run_dir, rundir.manifest_json(rundir.read_manifest(run_dir))
+
+
+@pytest.fixture(scope="session")
+def served_url(run):
+    """The run served by the real app on Serve, on 127.0.0.1 (one per session: tests share it)."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Small CPU shares (scheduling only): the app stays up for the session beside tests that train.
+    args = AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1)
+    serve.run(build_app(args), name="raymotion", route_prefix="/", blocking=False)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,51 +20,6 @@ CLASSES = ["angry", "happy", "sad"]
 TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
 NPZ_KEYS = {"labels", "probs__lenet", "probs__mobilenet_v2", "probs_raw__lenet", "probs_raw__mobilenet_v2",
             "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cli_run(ray_session, faces_root, tmp_path_factory):
-    """``python -m raymotion.tune`` as a user runs it, as a driver of the session's Ray: its terminal
-    output (stdout + stderr, as a terminal shows them) and its run directory."""
-    out = tmp_path_factory.mktemp("run")
-    address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.run(
-        [sys.executable, "-m", "raymotion.tune", "--address", address, "--data", faces_root,
-         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "4",
-         "--out", str(out),
-         # int8 served whatever this CPU measures (it loses to fp32 without VNNI), so that the int8 path
-         # through the bundle and Serve runs on every machine.
-         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    return str(out), proc.stdout
-
-
-@pytest.fixture(scope="module")
-def run(cli_run):
-    """The run directory and its manifest as JSON, read through rundir (which checks, among others, that
-    "served" is the members with a positive weight: the only ones the app deploys)."""
-    run_dir = cli_run[0]
-    return run_dir, rundir.manifest_json(rundir.read_manifest(run_dir))
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    from ray import serve
-
-    from serve.app import build_ensemble
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_ensemble(run[0]), name="raymotion", route_prefix="/", blocking=False)
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
 
 
 def test_terminal_shows_progress_and_summary_without_rays_noise(cli_run, run):
@@ -123,6 +77,8 @@ def test_tensorboard_reads_every_trials_scalars(run):
 def test_run_directory_is_self_contained(run):
     run_dir, manifest = run
     assert manifest["classes"] == CLASSES
+    # What serve/config.yaml serves: <runs>/latest is this run.
+    assert os.path.realpath(os.path.join(os.path.dirname(run_dir), "latest")) == os.path.realpath(run_dir)
     assert set(manifest["models"]) == {"lenet", "mobilenet_v2"}
     # Generated faces, and the manifest says so in words.
     assert manifest["data"]["generated"] is True and "GENERATED FACES" in manifest["data"]["warning"]
@@ -179,10 +135,12 @@ def test_run_directory_is_self_contained(run):
         assert not (np.diff(wrong.astype(int)) > 0).any()
 
 
-def test_health_and_models(server, run):
-    health = requests.get(f"{server}/healthz", timeout=TIMEOUT_S)
+def test_health_and_models(served_url, run):
+    health = requests.get(f"{served_url}/healthz", timeout=TIMEOUT_S)
     assert health.status_code == 200 and sorted(health.json()["models"]) == sorted(run[1]["ensemble"]["served"])
-    assert requests.get(f"{server}/models", timeout=TIMEOUT_S).json() == json.loads(json.dumps(run[1]))
+    models = requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()
+    assert models["run"]["id"] == os.path.basename(run[0]) and models["classes"] == CLASSES
+    assert models["ensemble"]["weights"] == {n: run[1]["ensemble"]["weights"][n] for n in run[1]["ensemble"]["served"]}
 
 
 def _check_contract(body: dict, manifest: dict) -> None:
@@ -200,13 +158,13 @@ def _check_contract(body: dict, manifest: dict) -> None:
     np.testing.assert_allclose(list(body["probabilities"].values()), expected, atol=1e-5)
 
 
-def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root):
+def test_predict_over_http_matches_the_offline_ensemble(served_url, run, faces_root):
     correct = total = 0
     for label in CLASSES:
         folder = os.path.join(faces_root, "val", label)
         for name in sorted(os.listdir(folder)):
             with open(os.path.join(folder, name), "rb") as f:
-                response = requests.post(f"{server}/predict", data=f.read(),
+                response = requests.post(f"{served_url}/predict", data=f.read(),
                                          headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
             assert response.status_code == 200, response.text
             body = response.json()
@@ -219,20 +177,20 @@ def test_predict_over_http_matches_the_offline_ensemble(server, run, faces_root)
     assert accuracy == pytest.approx(run[1]["ensemble"]["val"]["accuracy"])
 
 
-def test_bad_bodies_get_400_json_and_service_recovers(server, run, faces_root):
+def test_bad_bodies_get_400_json_and_service_recovers(served_url, run, faces_root):
     good_path = os.path.join(faces_root, "val", "happy", sorted(os.listdir(os.path.join(faces_root, "val", "happy")))[0])
     with open(good_path, "rb") as f:
         good = f.read()
     for body, ctype in [(os.urandom(4096), "image/jpeg"), (b"", "image/png"), (good[:300], "image/jpeg"),
                         (b"hello", "text/plain")]:
-        response = requests.post(f"{server}/predict", data=body, headers={"Content-Type": ctype}, timeout=TIMEOUT_S)
+        response = requests.post(f"{served_url}/predict", data=body, headers={"Content-Type": ctype}, timeout=TIMEOUT_S)
         assert response.status_code == 400 and "error" in response.json()
-    multipart = requests.post(f"{server}/predict", files={"file": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
+    multipart = requests.post(f"{served_url}/predict", files={"file": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
     assert multipart.status_code == 200
     _check_contract(multipart.json(), run[1])
-    wrong_field = requests.post(f"{server}/predict", files={"image": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
+    wrong_field = requests.post(f"{served_url}/predict", files={"image": ("face.jpg", good, "image/jpeg")}, timeout=TIMEOUT_S)
     assert wrong_field.status_code == 400
-    again = requests.post(f"{server}/predict", data=good, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+    again = requests.post(f"{served_url}/predict", data=good, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
     assert again.status_code == 200 and again.json() == multipart.json()
 
 

@@ -132,3 +132,21 @@ def test_make_ray_up_makes_a_token_on_a_machine_without_one(ray_session, fresh_h
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "Ray runtime started" not in again.stdout, again.stdout + again.stderr
     assert open(token_file).read().strip() == token
+
+
+def test_a_stale_address_of_the_last_ray_start_is_not_joined(tmp_path):
+    """A head killed without `ray stop` leaves its address behind; Ray's "auto" would retry it for
+    minutes. init_ray joins it only while something answers there."""
+    import socket
+
+    from raymotion.runtime import last_started_cluster
+
+    address_file = tmp_path / "ray_current_cluster"
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        address_file.write_text(f"127.0.0.1:{port}\n")
+        assert last_started_cluster(str(address_file)) == f"127.0.0.1:{port}"
+    assert last_started_cluster(str(address_file)) is None  # nothing listens there any more
+    assert last_started_cluster(str(tmp_path / "missing")) is None

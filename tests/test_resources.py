@@ -52,7 +52,7 @@ def busy_serve(ray_session):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Holder.bind(), name="holder", route_prefix="/holder")
     yield
-    serve.shutdown()
+    serve.delete("holder")  # not serve.shutdown(): the session's served run (conftest) stays up
 
 
 def test_a_tune_beside_a_serve_app_that_holds_the_cpus_fails_fast_naming_it(busy_serve, faces_root, tmp_path):

@@ -41,3 +41,18 @@ def test_serve_app_args_are_typed_and_refuse_what_they_do_not_know():
                       ({"run_dir": "r", "device": "gpu"}, "device"), ({}, "run_dir")]:
         with pytest.raises(pydantic.ValidationError, match=word):
             AppArgs.model_validate(bad)
+
+
+def test_the_shipped_serve_config_is_valid_for_serve_and_the_app():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import CHECKOUT, AppArgs, resolve_run_dir
+
+    with open(os.path.join(REPO, "serve", "config.yaml")) as f:
+        config = ServeDeploySchema.model_validate(yaml.safe_load(f))
+    (app,) = config.applications
+    assert app.import_path == "serve.app:build_app" and config.http_options.host == "127.0.0.1"
+    args = AppArgs.model_validate(app.args)
+    assert resolve_run_dir(args.run_dir) == os.path.realpath(os.path.join(CHECKOUT, "runs", "latest"))
+    assert resolve_run_dir("/abs/run") == "/abs/run"

@@ -1,5 +1,6 @@
 """``python -m raymotion.bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader.
-``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble."""
+``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble.
+``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults."""
 
 from __future__ import annotations
 
@@ -94,6 +95,58 @@ def run_models(args: argparse.Namespace) -> None:
     print(f"\nwrote {path} and {result['chart']}")
 
 
+def val_jpegs(root: str, n: int) -> list[bytes]:
+    """``n`` val images of ``root`` spread over its classes, as the bytes a client would send."""
+    paths = list(index_image_folders(root).val.paths)
+    picked = paths[:: max(1, len(paths) // n)][:n]
+    out = []
+    for path in picked:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import yaml
+
+    from raymotion.bench.serve import ServeBenchConfig, run_serve_bench, table
+    from raymotion.rundir import read_manifest
+
+    root = args.data or read_manifest(args.run_dir).data.root
+    with open(args.config) as f:
+        (app,) = yaml.safe_load(f)["applications"]
+    app_args = {k: v for k, v in app["args"].items() if k != "run_dir"}
+    cfg = ServeBenchConfig(run_dir=os.path.abspath(args.run_dir), images=val_jpegs(root, 64),
+                           concurrency=tuple(int(c) for c in args.concurrency.split(",")), seconds=args.seconds,
+                           max_requests=args.max_requests, batch_images=args.batch_images,
+                           inprocess_seconds=args.inprocess_seconds, fault_seconds=args.fault_seconds,
+                           fault_concurrency=args.fault_concurrency, app_args=app_args)
+    result = run_serve_bench(cfg, log=lambda line: print(line, flush=True))
+    result["table"] = table(result)
+    print("\n" + result["table"])
+    path = args.json or os.path.join(args.run_dir, "bench", f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+def add_serve_arguments(sub) -> None:
+    p = sub.add_parser("serve", help="the served ensemble over HTTP vs in-process; a replica killed under load")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "..", "serve", "config.yaml"),
+                   help="the Serve config whose app args are used (default serve/config.yaml)")
+    p.add_argument("--data", help="data root whose val images are sent (default: the manifest's)")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
+    p.add_argument("--seconds", type=float, default=15.0, help="per HTTP phase")
+    p.add_argument("--max-requests", type=int, default=3000, help="per HTTP phase")
+    p.add_argument("--batch-images", type=int, default=16, help="images per /predict/batch request and in-process batch")
+    p.add_argument("--inprocess-seconds", type=float, default=10.0)
+    p.add_argument("--fault-seconds", type=float, default=30.0, help="per fault run (2 replicas, then 1)")
+    p.add_argument("--fault-concurrency", type=int, default=16)
+    p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,9 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--data-workers", type=int, default=1, help="DataLoader workers (= CPUs Ray Data gets here)")
     data.add_argument("--address")
     data.add_argument("--out", default="runs/bench")
+    add_serve_arguments(sub)
     args = parser.parse_args(argv)
     if args.command == "models":
         run_models(args)
+        return
+    if args.command == "serve":
+        run_serve(args)
         return
     result = run_data(args)
     os.makedirs(args.out, exist_ok=True)

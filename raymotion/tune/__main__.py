@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: GPU workers + AMP + CUDA provider")
     p.add_argument("--workers", type=int, default=1, help="data-parallel Train workers per trial")
-    p.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
+    p.add_argument("--address", help="Ray cluster to join; \"local\": a new local instance (default: RAY_ADDRESS, else the "
+                   "cluster of the last `ray start` when it answers, else a new local instance)")
     ExportConfig.add_arguments(p)
     p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=False, help="serve the run over HTTP when done")
     p.add_argument("--host", default="127.0.0.1")
@@ -165,7 +166,7 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
     lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), "",
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
-             f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}"]
+             f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}  (or serve/config.yaml)"]
     if manifest["data"].get("generated"):
         lines.append(data_banner(manifest["data"]["root"]))
     return "\n".join(lines)
@@ -175,10 +176,10 @@ def serve_run(run_dir: str, host: str, port: int, device: str) -> str:
     """Deploy the run on Serve; returns its URL once it answers."""
     from ray import serve
 
-    from serve.app import build_ensemble
+    from serve.app import AppArgs, build_app
 
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_ensemble(run_dir, device=device), name="raymotion", route_prefix="/", blocking=False)
+    serve.run(build_app(AppArgs(run_dir=run_dir, device=device)), name="raymotion", route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     print(f"\nServe answering: {run_dir} at {url}\n"
           f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' {url}/predict", flush=True)
@@ -197,6 +198,15 @@ def wait_while_serving(owns_ray: bool) -> None:
             serve.shutdown()
 
 
+def point_latest_at(run_dir: str) -> None:
+    """<runs>/latest -> the newest finished run (a relative link), what serve/config.yaml serves."""
+    latest = os.path.join(os.path.dirname(run_dir), "latest")
+    if os.path.islink(latest) or not os.path.exists(latest):
+        tmp = f"{latest}.{os.getpid()}"
+        os.symlink(os.path.basename(run_dir), tmp)
+        os.replace(tmp, latest)  # atomic: a reader sees the old run or the new one, never no link
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out = run_directory(args)  # one timestamp for every reader
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
         run_dir, manifest, owns_ray = tune_and_export(
             args, on_run_dir=lambda d: filter_terminal(os.path.join(d, "logs", "tune.log")))
+        point_latest_at(run_dir)
         url = serve_run(run_dir, args.host, args.port, args.device) if args.serve else None
         print(summary(manifest, run_dir, time.perf_counter() - started, url), flush=True)
         if args.serve:

@@ -1,0 +1,311 @@
+"""``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP against the same ONNX files
+run in-process, in one run on 127.0.0.1, every phase bounded in requests and seconds.
+
+In-process: what the ingress and the model replicas do for one request, in one process: decode the JPEG
+once, resize once per model input size, run each served file (onnxruntime), combine as the manifest says.
+Batch 1 gives the latency floor; a batch of ``batch_images`` gives the throughput ceiling.
+Over HTTP: closed-loop clients (one keep-alive connection each) at each concurrency level, on
+``POST /predict`` (one image per request) and ``POST /predict/batch`` (``batch_images`` per request).
+Faults: at concurrency ``fault_concurrency`` one replica of the largest model is killed (a Ray actor kill)
+mid-load, with 2 replicas per model and with 1: failed requests, status codes, the longest time without
+a success, and how long until /healthz answers 200 again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from raymotion.data.transforms import decode_image, normalize, resize_rgb
+from raymotion.export.mixture import combine, temper
+from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session
+from raymotion.rundir import Manifest, read_manifest
+from raymotion.train.metrics import softmax
+
+
+@dataclass
+class ServeBenchConfig:
+    run_dir: str
+    images: list[bytes] = field(repr=False, default_factory=list)  # JPEGs sent round-robin
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    seconds: float = 15.0  # per HTTP phase
+    max_requests: int = 3000  # per HTTP phase
+    batch_images: int = 16
+    inprocess_seconds: float = 10.0
+    fault_concurrency: int = 16
+    fault_seconds: float = 30.0
+    app_args: dict[str, Any] = field(default_factory=dict)  # serve.app.AppArgs, beside run_dir
+
+
+# --- in-process -------------------------------------------------------------------------------------------
+
+class InProcessEnsemble:
+    """The served members' files with the served pre-processing and formula, in this process."""
+
+    def __init__(self, run_dir: str, manifest: Manifest, intra_op_threads: int):
+        self.manifest = manifest
+        served = manifest.ensemble.served
+        self.entries = {n: manifest.models[n] for n in served}
+        self.sessions = {n: create_session(os.path.join(run_dir, e.serve.file), intra_op_threads=intra_op_threads)
+                         for n, e in self.entries.items()}
+
+    def __call__(self, jpegs: list[bytes]) -> np.ndarray:
+        images = [decode_image(data) for data in jpegs]
+        sizes = {e.input_size for e in self.entries.values()}
+        by_size = {s: np.stack([resize_rgb(img, s) for img in images]) for s in sizes}
+        per_model = {}
+        for name, entry in self.entries.items():
+            x = normalize(by_size[entry.input_size], entry.mean, entry.std)
+            logits = self.sessions[name].run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            per_model[name] = temper(softmax(logits.astype(np.float64)), **entry.calibration)
+        return combine(per_model, self.manifest.ensemble.served_weights, self.manifest.ensemble.temperature)
+
+
+def time_calls(call: Callable[[], object], seconds: float, max_calls: int = 100_000, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline and len(times) < max_calls:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_in_process(cfg: ServeBenchConfig, manifest: Manifest) -> dict[str, Any]:
+    """Batch 1 with one onnxruntime thread per model (as each replica runs); batched with one thread and
+    with all cores, the better of the two being the ceiling."""
+    one = InProcessEnsemble(cfg.run_dir, manifest, intra_op_threads=1)
+    every = InProcessEnsemble(cfg.run_dir, manifest, intra_op_threads=0)
+    batch = [cfg.images[i % len(cfg.images)] for i in range(cfg.batch_images)]
+    third = cfg.inprocess_seconds / 3
+    b1 = time_calls(lambda: one(cfg.images[:1]), third)
+    bn = {threads: time_calls(lambda e=e: e(batch), third) for threads, e in (("1", one), ("all", every))}
+    best = max(bn, key=lambda k: cfg.batch_images / statistics.median(bn[k]))
+    return {"batch1_p50_ms": _ms(b1, 50), "batch1_p95_ms": _ms(b1, 95), "batch1_calls": len(b1),
+            "batched_images_per_s": cfg.batch_images / statistics.median(bn[best]), "batched_threads": best,
+            "batched_images_per_s_by_threads": {k: cfg.batch_images / statistics.median(v) for k, v in bn.items()}}
+
+
+def _ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1e3, q)) if seconds else float("nan")
+
+
+# --- HTTP load ----------------------------------------------------------------------------------------------
+
+def multipart(images: list[bytes], field_name: str = "files") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{i}.jpg\"\r\n"
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class Outcome:
+    started: float
+    seconds: float
+    status: int  # 0: no HTTP answer (connection error)
+
+
+def client_loop(port: int, requests_: list[tuple[str, bytes, str]], deadline: float, budget: list[int],
+                lock: threading.Lock, out: list[Outcome]) -> None:
+    """One closed-loop client on one keep-alive connection, until the deadline or the shared budget ends."""
+    conn, i = http.client.HTTPConnection("127.0.0.1", port, timeout=30), 0
+    while time.perf_counter() < deadline:
+        with lock:
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+        path, body, kind = requests_[i % len(requests_)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": kind})
+            response = conn.getresponse()
+            response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            status = 0
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        out.append(Outcome(t0, time.perf_counter() - t0, status))
+    conn.close()
+
+
+def load(port: int, requests_: list[tuple[str, bytes, str]], concurrency: int, seconds: float,
+         max_requests: int) -> list[Outcome]:
+    out: list[Outcome] = []
+    lock, budget = threading.Lock(), [max_requests]
+    deadline = time.perf_counter() + seconds
+    threads = [threading.Thread(target=client_loop, args=(port, requests_, deadline, budget, lock, out), daemon=True)
+               for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return out
+
+
+def summarize(outcomes: list[Outcome], images_per_request: int) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.status == 200]
+    span = (max(o.started + o.seconds for o in outcomes) - min(o.started for o in outcomes)) if outcomes else float("nan")
+    codes: dict[str, int] = {}
+    for o in outcomes:
+        codes[str(o.status)] = codes.get(str(o.status), 0) + 1
+    lat = [o.seconds for o in ok]
+    return {"requests": len(outcomes), "ok": len(ok), "errors": len(outcomes) - len(ok), "status_codes": codes,
+            "p50_ms": _ms(lat, 50), "p95_ms": _ms(lat, 95), "p99_ms": _ms(lat, 99),
+            "images_per_s": len(ok) * images_per_request / span if span else float("nan"),
+            "longest_gap_s": longest_gap(outcomes)}
+
+
+def longest_gap(outcomes: list[Outcome]) -> float:
+    """The longest time between two successive successful answers (their completion times)."""
+    done = sorted(o.started + o.seconds for o in outcomes if o.status == 200)
+    return float(max(np.diff(done))) if len(done) > 1 else float("nan")
+
+
+# --- the service --------------------------------------------------------------------------------------------
+
+def deploy(cfg: ServeBenchConfig, port: int, **overrides: Any) -> None:
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(run_dir=cfg.run_dir, **{**cfg.app_args, **overrides})
+    serve.run(build_app(args), name="raymotion", route_prefix="/", blocking=False)
+    wait_healthy(port, 120)
+
+
+def wait_healthy(port: int, timeout_s: float) -> float:
+    """Seconds until GET /healthz answers 200 (raises after ``timeout_s``)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return time.perf_counter() - started
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"the service on port {port} was not healthy within {timeout_s:.0f} s")
+
+
+def kill_one_replica(model: str) -> str:
+    """Kill one live replica actor of ``model_<model>`` (Serve's controller starts a new one)."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+              if a.class_name and a.class_name.endswith(f"model_{model}") and a.name]
+    if not actors:
+        raise RuntimeError(f"no live replica of model_{model}")
+    ray.kill(ray.get_actor(actors[0].name, namespace="serve"), no_restart=True)
+    return actors[0].name
+
+
+def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str) -> dict[str, Any]:
+    deploy(cfg, port, replicas=replicas)
+    result: dict[str, Any] = {}
+
+    def killer():
+        time.sleep(cfg.fault_seconds / 3)
+        result["killed"] = kill_one_replica(model)
+        # From the kill until every member answers /healthz (the survivor, or the replacement replica).
+        result["healthy_again_s"] = wait_healthy(port, 60)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    outcomes = load(port, requests_, cfg.fault_concurrency, cfg.fault_seconds, cfg.max_requests)
+    thread.join(60)
+    return {"replicas": replicas, "model": model, **result, **summarize(outcomes, 1),
+            "failed_fraction": sum(o.status != 200 for o in outcomes) / max(1, len(outcomes))}
+
+
+# --- the whole benchmark ------------------------------------------------------------------------------------
+
+def http_phases(cfg: ServeBenchConfig, port: int) -> list[dict[str, Any]]:
+    single = [("/predict", data, "image/jpeg") for data in cfg.images]
+    body, kind = multipart([cfg.images[i % len(cfg.images)] for i in range(cfg.batch_images)])
+    rows = []
+    for route, requests_, per_request in (("/predict", single, 1), ("/predict/batch", [("/predict/batch", body, kind)],
+                                                                     cfg.batch_images)):
+        load(port, requests_, 2, 2.0, 50)  # warm-up: replicas, connections, batch queues
+        for c in cfg.concurrency:
+            rows.append({"route": route, "concurrency": c, "images_per_request": per_request,
+                         **summarize(load(port, requests_, c, cfg.seconds, cfg.max_requests), per_request)})
+    return rows
+
+
+def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from raymotion.bench.machine import describe_machine
+    from raymotion.runtime import start_local_ray
+
+    manifest = read_manifest(cfg.run_dir)
+    machine = describe_machine()
+    log(f"cpu: {machine['cpu_model']}, {machine['usable_cpus']} usable, flags {' '.join(machine['vector_extensions'])}")
+    inproc = bench_in_process(cfg, manifest)
+    log(f"in-process: batch-1 p50 {inproc['batch1_p50_ms']:.1f} ms, batched {inproc['batched_images_per_s']:.0f} img/s")
+    # Its own Ray and Serve, whatever else runs here: a clean instance, and a proxy on a port of its own.
+    start_local_ray()
+    port = _free_port()
+    deploy(cfg, port)
+    http = http_phases(cfg, port)
+    largest = max(manifest.ensemble.served, key=lambda n: manifest.models[n].bytes)
+    single = [("/predict", data, "image/jpeg") for data in cfg.images]
+    faults = [fault_run(cfg, port, single, replicas, largest) for replicas in (2, 1)]
+    from ray import serve
+
+    serve.shutdown()
+    return {"machine": machine, "config": {k: v for k, v in asdict(cfg).items() if k != "images"},
+            "in_process": inproc, "http": http, "faults": faults, "ratios": ratios(inproc, http)}
+
+
+def ratios(inproc: dict[str, Any], http: list[dict[str, Any]]) -> dict[str, float]:
+    best_single = max(r["images_per_s"] for r in http if r["route"] == "/predict")
+    best_batch = max(r["images_per_s"] for r in http if r["route"] == "/predict/batch")
+    c1 = next(r for r in http if r["route"] == "/predict" and r["concurrency"] == min(x["concurrency"] for x in http))
+    return {"served_single_over_in_process_batched": best_single / inproc["batched_images_per_s"],
+            "served_batch_over_in_process_batched": best_batch / inproc["batched_images_per_s"],
+            "http_c1_p50_minus_in_process_b1_p50_ms": c1["p50_ms"] - inproc["batch1_p50_ms"]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def table(result: dict[str, Any]) -> str:
+    m, ip = result["machine"], result["in_process"]
+    lines = [f"cpu: {m['cpu_model']} ({m['usable_cpus']} usable); flags: {' '.join(m['vector_extensions'])}",
+             f"in-process ensemble: batch-1 p50 {ip['batch1_p50_ms']:.1f} ms (p95 {ip['batch1_p95_ms']:.1f}); "
+             f"batch of {result['config']['batch_images']}: {ip['batched_images_per_s']:.0f} img/s "
+             f"(threads {ip['batched_threads']})",
+             "", f"{'route':<16}{'conc':>5}{'requests':>9}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'img/s':>8}"]
+    for r in result["http"]:
+        lines.append(f"{r['route']:<16}{r['concurrency']:>5}{r['requests']:>9}{r['errors']:>7}{r['p50_ms']:>8.1f}"
+                     f"{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['images_per_s']:>8.1f}")
+    lines += ["", f"{'fault (kill one replica)':<28}{'requests':>9}{'failed':>7}{'codes':>22}{'longest gap s':>15}{'healthy s':>10}"]
+    for f in result["faults"]:
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(f["status_codes"].items()))
+        lines.append(f"{f['model'] + ' x' + str(f['replicas']):<28}{f['requests']:>9}{f['errors']:>7}{codes:>22}"
+                     f"{f['longest_gap_s']:>15.2f}{f.get('healthy_again_s', float('nan')):>10.2f}")
+    r = result["ratios"]
+    lines += ["", f"served /predict img/s / in-process batched img/s: {r['served_single_over_in_process_batched']:.2f}",
+              f"served /predict/batch img/s / in-process batched img/s: {r['served_batch_over_in_process_batched']:.2f}",
+              f"HTTP p50 at concurrency 1 - in-process batch-1 p50: {r['http_c1_p50_minus_in_process_b1_p50_ms']:+.1f} ms"]
+    return "\n".join(lines)

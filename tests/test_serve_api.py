@@ -1,0 +1,213 @@
+"""The HTTP API beyond /predict, against the session's real Serve app (conftest.served_url): batches, the
+public /models, the OpenAPI contract, overload answered 503 with Retry-After, and a model update that
+drops no request. Every load below is bounded in count and time."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from serve.schema import MAX_BATCH_IMAGES
+
+TIMEOUT_S = 30
+
+
+def _val_images(faces_root: str, n: int) -> list[bytes]:
+    paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(faces_root, "val")) for f in fs)
+    out = []
+    for path in paths[:: max(1, len(paths) // n)][:n]:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def _predict(url: str, data: bytes) -> requests.Response:
+    return requests.post(f"{url}/predict", data=data, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+
+
+def test_a_batch_answers_each_image_on_its_own(served_url, faces_root):
+    good = _val_images(faces_root, 3)
+    parts = [("files", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(good)]
+    parts.insert(2, ("files", ("bad.jpg", b"not an image", "image/jpeg")))
+    response = requests.post(f"{served_url}/predict/batch", files=parts, timeout=TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3]
+    assert [r["status"] for r in results] == [200, 200, 400, 200]
+    assert results[2]["filename"] == "bad.jpg" and "error" in results[2] and results[2].get("prediction") is None
+    # Each good image gets what /predict alone answers for it.
+    singles = [_predict(served_url, data).json() for data in good]
+    batched = [r["prediction"] for r in results if r["status"] == 200]
+    for alone, together in zip(singles, batched):
+        assert alone["label"] == together["label"]
+        np.testing.assert_allclose(list(alone["probabilities"].values()), list(together["probabilities"].values()),
+                                   atol=1e-5)
+
+
+def test_a_batch_refuses_too_many_images_and_bodies_that_are_not_batches(served_url, faces_root):
+    (one,) = _val_images(faces_root, 1)
+    too_many = [("files", (f"{i}.jpg", one, "image/jpeg")) for i in range(MAX_BATCH_IMAGES + 1)]
+    response = requests.post(f"{served_url}/predict/batch", files=too_many, timeout=TIMEOUT_S)
+    assert response.status_code == 413 and "error" in response.json()
+    raw = requests.post(f"{served_url}/predict/batch", data=one, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+    assert raw.status_code == 400 and "multipart" in raw.json()["error"]
+    wrong_field = requests.post(f"{served_url}/predict/batch", files={"file": ("a.jpg", one, "image/jpeg")},
+                                timeout=TIMEOUT_S)
+    assert wrong_field.status_code == 400 and "'files'" in wrong_field.json()["error"]
+    assert requests.post(f"{served_url}/predict/batch", files=too_many[:2], timeout=TIMEOUT_S).status_code == 200
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(served_url):
+    # 15,000 x 11,000 pixels in a small file (1-bit PNG of zeros): the header alone says it is too large.
+    buf = io.BytesIO()
+    Image.new("1", (15_000, 11_000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 2_000_000
+    started = time.perf_counter()
+    response = _predict(served_url, buf.getvalue())
+    assert response.status_code == 413 and "too large" in response.json()["error"]
+    assert time.perf_counter() - started < TIMEOUT_S
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_models_describes_what_answers_without_the_servers_paths(served_url, run):
+    run_dir, manifest = run
+    body = requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()
+    with open(os.path.join(run_dir, "manifest.json"), "rb") as f:
+        version = hashlib.sha256(f.read()).hexdigest()[:16]
+    assert body["run"] == {"id": os.path.basename(run_dir), "version": version, "created_at": manifest["created_at"]}
+    assert sorted(body["models"]) == sorted(manifest["ensemble"]["served"])
+    for name, model in body["models"].items():
+        assert model["sha256"] == manifest["models"][name]["serve"]["sha256"]
+        assert model["val"]["accuracy"] == manifest["models"][name]["val"]["accuracy"]
+    leaked = [s for s in _strings(body) if s.startswith("/") or run_dir in s or manifest["data"]["root"] in s]
+    assert not leaked, leaked
+
+
+def test_openapi_documents_bodies_answers_and_errors(served_url):
+    spec = requests.get(f"{served_url}/openapi.json", timeout=TIMEOUT_S).json()
+    predict = spec["paths"]["/predict"]["post"]
+    content = predict["requestBody"]["content"]
+    assert "image/jpeg" in content and "multipart/form-data" in content
+    assert {"400", "413", "503"} <= set(predict["responses"])
+    assert "faces" in [p["name"] for p in predict["parameters"]]
+    batch = spec["paths"]["/predict/batch"]["post"]
+    assert "multipart/form-data" in batch["requestBody"]["content"] and {"400", "413"} <= set(batch["responses"])
+    for path in ("/healthz", "/models"):
+        assert "200" in spec["paths"][path]["get"]["responses"]
+
+
+def _hammer(url: str, data: bytes, n: int, workers: int) -> list[requests.Response]:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda _: _predict(url, data), range(n)))
+
+
+def test_overload_is_answered_503_with_retry_after_and_nothing_else_fails(ray_session, run, faces_root, served_url):
+    """A second app of the same run with room for 1 request in flight and 1 queued: a burst of 24 at once
+    gets 200s and 503s with Retry-After, never another status."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    args = AppArgs(run_dir=run[0], max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2,
+                   model_cpus=0.05, ingress_cpus=0.05)
+    serve.run(build_app(args), name="tight", route_prefix="/tight", blocking=False)
+    try:
+        (one,) = _val_images(faces_root, 1)
+        responses = _hammer(f"{served_url}/tight", one, n=24, workers=24)
+        codes = sorted({r.status_code for r in responses})
+        assert codes == [200, 503], codes
+        refused = [r for r in responses if r.status_code == 503]
+        assert all(r.headers.get("Retry-After") == "2" for r in refused)
+        assert _predict(f"{served_url}/tight", one).status_code == 200  # and it recovers
+    finally:
+        serve.delete("tight")
+
+
+def test_deploying_a_new_run_drops_no_request(ray_session, run, faces_root, served_url, tmp_path):
+    """The run directory copied under a new name and deployed over the running app while a client keeps
+    asking: every request is answered 200, and /models switches to the new run."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    new_run = str(tmp_path / "next-run")
+    shutil.copytree(run[0], new_run)
+    (one,) = _val_images(faces_root, 1)
+    codes, stop = [], threading.Event()
+
+    def client():
+        deadline = time.monotonic() + 180  # bounded even if the switch never happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                codes.append(_predict(served_url, one).status_code)
+            except requests.RequestException as err:
+                codes.append(type(err).__name__)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        serve.run(build_app(AppArgs(run_dir=new_run, model_cpus=0.1, ingress_cpus=0.1)), name="raymotion",
+                  route_prefix="/", blocking=False)
+        deadline = time.monotonic() + 120
+        while requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()["run"]["id"] != "next-run":
+            assert time.monotonic() < deadline, "the new run never answered"
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        # Back to the session's run for the tests after this one.
+        serve.run(build_app(AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1)), name="raymotion",
+                  route_prefix="/", blocking=False)
+    assert len(codes) > 5 and set(codes) == {200}, json.dumps(sorted(set(map(str, codes))))
+
+
+def test_the_client_command_prints_a_row_per_image_and_says_what_failed(served_url, faces_root, tmp_path):
+    import subprocess
+    import sys
+
+    from raymotion.predict import Client, ServiceError
+
+    paths = []
+    for i, data in enumerate(_val_images(faces_root, 2)):
+        paths.append(str(tmp_path / f"face{i}.jpg"))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    out = subprocess.run([sys.executable, "-m", "raymotion.predict", *paths, str(bad), "--url", served_url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.strip().splitlines()
+    client = Client(served_url)
+    for path, line in zip(paths, lines):
+        assert line.startswith(path) and client.predict(path)["label"] in line.split()
+    assert lines[2].startswith(str(bad)) and "error: 400" in lines[2]
+    with pytest.raises(ServiceError) as err:
+        client.predict(b"\x00" * 10)
+    assert err.value.status == 400
+    assert client.health()["status"] == "ok" and client.models()["classes"]
+    assert [r["status"] for r in client.predict_batch(paths)["results"]] == [200, 200]
