@@ -11,6 +11,7 @@ HTTP contract:
                     unreadable image -> 400 {"error": ...}; body too large -> 413
     GET  /healthz   200 when every model deployment answers, else 503
     GET  /models    the run's manifest; its ensemble "served" lists the deployed models
+    GET  /          the browser page (serve/static/index.html, see serve/page.py)
 
 Each model deployment runs the file named in the manifest's ``models.<name>.serve``: the int8 file when
 the bundle accepted one (within the accuracy tolerance and faster than fp32), else the fp32 file.
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -38,6 +39,7 @@ from raymotion.data.transforms import InvalidImage, decode_image, normalize, res
 from raymotion.export.mixture import combine, temper
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.rundir import Manifest, manifest_json, read_manifest, sha256_file
+from serve.page import page_html
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
 HEALTH_TIMEOUT_S = 5.0
@@ -145,6 +147,10 @@ class EnsembleIngress:
     @api.get("/models")
     async def models(self):
         return self.manifest
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self):
+        return page_html()
 
 
 def build_ensemble(run_dir: str, *, device: str = "cpu", intra_op_threads: int = 1, replicas: int = 1):
