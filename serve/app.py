@@ -33,10 +33,12 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
@@ -51,6 +53,8 @@ from serve.page import page_html
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
 MAX_BATCH_BODY_BYTES = 4 * MAX_BODY_BYTES
 HEALTH_TIMEOUT_S = 5.0
+REPLICA_ATTEMPTS = 2
+RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
@@ -102,7 +106,27 @@ api = FastAPI(title="raymotion", description="Facial-emotion classification: an 
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_query(_: Request, err: RequestValidationError) -> JSONResponse:
+    # One error shape for every status (FastAPI's own is {"detail": [...]}).
+    problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in err.errors())
+    return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+
+
+async def call_replica(method, argument: Any, what: str) -> Any:
+    """``method.remote(argument)`` of a deployment handle. A replica that dies under the request is retried
+    once (Serve's router picks a live one); when none answers, a 503 with Retry-After, not a 500."""
+    for attempt in range(REPLICA_ATTEMPTS):
+        try:
+            return await method.remote(argument)
+        except RayActorError as err:  # ActorDiedError, ActorUnavailableError
+            if attempt + 1 == REPLICA_ATTEMPTS:
+                raise ApiError(503, f"{what} is restarting ({type(err).__name__}); retry shortly") from None
+    raise AssertionError("unreachable")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -123,7 +147,7 @@ async def read_uploads(request: Request, field: str, limit: int, max_files: int)
     try:
         form = await request.form(max_files=max_files, max_fields=max_files + 8, max_part_size=limit)
     except Exception as err:  # starlette's parser: malformed body, too many parts
-        raise ApiError(413 if "too many" in str(err).lower() else 400, f"malformed multipart body: {err}") from None
+        raise ApiError(400, f"malformed multipart body: {err}") from None
     uploads = [u for u in form.getlist(field) if not isinstance(u, str)]
     if not uploads:
         raise ApiError(400, f"multipart body has no file field named {field!r}")
@@ -178,7 +202,8 @@ class EnsembleIngress:
         """Each image resized once per distinct input size, every model called once for all of them."""
         by_size = {size: np.stack([resize_rgb(img, size) for img in images]) for size in set(self.sizes.values())}
         names = list(self.members)
-        results = await asyncio.gather(*(self.members[n].predict.remote(by_size[self.sizes[n]]) for n in names))
+        results = await asyncio.gather(*(call_replica(self.members[n].predict, by_size[self.sizes[n]], f"model {n}")
+                                         for n in names))
         per_model = dict(zip(names, results))
         # The function the bundle scored val with: served probabilities are the reported ones.
         combined = combine(per_model, self.weights, self.temperature)
@@ -191,7 +216,7 @@ class EnsembleIngress:
         small = image if scale == 1.0 else image.resize((max(1, round(image.width * scale)),
                                                          max(1, round(image.height * scale))), Image.BILINEAR)
         boxes = [b.scaled(1.0 / scale, image.width, image.height)
-                 for b in await self.detector.detect.remote(np.asarray(small))]
+                 for b in await call_replica(self.detector.detect, np.asarray(small), "the face detector")]
         crops = [face_finder.crop_face(image, box) for box in boxes]
         answers = await self.classify(crops) if crops else []
         return {"image": {"width": image.width, "height": image.height},
