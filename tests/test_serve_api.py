@@ -211,3 +211,64 @@ def test_the_client_command_prints_a_row_per_image_and_says_what_failed(served_u
     assert err.value.status == 400
     assert client.health()["status"] == "ok" and client.models()["classes"]
     assert [r["status"] for r in client.predict_batch(paths)["results"]] == [200, 200]
+
+
+FACE_CROPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces")
+
+
+def _photo_of_faces(n: int, side: int = 160, gap: int = 80, columns: int = 4, size: tuple[int, int] | None = None):
+    """Real face crops (tests/data/faces) pasted on a grey canvas with gaps; returns (JPEG bytes, boxes)."""
+    crops = sorted(os.listdir(FACE_CROPS))
+    rows = (n + columns - 1) // columns
+    canvas = Image.new("RGB", size or (columns * (side + gap) + gap, rows * (side + gap) + gap), (128, 128, 128))
+    boxes = []
+    for i in range(n):
+        x, y = gap + (i % columns) * (side + gap), gap + (i // columns) * (side + gap)
+        canvas.paste(Image.open(os.path.join(FACE_CROPS, crops[i % len(crops)])).convert("RGB").resize((side, side)),
+                     (x, y))
+        boxes.append((x, y, side, side))
+    buf = io.BytesIO()
+    canvas.save(buf, format="JPEG", quality=92)
+    return buf.getvalue(), boxes
+
+
+def _inside(box: dict, square: tuple[int, int, int, int]) -> bool:
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    x, y, w, h = square
+    return x <= cx <= x + w and y <= cy <= y + h
+
+
+def _faces(url: str, data: bytes) -> requests.Response:
+    return requests.post(f"{url}/predict", params={"faces": 1}, data=data, headers={"Content-Type": "image/jpeg"},
+                         timeout=TIMEOUT_S)
+
+
+def test_faces_in_a_photo_are_each_found_boxed_and_classified(served_url, run):
+    data, squares = _photo_of_faces(8)
+    response = _faces(served_url, data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    width, height = Image.open(io.BytesIO(data)).size
+    assert body["image"] == {"width": width, "height": height}
+    faces = body["faces"]
+    # One answer per pasted face, each box on its face, each a full ensemble answer.
+    assert len(faces) == len(squares), [f["box"] for f in faces]
+    assert all(sum(_inside(f["box"], sq) for f in faces) == 1 for sq in squares)
+    for face in faces:
+        assert face["label"] in run[1]["classes"] and 0 < face["score"] <= 1
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-5 and set(face["models"]) == set(run[1]["ensemble"]["served"])
+
+
+def test_a_photo_without_a_face_says_so_and_a_huge_one_is_refused(served_url):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    response = _faces(served_url, buf.getvalue())
+    assert response.status_code == 200 and response.json()["faces"] == []
+    huge = io.BytesIO()
+    Image.new("1", (15_000, 11_000)).save(huge, format="PNG")
+    assert _faces(served_url, huge.getvalue()).status_code == 413
+    # A large photo that is allowed (6000 x 4000): boxes come back in its own pixels.
+    data, squares = _photo_of_faces(3, side=900, gap=600, columns=3, size=(6000, 4000))
+    faces = _faces(served_url, data).json()["faces"]
+    assert len(faces) == 3 and all(sum(_inside(f["box"], sq) for f in faces) == 1 for sq in squares)

@@ -215,8 +215,20 @@ def kill_one_replica(model: str) -> str:
     return actors[0].name
 
 
-def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str) -> dict[str, Any]:
-    deploy(cfg, port, replicas=replicas)
+def cpus_per_model_replica(cfg: ServeBenchConfig, replicas: int, members: int) -> float:
+    """The configured CPU share per model replica, cut so that ``replicas`` of every model fit beside the
+    ingress and the face detector: Serve would otherwise wait for CPUs that never come."""
+    import ray
+
+    from serve.app import AppArgs
+
+    args = AppArgs(run_dir=cfg.run_dir, **cfg.app_args)
+    free = ray.cluster_resources().get("CPU", 0.0) - args.ingress_cpus * args.ingress_replicas - 0.25 * args.face_replicas
+    return min(args.model_cpus, round(free / (replicas * members), 3))
+
+
+def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str, members: int) -> dict[str, Any]:
+    deploy(cfg, port, replicas=replicas, model_cpus=cpus_per_model_replica(cfg, replicas, members))
     result: dict[str, Any] = {}
 
     def killer():
@@ -257,6 +269,8 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     log(f"cpu: {machine['cpu_model']}, {machine['usable_cpus']} usable, flags {' '.join(machine['vector_extensions'])}")
     inproc = bench_in_process(cfg, manifest)
     log(f"in-process: batch-1 p50 {inproc['batch1_p50_ms']:.1f} ms, batched {inproc['batched_images_per_s']:.0f} img/s")
+    log("HTTP phases: " + ", ".join(f"{route} at concurrency {c}" for route in ("/predict", "/predict/batch")
+                                    for c in cfg.concurrency) + f"; {cfg.seconds:.0f} s each")
     # Its own Ray and Serve, whatever else runs here: a clean instance, and a proxy on a port of its own.
     start_local_ray()
     port = _free_port()
@@ -264,7 +278,8 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     http = http_phases(cfg, port)
     largest = max(manifest.ensemble.served, key=lambda n: manifest.models[n].bytes)
     single = [("/predict", data, "image/jpeg") for data in cfg.images]
-    faults = [fault_run(cfg, port, single, replicas, largest) for replicas in (2, 1)]
+    members = len(manifest.ensemble.served)
+    faults = [fault_run(cfg, port, single, replicas, largest, members) for replicas in (2, 1)]
     from ray import serve
 
     serve.shutdown()
