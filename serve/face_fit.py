@@ -364,7 +364,7 @@ def cpu_flags() -> str:
             text = f.read()
     except OSError:
         return "unknown"
-    flags = set(re.findall(r"\b(avx512[a-z_]*|avx2|fma)\b", text))
+    flags = set(re.findall(r"\b(avx512[a-z_0-9]*|avx2|fma)\b", text))
     return " ".join(sorted(flags)) or "none of avx2/fma/avx512"
 
 
