@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # A face crop is small; anything far larger is a mistake or an attack (decompression bomb).
 MAX_IMAGE_PIXELS = 40_000_000
@@ -24,9 +24,9 @@ class InvalidImage(ValueError):
 
 
 def decode_image_kind(data: bytes) -> tuple[Image.Image, str]:
-    """Decode bytes into an RGB PIL image and say what it was: "rgb" or "converted:<mode>" (L, RGBA,
-    CMYK, I;16, ...). Raises InvalidImage with kind empty / not-an-image / truncated / too-large /
-    unreadable."""
+    """Decode bytes into an upright RGB PIL image (EXIF orientation applied) and say what it was: "rgb" or
+    "converted:<mode>" (L, RGBA, CMYK, I;16, ...). Raises InvalidImage with kind empty / not-an-image /
+    truncated / too-large / unreadable."""
     if not data:
         raise InvalidImage("empty body: no image bytes", "empty")
     try:
@@ -34,13 +34,18 @@ def decode_image_kind(data: bytes) -> tuple[Image.Image, str]:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise InvalidImage(f"image of {img.width}x{img.height} pixels is too large", "too-large")
             img.load()
+            # Phones store photos as the sensor saw them and say in EXIF how to turn them upright; a
+            # face lying on its side is neither found nor classified well.
+            ImageOps.exif_transpose(img, in_place=True)
             mode = img.mode
             return to_rgb(img), "rgb" if mode == "RGB" else f"converted:{mode}"
     except InvalidImage:
         raise
     except UnidentifiedImageError:
         raise InvalidImage("not a readable image: unrecognised format", "not-an-image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # PIL's own limit, met at open beyond 2x its MAX_IMAGE_PIXELS
+        raise InvalidImage(f"image is too large: {err}", "too-large") from None
+    except (OSError, SyntaxError, ValueError) as err:
         kind = "truncated" if "truncat" in str(err).lower() else "unreadable"
         raise InvalidImage(f"not a readable image: {err}", kind) from None
 

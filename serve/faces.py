@@ -1,0 +1,188 @@
+"""Faces in whole photos: find them with yuface (libfacedetection) and cut each one out the way the
+training crops were cut (a square OpenCV Haar-cascade box), so that a found face scores like a
+pre-cropped one.
+
+    boxes = detect_faces(rgb)                 # FaceBox per face, original pixels, best score first
+    crop = crop_face(rgb, boxes[0], 224)      # uint8 224x224x3, Haar-style square, padded if off-image
+
+This runs inside Serve replicas: numpy, PIL, OpenCV and yuface only (no torch). yuface ships its weights
+inside its wheel, so nothing is downloaded at run time. It parallelises with OpenMP: a replica should
+run with OMP_NUM_THREADS set to its CPU share (Ray sets it for its workers).
+
+The constants of ``training_crop_box`` were fitted by ``python -m serve.face_fit`` (see the README,
+"Faces in whole photos").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import yuface
+from PIL import Image
+
+from raymotion.data.transforms import resize_rgb
+
+# yuface's own default threshold; its scores on the pasted training crops sit far above it, and noise,
+# gradients and blurred backgrounds stayed below it (tests/test_faces.py).
+MIN_SCORE = 0.5
+# Detection runs on a copy whose long side is at most this: yuface's cost grows with the pixel count, so
+# a 24-megapixel photo costs what a 640-pixel one does. Faces smaller than ~1/30 of the long side are lost.
+MAX_SIDE = 640
+
+
+@dataclass(frozen=True)
+class CropFit:
+    """How a Haar-style training square relates to a yuface box, in units of the box width."""
+    side: float  # side of the square / box width
+    shift_x: float  # (square centre - box centre) / box width, x
+    shift_y: float  # same, y (negative: up)
+    aspect: float  # box height / width: restores the clipped side of a face cut by the image border
+
+
+# Medians over val crops pasted at known squares into photos, from `python -m serve.face_fit` (README).
+CROP_FIT = CropFit(side=1.142, shift_x=0.0, shift_y=-0.019, aspect=1.27)
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face in original image pixels (x, y: top-left; clipped to the image) and yuface's score in
+    [0, 1]."""
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height, "score": round(self.score, 3)}
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+
+
+def detection_scale(height: int, width: int, max_side: int = MAX_SIDE) -> float:
+    """The factor (<= 1) that brings the long side to at most ``max_side``; small images are not enlarged."""
+    return min(1.0, max_side / max(height, width, 1))
+
+
+def _shrink(rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """``rgb`` resized to width x height, and the original width and height that it covers."""
+    # INTER_AREA (averaging), so that fine texture does not alias into face-like patterns. OpenCV runs it
+    # several times faster at a whole ratio, so a large photo is first decimated by one (dropping the
+    # last few rows and columns, fewer than that ratio), then brought to size.
+    factor = min(rgb.shape[0] // height, rgb.shape[1] // width)
+    if factor >= 2:
+        rgb = rgb[:rgb.shape[0] // factor * factor, :rgb.shape[1] // factor * factor]
+    covered_h, covered_w = rgb.shape[:2]
+    if factor >= 2:
+        rgb = cv2.resize(rgb, (covered_w // factor, covered_h // factor), interpolation=cv2.INTER_AREA)
+    if rgb.shape[:2] != (height, width):
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    return rgb, covered_w, covered_h
+
+
+def _downscaled_bgr(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float, float]:
+    """The detector's input (BGR, long side <= max_side) and its x and y scales from the original."""
+    height, width = rgb.shape[:2]
+    scale = detection_scale(height, width, max_side)
+    if scale < 1.0:
+        rgb, width, height = _shrink(rgb, max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.ascontiguousarray(rgb[:, :, ::-1]), rgb.shape[1] / width, rgb.shape[0] / height  # yuface reads BGR
+
+
+def _raw_detections(bgr: np.ndarray) -> np.ndarray:
+    """yuface rows as float: score (0-100), x, y, w, h, then 5 landmarks (x, y) in ``bgr`` pixels."""
+    # c_detect, not yuface.detect: the wrapper only thresholds, and warns above 960 px.
+    rows = yuface.c_detect(bgr)
+    return rows[:, :15].astype(np.float64) if len(rows) else np.zeros((0, 15))
+
+
+def _to_face_box(row: np.ndarray, scale_x: float, scale_y: float, height: int, width: int) -> FaceBox | None:
+    x0, y0 = row[1] / scale_x, row[2] / scale_y
+    x1, y1 = x0 + row[3] / scale_x, y0 + row[4] / scale_y
+    x0, y0 = max(0, round(x0)), max(0, round(y0))
+    x1, y1 = min(width, round(x1)), min(height, round(y1))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return FaceBox(x0, y0, x1 - x0, y1 - y0, float(row[0]) / 100.0)
+
+
+def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float = MIN_SCORE) -> list[FaceBox]:
+    """Faces in a uint8 HxWx3 RGB image, in its own pixel coordinates, highest score first (ties: left to
+    right). Detection runs on a copy downscaled to a long side of at most ``max_side``."""
+    _check_rgb(rgb)
+    height, width = rgb.shape[:2]
+    bgr, scale_x, scale_y = _downscaled_bgr(rgb, max_side)
+    boxes = []
+    for row in _raw_detections(bgr):
+        box = _to_face_box(row, scale_x, scale_y, height, width) if row[0] >= min_score * 100 else None
+        if box is not None:
+            boxes.append(box)
+    return sorted(boxes, key=lambda b: (-b.score, b.x, b.y))
+
+
+def _touches(low: int, high: int, limit: int, tolerance: float) -> tuple[bool, bool]:
+    return low <= tolerance, high >= limit - tolerance
+
+
+def _unclipped_extent(low: int, high: int, limit: int, full: float, tolerance: float) -> tuple[float, float]:
+    """A box side [low, high) clipped by the image border, grown to ``full`` away from the border."""
+    at_low, at_high = _touches(low, high, limit, tolerance)
+    if high - low >= full or at_low == at_high:  # not shorter, or cut on both sides / neither: keep
+        return float(low), float(high)
+    return (high - full, float(high)) if at_low else (float(low), low + full)
+
+
+def _face_extent(box: FaceBox, width: int, height: int, fit: CropFit) -> tuple[float, float, float, float]:
+    """The box before clipping: yuface clips at the image border, so a face cut by it gets a short side;
+    the other side and the fitted aspect say how long it was."""
+    # A border within a twentieth of the box (a pixel of a downscaled detection) counts as touched.
+    tol = 1 + box.width / 20
+    cut_x = any(_touches(box.x, box.x + box.width, width, tol))
+    cut_y = any(_touches(box.y, box.y + box.height, height, tol))
+    full_w = max(box.width, box.height / fit.aspect) if cut_x else box.width
+    x0, x1 = _unclipped_extent(box.x, box.x + box.width, width, full_w, tol)
+    full_h = max(box.height, (x1 - x0) * fit.aspect) if cut_y else box.height
+    y0, y1 = _unclipped_extent(box.y, box.y + box.height, height, full_h, tol)
+    return x0, y0, x1, y1
+
+
+def training_crop_box(box: FaceBox, width: int, height: int, fit: CropFit = CROP_FIT) -> tuple[int, int, int, int]:
+    """The square (x0, y0, x1, y1; x1 and y1 exclusive) the training data's Haar cascade would have cut
+    around this face in a ``width`` x ``height`` image. It may reach outside the image (``crop_face``
+    pads rather than shrinking it); a box cut by the border is first restored to its full size."""
+    x0, y0, x1, y1 = _face_extent(box, width, height, fit)
+    face_w = x1 - x0
+    side = fit.side * face_w
+    cx = (x0 + x1) / 2 + fit.shift_x * face_w
+    cy = (y0 + y1) / 2 + fit.shift_y * face_w
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    side_px = max(1, round(side))
+    return left, top, left + side_px, top + side_px
+
+
+def crop_square(rgb: np.ndarray, square: tuple[int, int, int, int], border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """``rgb[y0:y1, x0:x1]`` where the square may reach outside the image; the missing part is filled by
+    ``border`` (an OpenCV border mode): by default it repeats the edge pixels, which kept crops closer to
+    the originals than black did (README)."""
+    x0, y0, x1, y1 = square
+    height, width = rgb.shape[:2]
+    inner = rgb[max(0, y0):min(height, y1), max(0, x0):min(width, x1)]
+    pads = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
+    if not any(pads):
+        return inner
+    if inner.size == 0:  # the square misses the image entirely: nothing to repeat
+        return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+    return cv2.copyMakeBorder(inner, *pads, border, value=(0, 0, 0))
+
+
+def crop_face(rgb: np.ndarray, box: FaceBox, size: int) -> np.ndarray:
+    """The face as a uint8 ``size`` x ``size`` x 3 crop cut like the training data, resized by the
+    project's one resize function (raymotion.data.transforms.resize_rgb, as training does)."""
+    _check_rgb(rgb)
+    square = crop_square(rgb, training_crop_box(box, rgb.shape[1], rgb.shape[0]))
+    return resize_rgb(Image.fromarray(np.ascontiguousarray(square)), size)
