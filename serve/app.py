@@ -91,10 +91,10 @@ class OnnxModel:
 
 @serve.deployment(health_check_period_s=5)
 class FaceDetector:
-    """Finds faces in an RGB image already scaled down by the ingress (the detector's cost grows with pixels)."""
+    """yuface on the small copy of a photo the ingress sends (long side <= face_max_side): raw detections."""
 
-    async def detect(self, rgb: np.ndarray) -> list[face_finder.FaceBox]:
-        return face_finder.detect_faces(rgb, max_side=max(rgb.shape[:2]))
+    async def detect(self, small_rgb: np.ndarray) -> np.ndarray:
+        return face_finder.raw_detections(small_rgb)
 
     async def ready(self) -> str:
         return "faces"
@@ -212,15 +212,17 @@ class EnsembleIngress:
                  "models": {n: as_dict(p[i]) for n, p in per_model.items()}} for i in range(len(images))]
 
     async def find_faces(self, image: Image.Image) -> dict[str, Any]:
-        scale = min(1.0, self.face_max_side / max(image.size))
-        small = image if scale == 1.0 else image.resize((max(1, round(image.width * scale)),
-                                                         max(1, round(image.height * scale))), Image.BILINEAR)
-        boxes = [b.scaled(1.0 / scale, image.width, image.height)
-                 for b in await call_replica(self.detector.detect, np.asarray(small), "the face detector")]
-        crops = [face_finder.crop_face(image, box) for box in boxes]
+        """Every face: found on a small copy, cut from the full photo as the training faces were cut."""
+        rgb = np.asarray(image)
+        small, scale_x, scale_y = face_finder.detection_input(rgb, self.face_max_side)
+        rows = await call_replica(self.detector.detect, small, "the face detector")
+        boxes = face_finder.face_boxes(rows, scale_x, scale_y, rgb.shape[0], rgb.shape[1])
+        crops = [Image.fromarray(face_finder.crop_square(rgb, face_finder.training_crop_box(b, image.width, image.height)))
+                 for b in boxes]
         answers = await self.classify(crops) if crops else []
         return {"image": {"width": image.width, "height": image.height},
-                "faces": [{"box": box.as_box(), "score": box.score, **answer} for box, answer in zip(boxes, answers)]}
+                "faces": [{"box": {"x": b.x, "y": b.y, "width": b.width, "height": b.height}, "score": b.score, **answer}
+                          for b, answer in zip(boxes, answers)]}
 
     @api.post("/predict", response_model=schema.Prediction | schema.FacesAnswer,
               responses=schema.error_responses(400, 413, 422, 503), openapi_extra=schema.image_body("file"))

@@ -85,17 +85,20 @@ def _shrink(rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, 
     return rgb, covered_w, covered_h
 
 
-def _downscaled_bgr(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float, float]:
-    """The detector's input (BGR, long side <= max_side) and its x and y scales from the original."""
+def detection_input(rgb: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, float, float]:
+    """The RGB copy detection runs on (long side <= ``max_side``) and its x and y scales from the original.
+    Serve's ingress makes it, so that only this small copy travels to the detector replica."""
+    _check_rgb(rgb)
     height, width = rgb.shape[:2]
     scale = detection_scale(height, width, max_side)
     if scale < 1.0:
         rgb, width, height = _shrink(rgb, max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.ascontiguousarray(rgb[:, :, ::-1]), rgb.shape[1] / width, rgb.shape[0] / height  # yuface reads BGR
+    return rgb, rgb.shape[1] / width, rgb.shape[0] / height
 
 
-def _raw_detections(bgr: np.ndarray) -> np.ndarray:
-    """yuface rows as float: score (0-100), x, y, w, h, then 5 landmarks (x, y) in ``bgr`` pixels."""
+def raw_detections(small_rgb: np.ndarray) -> np.ndarray:
+    """yuface rows as float: score (0-100), x, y, w, h, then 5 landmarks (x, y) in ``small_rgb`` pixels."""
+    bgr = np.ascontiguousarray(small_rgb[:, :, ::-1])  # yuface reads BGR
     # c_detect, not yuface.detect: the wrapper only thresholds, and warns above 960 px.
     rows = yuface.c_detect(bgr)
     return rows[:, :15].astype(np.float64) if len(rows) else np.zeros((0, 15))
@@ -111,18 +114,23 @@ def _to_face_box(row: np.ndarray, scale_x: float, scale_y: float, height: int, w
     return FaceBox(x0, y0, x1 - x0, y1 - y0, float(row[0]) / 100.0)
 
 
-def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float = MIN_SCORE) -> list[FaceBox]:
-    """Faces in a uint8 HxWx3 RGB image, in its own pixel coordinates, highest score first (ties: left to
-    right). Detection runs on a copy downscaled to a long side of at most ``max_side``."""
-    _check_rgb(rgb)
-    height, width = rgb.shape[:2]
-    bgr, scale_x, scale_y = _downscaled_bgr(rgb, max_side)
+def face_boxes(rows: np.ndarray, scale_x: float, scale_y: float, height: int, width: int,
+               min_score: float = MIN_SCORE) -> list[FaceBox]:
+    """Detections on the small copy as boxes in the ``width`` x ``height`` original, best score first
+    (ties: left to right)."""
     boxes = []
-    for row in _raw_detections(bgr):
+    for row in rows:
         box = _to_face_box(row, scale_x, scale_y, height, width) if row[0] >= min_score * 100 else None
         if box is not None:
             boxes.append(box)
     return sorted(boxes, key=lambda b: (-b.score, b.x, b.y))
+
+
+def detect_faces(rgb: np.ndarray, *, max_side: int = MAX_SIDE, min_score: float = MIN_SCORE) -> list[FaceBox]:
+    """Faces in a uint8 HxWx3 RGB image, in its own pixel coordinates, highest score first (ties: left to
+    right). Detection runs on a copy downscaled to a long side of at most ``max_side``."""
+    small, scale_x, scale_y = detection_input(rgb, max_side)
+    return face_boxes(raw_detections(small), scale_x, scale_y, rgb.shape[0], rgb.shape[1], min_score)
 
 
 def _touches(low: int, high: int, limit: int, tolerance: float) -> tuple[bool, bool]:
