@@ -54,12 +54,15 @@ browser:
 # machine has no ~/.ray/auth_token, and `ray start --head` in token mode refuses to start without one: make
 # it first (get-auth-token --generate keeps an existing token and prints it; the print is not wanted here).
 export RAY_AUTH_MODE := token
+# The head runs Serve with Ray's own throughput switch (RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress, no
+# proxy hop; gRPC between replicas; user code on the replica's loop; buffered request logs), read when the
+# head's processes start. Measured with and without: README, "Serve measurements".
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 ray-up: setup
 	@$(RAY) status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || { \
 	  $(RAY) get-auth-token --generate >/dev/null && \
-	  RAY_ADDRESS=127.0.0.1:$(RAY_PORT) $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
+	  RAY_ADDRESS=127.0.0.1:$(RAY_PORT) RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
 	    --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats $(if $(RAY_TEMP_DIR),--temp-dir=$(RAY_TEMP_DIR),) \
 	    $(RAY_START_ARGS); }
 

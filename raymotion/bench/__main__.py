@@ -120,7 +120,8 @@ def run_serve(args: argparse.Namespace) -> None:
                            concurrency=tuple(int(c) for c in args.concurrency.split(",")), seconds=args.seconds,
                            max_requests=args.max_requests, batch_images=args.batch_images,
                            inprocess_seconds=args.inprocess_seconds, fault_seconds=args.fault_seconds,
-                           fault_concurrency=args.fault_concurrency, app_args=app_args)
+                           fault_concurrency=args.fault_concurrency, app_args=app_args,
+                           throughput_optimized=args.throughput_optimized)
     result = run_serve_bench(cfg, log=lambda line: print(line, flush=True))
     result["table"] = table(result)
     print("\n" + result["table"])
@@ -144,6 +145,8 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--inprocess-seconds", type=float, default=10.0)
     p.add_argument("--fault-seconds", type=float, default=30.0, help="per fault run (2 replicas, then 1)")
     p.add_argument("--fault-concurrency", type=int, default=16)
+    p.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=True,
+                   help="Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED for the benchmark's own Ray (as make ray-up starts the head)")
     p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
 
 

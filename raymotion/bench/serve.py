@@ -44,6 +44,9 @@ class ServeBenchConfig:
     fault_concurrency: int = 16
     fault_seconds: float = 30.0
     app_args: dict[str, Any] = field(default_factory=dict)  # serve.app.AppArgs, beside run_dir
+    # Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress (no proxy hop), gRPC, user code and router on
+    # the replica's own loop, buffered request logs. make ray-up starts the head with it.
+    throughput_optimized: bool = True
 
 
 # --- in-process -------------------------------------------------------------------------------------------
@@ -228,6 +231,11 @@ def cpus_per_model_replica(cfg: ServeBenchConfig, replicas: int, members: int) -
 
 
 def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str, members: int) -> dict[str, Any]:
+    from ray import serve
+
+    # A fresh app, not an update of the last one: a rolling update keeps the old replicas until the new
+    # ones are up, and on 2 CPUs the two sets do not fit side by side.
+    serve.delete("raymotion")
     deploy(cfg, port, replicas=replicas, model_cpus=cpus_per_model_replica(cfg, replicas, members))
     result: dict[str, Any] = {}
 
@@ -272,6 +280,8 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     log("HTTP phases: " + ", ".join(f"{route} at concurrency {c}" for route in ("/predict", "/predict/batch")
                                     for c in cfg.concurrency) + f"; {cfg.seconds:.0f} s each")
     # Its own Ray and Serve, whatever else runs here: a clean instance, and a proxy on a port of its own.
+    # Serve reads its throughput switch when its processes start, so it is set before Ray starts them.
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.throughput_optimized else "0"
     start_local_ray()
     port = _free_port()
     deploy(cfg, port)
@@ -307,6 +317,7 @@ def _free_port() -> int:
 def table(result: dict[str, Any]) -> str:
     m, ip = result["machine"], result["in_process"]
     lines = [f"cpu: {m['cpu_model']} ({m['usable_cpus']} usable); flags: {' '.join(m['vector_extensions'])}",
+             f"RAY_SERVE_THROUGHPUT_OPTIMIZED={int(result['config']['throughput_optimized'])}",
              f"in-process ensemble: batch-1 p50 {ip['batch1_p50_ms']:.1f} ms (p95 {ip['batch1_p95_ms']:.1f}); "
              f"batch of {result['config']['batch_images']}: {ip['batched_images_per_s']:.0f} img/s "
              f"(threads {ip['batched_threads']})",
