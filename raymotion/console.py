@@ -145,7 +145,8 @@ def filter_terminal(log_path: str) -> None:
         for fd, _, line_filter in filters:
             os.write(fd, DRAINED)
         for fd, terminal, line_filter in filters:
-            line_filter.drained.wait(timeout=5.0)
+            # Bounded, but long enough for a loaded machine (a reader that has not run yet loses lines).
+            line_filter.drained.wait(timeout=30.0)
             os.dup2(terminal, fd)
 
     atexit.register(drain)

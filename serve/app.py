@@ -291,6 +291,7 @@ class AppArgs(BaseModel):
     max_queued_requests: int = Field(64, ge=-1)  # beyond this the proxy answers 503 with Retry-After
     retry_after_s: float = Field(1.0, ge=0)
     face_replicas: int = Field(1, ge=1)
+    face_cpus: float = Field(0.25, gt=0)
     face_max_side: int = Field(640, ge=64)  # photos are scaled to this long side before face detection
 
 
@@ -322,7 +323,7 @@ def build_app(args: AppArgs):
     manifest = read_manifest(run_dir)
     members = [bind_member(name, manifest.models[name], run_dir, args) for name in manifest.ensemble.served]
     detector = FaceDetector.options(name="faces", num_replicas=args.face_replicas,
-                                    ray_actor_options={"num_cpus": 0.25}).bind()
+                                    ray_actor_options={"num_cpus": args.face_cpus}).bind()
     public = public_models(manifest, run_dir, run_version(run_dir))
     return EnsembleIngress.options(
         name="ingress", num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_ongoing_requests,

@@ -84,7 +84,7 @@ def served_url(run):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # Small CPU shares (scheduling only): the app stays up for the session beside tests that train.
-    args = AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1)
+    args = AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1, face_cpus=0.05)
     serve.run(build_app(args), name="raymotion", route_prefix="/", blocking=False)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

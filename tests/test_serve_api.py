@@ -131,7 +131,7 @@ def test_overload_is_answered_503_with_retry_after_and_nothing_else_fails(ray_se
     from serve.app import AppArgs, build_app
 
     args = AppArgs(run_dir=run[0], max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2,
-                   model_cpus=0.05, ingress_cpus=0.05)
+                   model_cpus=0.05, ingress_cpus=0.05, face_cpus=0.05)
     serve.run(build_app(args), name="tight", route_prefix="/tight", blocking=False)
     try:
         (one,) = _val_images(faces_root, 1)
@@ -169,7 +169,7 @@ def test_deploying_a_new_run_drops_no_request(ray_session, run, faces_root, serv
     thread.start()
     try:
         time.sleep(1.0)
-        serve.run(build_app(AppArgs(run_dir=new_run, model_cpus=0.1, ingress_cpus=0.1)), name="raymotion",
+        serve.run(build_app(AppArgs(run_dir=new_run, model_cpus=0.1, ingress_cpus=0.1, face_cpus=0.05)), name="raymotion",
                   route_prefix="/", blocking=False)
         deadline = time.monotonic() + 120
         while requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()["run"]["id"] != "next-run":
@@ -180,7 +180,7 @@ def test_deploying_a_new_run_drops_no_request(ray_session, run, faces_root, serv
         stop.set()
         thread.join(timeout=60)
         # Back to the session's run for the tests after this one.
-        serve.run(build_app(AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1)), name="raymotion",
+        serve.run(build_app(AppArgs(run_dir=run[0], model_cpus=0.1, ingress_cpus=0.1, face_cpus=0.05)), name="raymotion",
                   route_prefix="/", blocking=False)
     assert len(codes) > 5 and set(codes) == {200}, json.dumps(sorted(set(map(str, codes))))
 

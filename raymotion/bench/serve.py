@@ -226,7 +226,7 @@ def cpus_per_model_replica(cfg: ServeBenchConfig, replicas: int, members: int) -
     from serve.app import AppArgs
 
     args = AppArgs(run_dir=cfg.run_dir, **cfg.app_args)
-    free = ray.cluster_resources().get("CPU", 0.0) - args.ingress_cpus * args.ingress_replicas - 0.25 * args.face_replicas
+    free = ray.cluster_resources().get("CPU", 0.0) - args.ingress_cpus * args.ingress_replicas - args.face_cpus * args.face_replicas
     return min(args.model_cpus, round(free / (replicas * members), 3))
 
 
