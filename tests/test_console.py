@@ -50,7 +50,9 @@ def test_the_filter_on_a_real_processes_descriptors(tmp_path):
         lines = {lines!r}.splitlines()
         for i, line in enumerate(lines):
             if i % 3 == 0:
-                print(line)                                   # Python's buffered stdout
+                # Python's stdout, flushed: a block-buffered pipe would reach the filter only at exit, after
+                # the child's lines, and which line a continuation follows would then depend on timing.
+                print(line, flush=True)
             elif i % 3 == 1:
                 os.write(2, (line + "\\n").encode())          # straight to fd 2, as Ray's C++ logging does
             else:
