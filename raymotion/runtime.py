@@ -10,7 +10,8 @@ import ray
 
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
@@ -25,7 +26,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     two, and the cleaner's thread dies: the next trial then waits forever for its CPUs. The raylet is a child
     of this process and hands its environment to every worker, so both variables are set for the start.
     """
-    port = _free_port()
+    port = free_port()
     # RAY_ADDRESS stays set in this process too: its own State API calls (raymotion.tune.resources) resolve
     # the cluster the same way, and beside `make run`'s head they would ask that head (and its token).
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"

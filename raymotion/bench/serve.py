@@ -270,7 +270,7 @@ def http_phases(cfg: ServeBenchConfig, port: int) -> list[dict[str, Any]]:
 
 def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from raymotion.bench.machine import describe_machine
-    from raymotion.runtime import start_local_ray
+    from raymotion.runtime import free_port, start_local_ray
 
     manifest = read_manifest(cfg.run_dir)
     machine = describe_machine()
@@ -283,7 +283,7 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     # Serve reads its throughput switch when its processes start, so it is set before Ray starts them.
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.throughput_optimized else "0"
     start_local_ray()
-    port = _free_port()
+    port = free_port()
     deploy(cfg, port)
     http = http_phases(cfg, port)
     largest = max(manifest.ensemble.served, key=lambda n: manifest.models[n].bytes)
@@ -304,14 +304,6 @@ def ratios(inproc: dict[str, Any], http: list[dict[str, Any]]) -> dict[str, floa
     return {"served_single_over_in_process_batched": best_single / inproc["batched_images_per_s"],
             "served_batch_over_in_process_batched": best_batch / inproc["batched_images_per_s"],
             "http_c1_p50_minus_in_process_b1_p50_ms": c1["p50_ms"] - inproc["batch1_p50_ms"]}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def table(result: dict[str, Any]) -> str:
