@@ -15,6 +15,8 @@ import yaml
 DEFAULT_METRIC = "val_macro_f1"
 Mode = Literal["max", "min"]
 ClassWeighting = Literal["none", "balanced"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]  # Ray placement group strategies
+AmpDtype = Literal["auto", "bf16", "fp16"]
 
 
 class ConfigError(ValueError):
@@ -118,11 +120,26 @@ class TrainConfig:
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
     max_batches_per_epoch: int = 0
     seed: int = 0
-    # Scaling: device-agnostic; GPU and AMP are switched on here, not in code.
+    # Scaling: device-agnostic; GPU and AMP are switched on here, not in code (laptop and cluster differ
+    # only in these fields, see README "Running on a cluster").
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # with use_gpu: Ray GPUs per Train worker (a fraction shares one GPU)
+    # How Train places its workers: PACK fills a node first (least network), SPREAD puts them on distinct
+    # nodes where it can (a lost node then takes fewer workers with it; what the multi-node test checks).
+    placement_strategy: PlacementStrategy = "PACK"
+    # Worker-group restarts Train allows per run (a lost node, a dead worker), each from the latest checkpoint.
+    max_failures: int = 0
+    # Mixed precision on CUDA (autocast; CPU runs float32 whatever this says): "auto" = bf16 where the GPU
+    # has it (Ampere and later), else fp16 with a GradScaler. See train.loop.amp_settings.
     amp: bool = False
+    amp_dtype: AmpDtype = "auto"
+    torch_compile: bool = False  # torch.compile the model in each worker (worth it on GPUs, long first steps)
+    # Ray Data iterator: batches fetched ahead of the training step, and host memory pinned for the copy
+    # to the GPU (CUDA only: pinning needs a CUDA device).
+    prefetch_batches: int = 1
+    pin_memory: bool = True
     # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
     torch_threads: int = 0
 

@@ -278,7 +278,10 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: str  # a run directory with manifest.json
-    device: Literal["cpu", "cuda"] = "cpu"
+    # onnxruntime's providers, best first, CPU always the fallback (export.sessions.session_providers):
+    # "cuda": CUDA; "tensorrt": TensorRT, then CUDA. A GPU device also reserves model_gpus per model replica.
+    device: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    model_gpus: float = Field(0.25, ge=0, le=1)  # Ray GPUs per model replica when device is not cpu (a share of one)
     replicas: int = Field(1, ge=1)  # per model
     model_cpus: float = Field(0.5, gt=0)  # Ray CPUs per model replica (a scheduling share, not a thread cap)
     intra_op_threads: int = Field(1, ge=1)  # onnxruntime threads per replica
@@ -299,11 +302,17 @@ def run_version(run_dir: str) -> str:
     return hashlib.sha256(open(os.path.join(run_dir, MANIFEST), "rb").read()).hexdigest()[:16]
 
 
+def model_actor_options(args: AppArgs) -> dict[str, float]:
+    """Ray resources of one model replica: its CPU share and, on a GPU device, its GPU fraction (Serve then
+    places replicas on GPU nodes only, ``1 / model_gpus`` of them per GPU)."""
+    return {"num_cpus": args.model_cpus, "num_gpus": args.model_gpus if args.device != "cpu" else 0}
+
+
 def bind_member(name: str, entry: ModelEntry, run_dir: str, args: AppArgs):
     # The file the bundle chose and scored (int8 when accepted, else fp32).
     return OnnxModel.options(
         name=f"model_{name}", num_replicas=args.replicas, max_ongoing_requests=args.model_max_ongoing_requests,
-        ray_actor_options={"num_cpus": args.model_cpus, "num_gpus": 0.25 if args.device == "cuda" else 0},
+        ray_actor_options=model_actor_options(args),
     ).bind(name, os.path.join(run_dir, entry.serve.file), entry.serve.sha256, entry.mean, entry.std,
            entry.calibration, args.device, args.intra_op_threads, args.max_batch_size, args.batch_wait_timeout_s)
 

@@ -13,6 +13,9 @@ from raymotion.models import create_model
 
 MODEL_FILE = rundir.CHECKPOINT_MODEL
 META_FILE = rundir.CHECKPOINT_META
+# Beside them in Train's checkpoints: optimizer, schedule, scaler and early-stopping state, from which a
+# restarted worker group resumes (train.loop.resume_state). Export and Serve never read it.
+RESUME_FILE = "resume.pt"
 
 
 def save_checkpoint(directory: str, model: nn.Module, meta: dict[str, Any]) -> None:

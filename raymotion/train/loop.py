@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import ray.train
@@ -18,10 +18,11 @@ import ray.train.torch
 import torch
 import torch.nn as nn
 
+from raymotion import rundir
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
-from raymotion.train.checkpoint import save_checkpoint
+from raymotion.train.checkpoint import RESUME_FILE, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
@@ -57,14 +58,64 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
     return sched.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
+class AmpSettings(NamedTuple):
+    """Autocast and loss scaling for one worker, chosen by ``amp_settings``."""
+
+    enabled: bool
+    dtype: torch.dtype | None  # autocast's dtype; None when off
+    grad_scaler: bool  # fp16 needs loss scaling (its exponent range is small); bf16 and float32 do not
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
+
+
+def select_device(cfg: TrainConfig, assigned: torch.device) -> torch.device:
+    """The worker's device: the CUDA device Ray Train assigned (``ray.train.torch.get_device()``) when
+    ``cfg.use_gpu``, else the CPU. A GPU run whose worker sees no CUDA device fails here rather than
+    training on the CPU without a word."""
+    if not cfg.use_gpu:
+        return torch.device("cpu")
+    if assigned.type != "cuda":
+        raise RuntimeError(f"use_gpu is set but this worker's device is {assigned} (no CUDA device visible: "
+                           "check that the node has GPUs and that torch is a CUDA build)")
+    return assigned
+
+
+def amp_settings(cfg: TrainConfig, device: torch.device, bf16_supported: bool | None = None) -> AmpSettings:
+    """Mixed precision only on CUDA and only when ``cfg.amp``: bf16 (no scaler) when asked or, for "auto",
+    when the GPU supports it (``bf16_supported``, default: ask torch); else fp16 with a GradScaler. CPU
+    training stays float32."""
+    if not (cfg.amp and device.type == "cuda"):
+        return AmpSettings(False, None, False)
+    if cfg.amp_dtype == "auto":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16_supported else torch.float16
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]
+    return AmpSettings(True, dtype, dtype == torch.float16)
+
+
+def iterator_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """``iter_torch_batches`` arguments for the train shard: batches prefetched ahead of the step and, on
+    CUDA, pinned host memory (pinning needs a CUDA device; on the CPU it would only copy)."""
+    return {"prefetch_batches": cfg.prefetch_batches, "pin_memory": cfg.pin_memory and device.type == "cuda",
+            "device": device}
+
+
+def maybe_compile(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile`` when ``cfg.torch_compile`` (compiles lazily, at the first step); else the model."""
+    return torch.compile(model) if cfg.torch_compile else model
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: bool,
+def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: AmpSettings,
              mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
     """``batches``: uint8 NHWC images and labels; ``mean``/``std`` (3,) on ``device`` standardise them."""
     model.eval()
     logits, labels = [], []
     for batch in batches:
-        with torch.autocast(device.type, enabled=amp):
+        with amp.autocast(device):
             out = model(standardize(batch["image"].to(device, non_blocking=True), mean, std))
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
@@ -117,7 +168,10 @@ class EarlyStopping:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The plain module under torch.compile's and DDP's wrappers (what checkpoints hold)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    model = model.module if hasattr(model, "module") else model  # DDP
+    return getattr(model, "_orig_mod", model)
 
 
 @dataclass
@@ -127,7 +181,7 @@ class WorkerRun:
     cfg: TrainConfig
     classes: list[str]
     device: torch.device
-    amp: bool
+    amp: AmpSettings
     mean: torch.Tensor  # (3,) on device: batches arrive as uint8 NHWC and are standardised there
     std: torch.Tensor
     pretrained: bool
@@ -149,8 +203,8 @@ def setup_worker(loop_config: dict[str, Any]) -> tuple[WorkerRun, nn.Module]:
     classes: list[str] = loop_config["classes"]
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
     pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
-    device = ray.train.torch.get_device()
-    amp = cfg.amp and device.type == "cuda"
+    device = select_device(cfg, ray.train.torch.get_device())
+    amp = amp_settings(cfg, device)
     world = ctx.get_world_size()
     steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
@@ -161,7 +215,7 @@ def setup_worker(loop_config: dict[str, Any]) -> tuple[WorkerRun, nn.Module]:
                                   weight=torch.tensor(weights, device=device) if weights else None)
     run = WorkerRun(cfg, classes, device, amp, torch.tensor(spec.mean, dtype=torch.float32, device=device),
                     torch.tensor(spec.std, dtype=torch.float32, device=device), pretrained, steps_per_epoch, loss_fn,
-                    torch.amp.GradScaler(device.type, enabled=amp), ctx.get_world_rank(), world)
+                    torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), ctx.get_world_rank(), world)
     return run, model
 
 
@@ -173,7 +227,7 @@ def start_phase(run: WorkerRun, model: nn.Module, phase: tuple[str, int, float])
     module = unwrap(model)
     if run.pretrained:
         set_backbone_frozen(module, run.cfg.model, frozen=name == "head")
-    model = ray.train.torch.prepare_model(module)
+    model = maybe_compile(ray.train.torch.prepare_model(module), run.cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=run.cfg.weight_decay)
     total = run.steps_per_epoch * epochs
@@ -184,7 +238,7 @@ def epoch_batches(shard, cfg: TrainConfig, epoch: int, device: torch.device) -> 
     """One epoch of this worker's training shard, shuffled locally with a seed of (seed, epoch)."""
     return shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True,
                                     local_shuffle_buffer_size=max(SHUFFLE_BUFFER_ROWS, cfg.batch_size * 4),
-                                    local_shuffle_seed=cfg.seed + epoch, device=device)
+                                    local_shuffle_seed=cfg.seed + epoch, **iterator_options(cfg, device))
 
 
 def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -196,7 +250,7 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
         if step >= run.steps_per_epoch:
             break
         images, labels, target = standardize(batch["image"], run.mean, run.std), batch["label"], batch["target"]
-        with torch.autocast(run.device.type, enabled=run.amp):
+        with run.amp.autocast(run.device):
             logits = model(images)
             loss = run.loss_fn(logits, target)
         optimizer.zero_grad(set_to_none=True)
@@ -212,9 +266,10 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
             "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9)}
 
 
-def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any]) -> None:
+def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], resume: dict[str, Any]) -> None:
     """Report the epoch to Train (and through it Tune) with rank 0's checkpoint of it; Train keeps the best
-    by the run's metric."""
+    by the run's metric, and always the latest, which a restarted worker group resumes from (``resume``:
+    optimizer, schedule, scaler and early-stopping state, see ``resume_state``)."""
     spec = get_model_spec(run.cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -222,24 +277,65 @@ def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any]) -> N
             save_checkpoint(tmp, unwrap(model), {
                 "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
                 "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
-                "train_config": run.cfg.to_dict(), "metrics": metrics,
+                "train_config": run.cfg.to_dict(), "metrics": metrics, "runtime": runtime_record(run),
             })
+            torch.save(resume, os.path.join(tmp, RESUME_FILE))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def runtime_record(run: WorkerRun) -> dict[str, Any]:
+    """What this run actually used: the checkpoint's meta.json "runtime" (scripts/gpu_check.sh prints it)."""
+    gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
+    loader = {k: v for k, v in iterator_options(run.cfg, run.device).items() if k != "device"}
+    return {"device": str(run.device), "gpu": gpu, "torch": torch.__version__,
+            "autocast": str(run.amp.dtype).removeprefix("torch.") if run.amp.enabled else "off",
+            "grad_scaler": run.amp.grad_scaler, "torch_compile": run.cfg.torch_compile, **loader,
+            "workers": run.world, "torch_threads": torch.get_num_threads()}
+
+
+def resume_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+    """What a restarted worker group continues from: the latest checkpoint's weights and ``RESUME_FILE``
+    ({"epoch", "phase", "optimizer", "scheduler", "scaler", "stopper"}); None on a fresh start (or a
+    checkpoint written without a resume file: then training starts over)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = os.path.join(directory, RESUME_FILE)
+        if not os.path.isfile(path):
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["model"] = torch.load(os.path.join(directory, rundir.CHECKPOINT_MODEL), map_location="cpu",
+                                    weights_only=True)
+    return state
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
-    "class_weights": [...] or None}."""
+    "class_weights": [...] or None}. After a worker-group restart (``TrainConfig.max_failures``) it resumes
+    from the epoch after the latest checkpoint, with that epoch's optimizer, schedule and stopping state."""
     run, model = setup_worker(loop_config)
     cfg = run.cfg
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     phase_of_epoch = [p for p in transfer_phases(cfg, run.pretrained) for _ in range(p[1])]
     stopper, phase = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
-    for epoch in range(1, cfg.epochs + 1):
+    resumed = resume_state(ray.train.get_checkpoint())
+    first_epoch = 1
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        stopper.best, stopper.best_epoch = resumed["stopper"]["best"], resumed["stopper"]["best_epoch"]
+        run.scaler.load_state_dict(resumed["scaler"])
+        first_epoch = resumed["epoch"] + 1
+        if run.rank == 0:
+            print(f"raymotion resuming after epoch {resumed['epoch']} from the latest checkpoint", flush=True)
+    for epoch in range(first_epoch, cfg.epochs + 1):
         if phase_of_epoch[epoch - 1] != phase:
             phase = phase_of_epoch[epoch - 1]
             model, optimizer, scheduler = start_phase(run, model, phase)
+            if resumed is not None and epoch == first_epoch and resumed["phase"] == phase[0]:
+                # Mid-phase: the optimizer's moments and the schedule's step carry on (a new phase starts fresh).
+                optimizer.load_state_dict(resumed["optimizer"])
+                scheduler.load_state_dict(resumed["scheduler"])
         model.train()
         if run.pretrained and phase[0] == "head":
             set_backbone_frozen(unwrap(model), cfg.model, frozen=True)  # model.train() re-enabled frozen BN
@@ -253,10 +349,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                        run.mean, run.std)
         metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
                         "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
+                        "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0,
                         **{f"val_{k}": v for k, v in val.items()}})
         # Early stopping on the run's metric; the best epoch's checkpoint is the one Train keeps.
         stop = stopper.update(epoch, metrics.get(cfg.metric))
         metrics["best_epoch"] = stopper.best_epoch
-        report_epoch(run, model, metrics)
+        report_epoch(run, model, metrics, resume={
+            "epoch": epoch, "phase": phase[0], "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "stopper": {"best": stopper.best, "best_epoch": stopper.best_epoch}})
         if stop:
             break

@@ -26,6 +26,16 @@ def class_weights(cfg: TrainConfig, class_counts: list[int] | None) -> list[floa
     return [total / (k * max(1, n)) for n in class_counts]
 
 
+def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
+    """Workers, their resources and placement, from the config alone: a GPU cluster differs from a laptop
+    in these fields (``use_gpu``, ``gpus_per_worker``, ``placement_strategy``), not in code."""
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources,
+                                   placement_strategy=cfg.placement_strategy)
+
+
 def build_trainer(
     cfg: TrainConfig,
     *,
@@ -53,9 +63,7 @@ def build_trainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
                            "class_weights": class_weights(cfg, class_counts), **(loop_config_extra or {})},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
+        scaling_config=scaling_config(cfg),
         datasets=datasets,
         # Only the training set is sharded; each worker may evaluate the whole val set.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": train_options}),
@@ -63,6 +71,9 @@ def build_trainer(
             storage_path=storage_path,
             name=name,
             callbacks=list(callbacks),
+            # A failed worker group (a lost node, a dead worker) restarts from the latest checkpoint, where
+            # the loop resumes (train.loop.resume_state); Tune's own FailureConfig retries whole trials.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # Kept checkpoints are ranked by the run's metric; the best epoch survives, the rest are deleted.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode

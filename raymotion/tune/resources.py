@@ -48,7 +48,7 @@ class TrialDemand:
 
 
 def demand_of(cfg: TrainConfig) -> TrialDemand:
-    return TrialDemand(cfg.num_workers, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
+    return TrialDemand(cfg.num_workers, cfg.cpus_per_worker, cfg.gpus_per_worker if cfg.use_gpu else 0.0)
 
 
 def fit_to_free(cfg: TrainConfig, free_cpus: float, free_gpus: float = 0.0) -> tuple[TrainConfig, str | None]:
