@@ -296,6 +296,9 @@ class AppArgs(BaseModel):
     face_replicas: int = Field(1, ge=1)
     face_cpus: float = Field(0.25, gt=0)
     face_max_side: int = Field(640, ge=64)  # photos are scaled to this long side before face detection
+    # On a cluster: at most this many replicas of any one deployment per node (1: a lost node takes one
+    # replica of each, and the others keep answering). None: Serve's default (spread where it can).
+    max_replicas_per_node: int | None = Field(None, ge=1)
 
 
 def run_version(run_dir: str) -> str:
@@ -308,11 +311,16 @@ def model_actor_options(args: AppArgs) -> dict[str, float]:
     return {"num_cpus": args.model_cpus, "num_gpus": args.model_gpus if args.device != "cpu" else 0}
 
 
+def per_node(args: AppArgs) -> dict[str, int]:
+    """Deployment options for ``max_replicas_per_node`` (only when set: Serve refuses None)."""
+    return {} if args.max_replicas_per_node is None else {"max_replicas_per_node": args.max_replicas_per_node}
+
+
 def bind_member(name: str, entry: ModelEntry, run_dir: str, args: AppArgs):
     # The file the bundle chose and scored (int8 when accepted, else fp32).
     return OnnxModel.options(
         name=f"model_{name}", num_replicas=args.replicas, max_ongoing_requests=args.model_max_ongoing_requests,
-        ray_actor_options=model_actor_options(args),
+        ray_actor_options=model_actor_options(args), **per_node(args),
     ).bind(name, os.path.join(run_dir, entry.serve.file), entry.serve.sha256, entry.mean, entry.std,
            entry.calibration, args.device, args.intra_op_threads, args.max_batch_size, args.batch_wait_timeout_s)
 
@@ -332,10 +340,10 @@ def build_app(args: AppArgs):
     manifest = read_manifest(run_dir)
     members = [bind_member(name, manifest.models[name], run_dir, args) for name in manifest.ensemble.served]
     detector = FaceDetector.options(name="faces", num_replicas=args.face_replicas,
-                                    ray_actor_options={"num_cpus": args.face_cpus}).bind()
+                                    ray_actor_options={"num_cpus": args.face_cpus}, **per_node(args)).bind()
     public = public_models(manifest, run_dir, run_version(run_dir))
     return EnsembleIngress.options(
         name="ingress", num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_ongoing_requests,
-        max_queued_requests=args.max_queued_requests, ray_actor_options={"num_cpus": args.ingress_cpus},
+        max_queued_requests=args.max_queued_requests, ray_actor_options={"num_cpus": args.ingress_cpus}, **per_node(args),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
     ).bind(manifest_json(manifest), public, args.face_max_side, detector, *members)

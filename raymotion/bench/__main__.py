@@ -1,6 +1,8 @@
 """``python -m raymotion.bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader.
 ``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble.
-``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults."""
+``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults.
+``python -m raymotion.bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
+replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py)."""
 
 from __future__ import annotations
 
@@ -150,6 +152,26 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
 
 
+def add_cluster_arguments(sub) -> None:
+    p = sub.add_parser("cluster", help="a 3-node cluster on this machine: placements, a node lost mid-trial and under load")
+    p.add_argument("--out", default=None, help="run directory (checkpoints, run, cluster.json; default runs/cluster-<time>)")
+    p.add_argument("--epochs", type=int, default=3, help="per trial (the node is removed after the first)")
+    p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the run and serve it across the nodes, then remove a replica's node under load")
+
+
+def run_cluster(args: argparse.Namespace) -> None:
+    from raymotion.bench.cluster import ClusterCheckConfig, run_cluster_check
+    from raymotion.console import filter_terminal
+
+    os.environ.pop("RAY_ADDRESS", None)  # its own cluster, never one already running
+    out = os.path.abspath(args.out or os.path.join("runs", f"cluster-{time.strftime('%Y%m%d-%H%M%S')}"))
+    filter_terminal(os.path.join(out, "logs", "cluster.log"))  # Ray's known noise off the terminal (README)
+    run_cluster_check(ClusterCheckConfig(out=out, epochs=args.epochs, serve=args.serve),
+                      log=lambda line: print(line, flush=True))
+    print(f"\nwrote {os.path.join(out, 'cluster.json')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--address")
     data.add_argument("--out", default="runs/bench")
     add_serve_arguments(sub)
+    add_cluster_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "cluster":
+        run_cluster(args)
+        return
     if args.command == "models":
         run_models(args)
         return
