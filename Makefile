@@ -20,7 +20,7 @@ RAY_START_ARGS ?=
 MODELS ?=
 PRESET ?= quick
 
-.PHONY: setup browser run test ray-up ray-down job
+.PHONY: setup browser run test ray-up ray-down job cluster-up cluster-job cluster-down
 
 setup: $(STAMP)
 
@@ -80,3 +80,26 @@ job: ray-up
 
 test: setup browser
 	$(PY) -m pytest -q tests
+
+# A GPU cluster on AWS from cluster.yaml (README, "Running on a cluster"): the same tune command as `make job`,
+# with flags for GPUs and several nodes; data root and run directory on the nodes' shared file system. Run
+# `ray dashboard cluster.yaml` in another terminal first (it forwards the head's dashboard to 127.0.0.1:8265).
+# Clusters started by `ray up` on Ray 2.60 run without token authentication (only local heads have it).
+CLUSTER_YAML    ?= cluster.yaml
+CLUSTER_DATA    ?= /mnt/shared/data/emotions
+CLUSTER_RUNS    ?= /mnt/shared/runs
+CLUSTER_WORKERS ?= 2
+CLUSTER_ARGS    ?= --set placement_strategy=SPREAD --set max_failures=2 --set cpus_per_worker=3
+
+cluster-up: setup
+	$(RAY) up -y $(CLUSTER_YAML)
+
+cluster-job: setup
+	RAY_AUTH_MODE=disabled $(RAY) job submit --address http://127.0.0.1:$(DASHBOARD_PORT) --working-dir . \
+	    --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' -- \
+	    python -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --device cuda \
+	    --workers $(CLUSTER_WORKERS) --data $(CLUSTER_DATA) --out $(CLUSTER_RUNS)/job-$(shell date +%Y%m%d-%H%M%S) \
+	    $(CLUSTER_ARGS) $(JOB_ARGS)
+
+cluster-down: setup
+	$(RAY) down -y $(CLUSTER_YAML)
