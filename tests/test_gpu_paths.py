@@ -130,6 +130,17 @@ def test_serve_replicas_request_gpu_fractions_only_on_a_gpu_device(tmp_path):
     assert all(o.get("num_gpus", 0) == 0 for o in cpu.values())
 
 
+def test_serve_replicas_of_each_deployment_can_be_kept_one_per_node(tmp_path):
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from serve.app import AppArgs, build_app
+
+    rundir.write_manifest(str(tmp_path), sample_manifest())
+    for limit in (None, 1):
+        built = build_serve_app(build_app(AppArgs(run_dir=str(tmp_path), max_replicas_per_node=limit)), name="raymotion")
+        assert {d._replica_config.max_replicas_per_node for d in built.deployments} == {limit}
+
+
 def test_serve_refuses_gpu_shares_it_cannot_place():
     import pydantic
 
@@ -138,3 +149,53 @@ def test_serve_refuses_gpu_shares_it_cannot_place():
     for bad in ({"model_gpus": 1.5}, {"model_gpus": -0.1}, {"device": "gpu"}):
         with pytest.raises(pydantic.ValidationError):
             AppArgs.model_validate({"run_dir": "r", **bad})
+
+
+PRELOAD_PROBE = """
+import sys
+from raymotion.export.sessions import create_session
+create_session(sys.argv[1], device=sys.argv[2])
+maps = open("/proc/self/maps").read()
+print("torch" in sys.modules, "libcublasLt.so" in maps, "libcudart.so" in maps)
+"""
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+def test_a_gpu_session_loads_the_cuda_libraries_without_torch(device, tmp_path):
+    """A Serve replica imports no torch, so nothing else loads the CUDA libraries onnxruntime's CUDA provider
+    needs: create_session must (the pip NVIDIA packages beside torch's CUDA wheels are in this venv). On a GPU
+    node the provider then starts; here it still falls back to the CPU, for want of a driver."""
+    import subprocess
+    import sys
+
+    from raymotion.export.onnx import export_onnx
+    from raymotion.models import create_model
+
+    path = str(tmp_path / "lenet.onnx")
+    export_onnx(create_model("lenet", num_classes=3, pretrained=False).eval(), path, 32)
+    out = subprocess.run([sys.executable, "-c", PRELOAD_PROBE, path, device], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # The last line (onnxruntime prints its TensorRT fallback on stdout before it).
+    assert out.stdout.strip().splitlines()[-1].split() == ["False", "True", "True"], out.stdout
+    cpu = subprocess.run([sys.executable, "-c", PRELOAD_PROBE, path, "cpu"], capture_output=True, text=True, timeout=120)
+    assert cpu.stdout.strip().splitlines()[-1].split() == ["False", "False", "False"], cpu.stdout  # the CPU path loads none of it
+
+
+def test_the_gpu_check_reports_what_a_run_trained_and_serves_on(run):
+    """``bench gpu`` (what scripts/gpu_check.sh prints) on the session's CPU run: every checkpoint says it
+    trained on the CPU in float32, and each served file asked for the GPU providers falls back to the CPU."""
+    from raymotion.bench.gpu import describe, environment, run_usage, used_gpu
+
+    usage = run_usage(run[0])
+    assert set(usage["models"]) == set(run[1]["ensemble"]["served"])
+    for name, entry in usage["models"].items():
+        runtime = entry["train_runtime"]
+        assert (runtime["device"], runtime["gpu"], runtime["autocast"], runtime["grad_scaler"], runtime["pin_memory"],
+                runtime["torch_compile"]) == ("cpu", None, "off", False, False, False), name
+        sessions = entry["serve_sessions"]
+        assert sessions["cuda"]["asked"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert all(s["running"] == ["CPUExecutionProvider"] for s in sessions.values())  # no GPU here
+    assert len(used_gpu(usage)) == 2 * len(usage["models"])  # --require-gpu fails here, naming each
+    text = describe(environment(), usage)
+    assert "CUDA available: False" in text and "trained: device cpu, autocast off" in text

@@ -2,7 +2,8 @@
 ``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble.
 ``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults.
 ``python -m raymotion.bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
-replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py)."""
+replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py).
+``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -172,6 +173,21 @@ def run_cluster(args: argparse.Namespace) -> None:
     print(f"\nwrote {os.path.join(out, 'cluster.json')}")
 
 
+def run_gpu(args: argparse.Namespace) -> None:
+    import sys
+
+    from raymotion.bench.gpu import describe, environment, run_usage, used_gpu
+
+    env, usage = environment(), run_usage(os.path.abspath(args.run_dir))
+    print(describe(env, usage))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, **usage}, f, indent=2)
+    missing = used_gpu(usage)
+    if args.require_gpu and missing:
+        sys.exit("not on the GPU:\n  " + "\n  ".join(missing))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,7 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--out", default="runs/bench")
     add_serve_arguments(sub)
     add_cluster_arguments(sub)
+    gpu = sub.add_parser("gpu", help="what a run trained on (device, autocast, ...) and its served files' providers")
+    gpu.add_argument("run_dir", metavar="RUN_DIR")
+    gpu.add_argument("--require-gpu", action="store_true", help="exit 1 unless training and serving used CUDA")
+    gpu.add_argument("--json", help="also write it as JSON")
     args = parser.parse_args(argv)
+    if args.command == "gpu":
+        run_gpu(args)
+        return
     if args.command == "cluster":
         run_cluster(args)
         return

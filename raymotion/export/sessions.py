@@ -7,6 +7,7 @@ replica, the int8 search, the bench) does not pay torch's import time and memory
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Callable
@@ -83,6 +84,21 @@ def session_providers(device: str = "cpu") -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
+@functools.cache
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA and cuDNN libraries of the pip-installed NVIDIA packages (those torch's CUDA wheels
+    bring) into this process, once. onnxruntime-gpu's CUDA provider needs them, and finds them by itself
+    only when torch was imported first: a Serve replica imports no torch, and without this its CUDA session
+    fell back to the CPU (here: "libcublasLt.so.13: cannot open shared object file"). False when this
+    onnxruntime cannot (older than 1.21) or the libraries are missing."""
+    try:
+        ort.preload_dlls(cuda=True, cudnn=True)
+        return True
+    except Exception as err:  # AttributeError on an old onnxruntime; OSError without the libraries
+        log.warning("could not preload the CUDA libraries for onnxruntime: %s", err)
+        return False
+
+
 def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0, inter_op_threads: int = 1,
                    graph_optimization: str = "all", enable_mem_arena: bool = True,
                    execution_mode: str = "sequential", allow_spinning: bool = True,
@@ -103,6 +119,8 @@ def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0,
                               execution_mode=execution_mode, allow_spinning=allow_spinning,
                               stop_spinning_after_run=stop_spinning_after_run)
     providers = session_providers(device)
+    if providers != ["CPUExecutionProvider"]:
+        preload_cuda_libraries()
     try:
         return ort.InferenceSession(path, sess_options=options, providers=providers)
     except Exception as err:  # a GPU provider that is installed but cannot start (no driver, no device)
