@@ -56,3 +56,22 @@ def test_the_shipped_serve_config_is_valid_for_serve_and_the_app():
     args = AppArgs.model_validate(app.args)
     assert resolve_run_dir(args.run_dir) == os.path.realpath(os.path.join(CHECKOUT, "runs", "latest"))
     assert resolve_run_dir("/abs/run") == "/abs/run"
+
+
+def test_the_shipped_gpu_cluster_serve_config_is_valid_and_asks_for_gpu_shares(tmp_path):
+    import yaml
+    from ray.serve._private.build_app import build_app as build_serve_app
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import AppArgs, build_app
+
+    with open(os.path.join(REPO, "serve", "config.gpu.yaml")) as f:
+        config = ServeDeploySchema.model_validate(yaml.safe_load(f))
+    (app,) = config.applications
+    args = AppArgs.model_validate(app.args)
+    assert args.run_dir.startswith("/mnt/shared/runs/")  # the shared file system of cluster.yaml
+    rundir.write_manifest(str(tmp_path), sample_manifest())
+    built = build_serve_app(build_app(args.model_copy(update={"run_dir": str(tmp_path)})), name=app.name)
+    options = {d.name: d.ray_actor_options for d in built.deployments}
+    assert options["model_lenet"]["num_gpus"] == 0.25 and options["ingress"].get("num_gpus", 0) == 0
+    assert {d._replica_config.max_replicas_per_node for d in built.deployments} == {1}
