@@ -156,7 +156,7 @@ def add_serve_arguments(sub) -> None:
 def add_cluster_arguments(sub) -> None:
     p = sub.add_parser("cluster", help="a 3-node cluster on this machine: placements, a node lost mid-trial and under load")
     p.add_argument("--out", default=None, help="run directory (checkpoints, run, cluster.json; default runs/cluster-<time>)")
-    p.add_argument("--epochs", type=int, default=3, help="per trial (the node is removed after the first)")
+    p.add_argument("--epochs", type=int, default=4, help="per trial (the node is removed after the first)")
     p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=True,
                    help="export the run and serve it across the nodes, then remove a replica's node under load")
 

@@ -44,7 +44,7 @@ class ClusterCheckConfig:
     # beside a SPREAD worker, both trials (0.1 each) and their data tasks (0.5 each).
     head_cpus: int = 5
     worker_cpus: int = 1  # one Train worker per worker node
-    epochs: int = 3
+    epochs: int = 4  # the node goes after epoch 1; the other three give the removal time to land mid-trial
     input_size: int = 32
     train_per_class: int = 200
     val_per_class: int = 20
