@@ -121,7 +121,7 @@ def run_serve(args: argparse.Namespace) -> None:
                            max_requests=args.max_requests, batch_images=args.batch_images,
                            inprocess_seconds=args.inprocess_seconds, fault_seconds=args.fault_seconds,
                            fault_concurrency=args.fault_concurrency, app_args=app_args,
-                           throughput_optimized=args.throughput_optimized)
+                           throughput_optimized=args.throughput_optimized, floor=args.floor)
     result = run_serve_bench(cfg, log=lambda line: print(line, flush=True))
     result["table"] = table(result)
     print("\n" + result["table"])
@@ -147,6 +147,8 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--fault-concurrency", type=int, default=16)
     p.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=True,
                    help="Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED for the benchmark's own Ray (as make ray-up starts the head)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure Serve's own cost: the app's shape with models that do no work")
     p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
 
 
