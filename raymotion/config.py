@@ -15,6 +15,8 @@ import yaml
 DEFAULT_METRIC = "val_macro_f1"
 Mode = Literal["max", "min"]
 ClassWeighting = Literal["none", "balanced"]
+Search = Literal["optuna", "random"]
+Scheduler = Literal["asha", "fifo"]
 
 
 class ConfigError(ValueError):
@@ -123,6 +125,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     amp: bool = False
+    # Train's restarts of the worker group after a worker dies (actor killed, OOM, node lost), each from
+    # the run's latest checkpoint; beyond them the trial errors (and Tune's own retries take over).
+    max_failures: int = 2
     # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
     torch_threads: int = 0
 
@@ -189,11 +194,19 @@ class TuneSettings:
 
     num_samples: int = 2
     max_concurrent_trials: int = 1  # 2 CPUs: trials in sequence; a cluster raises this
+    # "optuna": TPE (seeded, starting at the space's start point); "random": Tune's random sampling of the
+    # same space (the baseline bench tune compares against).
+    search: Search = "optuna"
+    # "asha": stop bad trials early (by epoch); "fifo": every trial runs all its epochs.
+    scheduler: Scheduler = "asha"
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
     seed: int = 0
+    # Tune's own retries of a trial that errors (after Train's restarts, TrainConfig.max_failures, ran
+    # out); each retry continues from the trial's latest checkpoint.
+    trial_max_failures: int = 1
 
     def __post_init__(self) -> None:
         check_literals(self)

@@ -21,7 +21,7 @@ import torch.nn as nn
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
-from raymotion.train.checkpoint import save_checkpoint
+from raymotion.train.checkpoint import load_train_state, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
@@ -106,6 +106,12 @@ class EarlyStopping:
         self.patience, self.best_epoch = patience, 0
         self.sign = 1.0 if mode == "max" else -1.0
         self.best = float("-inf")  # sign * value: higher is better in either mode
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
     def update(self, epoch: int, value: float | None) -> bool:
         """Record this epoch's value (None: not reported, never an improvement); True when training
@@ -212,9 +218,9 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
             "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9)}
 
 
-def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any]) -> None:
+def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
     """Report the epoch to Train (and through it Tune) with rank 0's checkpoint of it; Train keeps the best
-    by the run's metric."""
+    by the run's metric, and the latest (what a restarted worker continues from)."""
     spec = get_model_spec(run.cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -223,9 +229,30 @@ def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any]) -> N
                 "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
                 "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
                 "train_config": run.cfg.to_dict(), "metrics": metrics,
-            })
+            }, train_state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@dataclass
+class Resumed:
+    """Where a restarted worker picks up: the last reported epoch's weights and training state."""
+    epoch: int
+    model_state: dict[str, torch.Tensor]
+    train_state: dict[str, Any]
+
+
+def resume_point() -> Resumed | None:
+    """The run's latest checkpoint, when Train restarts this worker group (a worker died, the trial was
+    resumed by Tune): Train hands every worker the same one."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        loaded = load_train_state(directory)
+    if loaded is None:  # a checkpoint written without training state: start over
+        return None
+    return Resumed(int(loaded[1]["epoch"]), *loaded)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -236,10 +263,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     phase_of_epoch = [p for p in transfer_phases(cfg, run.pretrained) for _ in range(p[1])]
     stopper, phase = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
-    for epoch in range(1, cfg.epochs + 1):
+    resumed = resume_point()
+    if resumed:
+        model.load_state_dict(resumed.model_state)
+        stopper.load_state_dict(resumed.train_state["early_stopping"])
+        if resumed.train_state["stop"]:
+            return
+    for epoch in range((resumed.epoch if resumed else 0) + 1, cfg.epochs + 1):
         if phase_of_epoch[epoch - 1] != phase:
             phase = phase_of_epoch[epoch - 1]
             model, optimizer, scheduler = start_phase(run, model, phase)
+            if resumed and epoch == resumed.epoch + 1 and resumed.train_state["phase"] == phase[0]:
+                optimizer.load_state_dict(resumed.train_state["optimizer"])
+                scheduler.load_state_dict(resumed.train_state["scheduler"])
+                run.scaler.load_state_dict(resumed.train_state["scaler"])
         model.train()
         if run.pretrained and phase[0] == "head":
             set_backbone_frozen(unwrap(model), cfg.model, frozen=True)  # model.train() re-enabled frozen BN
@@ -253,10 +290,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                        run.mean, run.std)
         metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
                         "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
+                        # The epoch this worker group restarted from (0: never restarted): the trial's
+                        # results say whether, and where, it continued after a fault.
+                        "resumed_from_epoch": resumed.epoch if resumed else 0,
                         **{f"val_{k}": v for k, v in val.items()}})
         # Early stopping on the run's metric; the best epoch's checkpoint is the one Train keeps.
         stop = stopper.update(epoch, metrics.get(cfg.metric))
         metrics["best_epoch"] = stopper.best_epoch
-        report_epoch(run, model, metrics)
+        report_epoch(run, model, metrics, {
+            "epoch": epoch, "phase": phase[0], "stop": stop, "early_stopping": stopper.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": run.scaler.state_dict()})
         if stop:
             break

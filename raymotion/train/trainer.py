@@ -63,6 +63,8 @@ def build_trainer(
             storage_path=storage_path,
             name=name,
             callbacks=list(callbacks),
+            # A dead worker restarts the group from the latest checkpoint (train_loop_per_worker resumes it).
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # Kept checkpoints are ranked by the run's metric; the best epoch survives, the rest are deleted.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
