@@ -152,6 +152,38 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
 
 
+def run_tune(args: argparse.Namespace) -> None:
+    from raymotion.bench.tune import TuneBenchConfig, run_tune_bench, table
+
+    root, _ = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
+    cfg = TuneBenchConfig(data_root=root, model=args.model, input_size=args.size, epochs=args.epochs,
+                          trials=args.trials, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                          max_batches_per_epoch=args.max_batches, grace_period=args.grace_period,
+                          reduction_factor=args.reduction_factor)
+    result = run_tune_bench(cfg, log=lambda line: print(line, flush=True))
+    result["table"] = table(result)
+    print("\n" + result["table"])
+    path = args.json or os.path.join("runs", "bench", f"tune-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    print(f"\nwrote {path}")
+
+
+def add_tune_arguments(sub) -> None:
+    p = sub.add_parser("tune", help="Optuna + ASHA vs random search run to the end: compute to reach the best result")
+    p.add_argument("--data", help="data root (default ../shared/data/emotions, else generated faces)")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--size", type=int, default=48, help="input size, px")
+    p.add_argument("--epochs", type=int, default=6, help="max epochs per trial")
+    p.add_argument("--trials", type=int, default=10, help="trials per search")
+    p.add_argument("--seeds", default="0,1", help="comma-separated; each runs both searches")
+    p.add_argument("--max-batches", type=int, default=20, help="batches per epoch (of 64)")
+    p.add_argument("--grace-period", type=int, default=1)
+    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--json", help="output JSON (default runs/bench/tune-<time>.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--address")
     data.add_argument("--out", default="runs/bench")
     add_serve_arguments(sub)
+    add_tune_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "tune":
+        run_tune(args)
+        return
     if args.command == "models":
         run_models(args)
         return

@@ -197,10 +197,11 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
                     batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """At most ``steps_per_epoch`` optimizer steps (one per batch; the schedule steps with them)."""
     started = time.perf_counter()
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, first_batch_at = 0, 0.0, 0, None
     for step, batch in enumerate(batches):
         if step >= run.steps_per_epoch:
             break
+        first_batch_at = first_batch_at or time.time()
         images, labels, target = standardize(batch["image"], run.mean, run.std), batch["label"], batch["target"]
         with torch.autocast(run.device.type, enabled=run.amp):
             logits = model(images)
@@ -215,7 +216,8 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
         # Against the dominant class of each (possibly mixed) target.
         correct += int((logits.argmax(1) == target.argmax(1)).sum())
     return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9)}
+            "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9),
+            "first_batch_at": first_batch_at or time.time()}
 
 
 def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
@@ -255,9 +257,21 @@ def resume_point() -> Resumed | None:
     return Resumed(int(loaded[1]["epoch"]), *loaded)
 
 
+def start_figures(loop_config: dict[str, Any], loop_started_at: float, first_batch_at: float) -> dict[str, float]:
+    """A run's fixed start, in seconds: from the caller's ``started_at`` (the Tune trial's code) to this
+    loop (Train's controller, worker group, imports), and from the loop to the first training batch
+    (model, data shards, the pipeline's first output)."""
+    figures = {"start_first_batch_s": first_batch_at - loop_started_at}
+    if "started_at" in loop_config:
+        figures["start_workers_s"] = loop_started_at - loop_config["started_at"]
+        figures["start_seconds"] = first_batch_at - loop_config["started_at"]
+    return figures
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
-    "class_weights": [...] or None}."""
+    "class_weights": [...] or None, optionally "started_at": the caller's time.time()}."""
+    loop_started_at = time.time()
     run, model = setup_worker(loop_config)
     cfg = run.cfg
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
@@ -283,6 +297,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         started = time.perf_counter()
         metrics = {"epoch": epoch, **train_one_epoch(run, model, optimizer, scheduler,
                                                      epoch_batches(train_shard, cfg, epoch, run.device))}
+        first_batch_at = metrics.pop("first_batch_at")
+        if epoch == (resumed.epoch if resumed else 0) + 1:
+            metrics.update(start_figures(loop_config, loop_started_at, first_batch_at))
         # Every worker reads the whole (unsplit) val set and must consume it: Ray Train feeds an unsplit
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.

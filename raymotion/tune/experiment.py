@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -39,8 +39,10 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str
     """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
     cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
     trial_id = tune.get_context().get_trial_id()
+    # When the trial's own code starts: the loop measures its fixed start (workers, data, first batch) from it.
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
-                            name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()])
+                            name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()],
+                            loop_config_extra={"started_at": time.time()})
     trainer.fit()
 
 
@@ -138,6 +140,8 @@ def trial_rows(grid, histories: dict[int, list[dict[str, Any]]], base: TrainConf
                      "epochs": len(epochs), "stop_reason": stop_reason(result, epochs, base),
                      "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")},
                      "minutes": sum(r.get("epoch_seconds", 0.0) for r in epochs) / 60,
+                     # From the trial's code starting to its first training batch (workers, data shards).
+                     **{k: epochs[0].get(k) for k in ("start_seconds", "start_workers_s", "start_first_batch_s") if epochs},
                      "wall_minutes": (epochs[-1].get("time_total_s", 0.0) / 60) if epochs else 0.0,
                      "restarted": any(r.get("resumed_from_epoch", 0) for r in epochs),
                      "error": str(result.error)[:500] if result.error else ""})
@@ -154,10 +158,12 @@ def write_trials(rows: list[dict[str, Any]], run_dir: str, model: str) -> None:
 
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
                settings: TuneSettings, run_dir: str, spaces_dir: str | None = None,
-               callbacks: Sequence[tune.Callback] = ()) -> TuneResult:
+               callbacks: Sequence[tune.Callback] = (),
+               on_trials: Callable[[list[dict[str, Any]], list[list[dict[str, Any]]]], None] | None = None) -> TuneResult:
     """Search ``tune_spaces/<model>.yaml`` around ``base`` (continuing the experiment under ``run_dir``
     if one was started); write the trials table; return the best epoch of the best trial.
-    ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on."""
+    ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on.
+    ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune)."""
     space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained))
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
@@ -176,6 +182,8 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     best_row, best_trial, histories = _best_epoch(grid, settings)
     rows = trial_rows(grid, histories, base, settings)
     write_trials(rows, run_dir, base.model)
+    if on_trials:
+        on_trials(rows, [histories[id(r)] for r in grid])
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
