@@ -89,7 +89,7 @@ CLUSTER_YAML    ?= cluster.yaml
 CLUSTER_DATA    ?= /mnt/shared/data/emotions
 CLUSTER_RUNS    ?= /mnt/shared/runs
 CLUSTER_WORKERS ?= 2
-CLUSTER_ARGS    ?= --set placement_strategy=SPREAD --set max_failures=2 --set cpus_per_worker=3
+CLUSTER_ARGS    ?= --set placement_strategy=SPREAD --set cpus_per_worker=3
 
 cluster-up: setup
 	$(RAY) up -y $(CLUSTER_YAML)

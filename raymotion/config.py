@@ -17,6 +17,8 @@ Mode = Literal["max", "min"]
 ClassWeighting = Literal["none", "balanced"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]  # Ray placement group strategies
 AmpDtype = Literal["auto", "bf16", "fp16"]
+Search = Literal["optuna", "random"]
+Scheduler = Literal["asha", "fifo"]
 
 
 class ConfigError(ValueError):
@@ -129,8 +131,9 @@ class TrainConfig:
     # How Train places its workers: PACK fills a node first (least network), SPREAD puts them on distinct
     # nodes where it can (a lost node then takes fewer workers with it; what the multi-node test checks).
     placement_strategy: PlacementStrategy = "PACK"
-    # Worker-group restarts Train allows per run (a lost node, a dead worker), each from the latest checkpoint.
-    max_failures: int = 0
+    # Train's restarts of the worker group after a worker dies (actor killed, OOM, node lost), each from
+    # the run's latest checkpoint; beyond them the trial errors (and Tune's own retries take over).
+    max_failures: int = 2
     # Mixed precision on CUDA (autocast; CPU runs float32 whatever this says): "auto" = bf16 where the GPU
     # has it (Ampere and later), else fp16 with a GradScaler. See train.loop.amp_settings.
     amp: bool = False
@@ -206,11 +209,19 @@ class TuneSettings:
 
     num_samples: int = 2
     max_concurrent_trials: int = 1  # 2 CPUs: trials in sequence; a cluster raises this
+    # "optuna": TPE (seeded, starting at the space's start point); "random": Tune's random sampling of the
+    # same space (the baseline bench tune compares against).
+    search: Search = "optuna"
+    # "asha": stop bad trials early (by epoch); "fifo": every trial runs all its epochs.
+    scheduler: Scheduler = "asha"
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
     seed: int = 0
+    # Tune's own retries of a trial that errors (after Train's restarts, TrainConfig.max_failures, ran
+    # out); each retry continues from the trial's latest checkpoint.
+    trial_max_failures: int = 1
 
     def __post_init__(self) -> None:
         check_literals(self)

@@ -6,6 +6,11 @@
       checkpoints/<name>/    model.pt + meta.json (CheckpointMeta), the torch checkpoint of each ONNX file
       predictions/val.npz    val labels, member and ensemble probabilities, thumbnails (PredictionKeys)
       report/                the HTML report
+      command.json           Command: the tune command's arguments (what --resume continues)
+      tune/                  Tune's experiments (tune-<name>/) and Train's runs (train-<name>-<trial>/)
+      trials/<name>.csv      one row per trial (TrialRow): config, epochs, stop reason, best val, minutes;
+      trials/<name>.parquet  the same rows
+      trials/<name>.json     TuneResult: the model's best trial, written when its search is done
 
 Export writes these records and every later reader (Serve, bench, report) reads them through this module,
 so a field has one name and one type. It sits beside the stages (any stage may import it) and needs only
@@ -33,6 +38,9 @@ CHECKPOINT_META = "meta.json"
 CHECKPOINT_MODEL = "model.pt"
 PREDICTIONS = os.path.join("predictions", "val.npz")
 REPORT_DIR = "report"
+COMMAND = "command.json"
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
 
 Metrics = dict[str, Any]  # open-ended on purpose: scores() grows figures (per-class recall, confusion, ...)
 
@@ -204,6 +212,61 @@ def write_checkpoint_meta(checkpoint_dir: str, meta: CheckpointMeta) -> str:
     path = os.path.join(checkpoint_dir, CHECKPOINT_META)
     with open(path, "w") as f:
         json.dump(meta.model_dump(exclude_none=True), f, indent=2, sort_keys=True)
+    return path
+
+
+class Command(_Record):
+    """command.json: the arguments the tune command ran with, so that --resume runs the same search."""
+    argv: list[str]
+
+
+def read_command(run_dir: str) -> Command:
+    with open(os.path.join(run_dir, COMMAND)) as f:
+        return Command.model_validate(json.load(f))
+
+
+def write_command(run_dir: str, command: Command) -> str:
+    path = os.path.join(run_dir, COMMAND)
+    with open(path, "w") as f:
+        json.dump(command.model_dump(), f, indent=2)
+    return path
+
+
+class TuneResult(_Record):
+    """trials/<name>.json: one model's finished search: its best trial's config and best epoch."""
+    model: str
+    config: dict[str, Any]  # the best trial's full TrainConfig
+    metrics: Metrics  # the best trial's best epoch
+    checkpoint_path: str
+    trials: int
+    stopped_early: int
+    failed: int
+    restarted: int  # trials whose worker group was restarted from a checkpoint at least once
+    seconds: float
+    history: list[Metrics] = []  # per-epoch metrics of the best trial
+
+
+def trials_path(run_dir: str, model: str, suffix: str) -> str:
+    """trials/<model><suffix>: ".csv", ".parquet" (every trial) or ".json" (the TuneResult)."""
+    return os.path.join(run_dir, TRIALS_DIR, f"{model}{suffix}")
+
+
+def read_tune_result(run_dir: str, model: str) -> TuneResult | None:
+    """The model's finished search, or None when it has not finished (a run to resume)."""
+    path = trials_path(run_dir, model, ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return TuneResult.model_validate(json.load(f))
+
+
+def write_tune_result(run_dir: str, result: TuneResult) -> str:
+    path = trials_path(run_dir, result.model, ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result.model_dump(), f, indent=2)
+    os.replace(tmp, path)  # a run killed while writing leaves no half file that reads as finished
     return path
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,11 +27,17 @@ def test_bench_serve_measures_every_phase_and_writes_table_and_json(run, faces_r
     assert phases == {("/predict", 2), ("/predict/batch", 2)}
     for row in result["http"]:
         assert 0 < row["requests"] <= 40 and row["ok"] + row["errors"] == row["requests"]
+    # Serve's floor: the no-work app, the ingress alone and with one call per served member, answered 200.
+    members = len(json.loads((Path(run[0]) / "manifest.json").read_text())["ensemble"]["served"])
+    assert [(r["members"], r["concurrency"]) for r in result["floor"]] == [(0, 2), (members, 2)]
+    for row in result["floor"]:
+        assert row["requests"] > 0 and row["errors"] == 0, row
     assert [f["replicas"] for f in result["faults"]] == [2, 1]
     for fault in result["faults"]:
         assert fault["killed"].startswith("SERVE_REPLICA::raymotion#model_") and fault["requests"] > 0
         assert "healthy_again_s" in fault
     assert set(result["ratios"]) == {"served_single_over_in_process_batched", "served_batch_over_in_process_batched",
-                                     "http_c1_p50_minus_in_process_b1_p50_ms"}
+                                     "http_c1_p50_minus_in_process_b1_p50_ms",
+                                     "no_work_app_req_per_s_over_in_process_batched", "no_work_app_c1_p50_ms"}
     # The table printed is the JSON's.
     assert result["table"] in proc.stdout

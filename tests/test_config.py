@@ -24,20 +24,6 @@ def test_shipped_presets_apply_to_every_model_they_name():
             base_config(model, parse_args([]), preset)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("space:\n  lr: {uniform: [0.001, 0.01]}\n  lerning_rate: {uniform: [0, 1]}\n", r"'lerning_rate'"),
-    ("space:\n  lr: {uniform: [0.001, 0.01]}\nstart:\n  lr: 0.002\n  weight_decy: 0.1\n", r"start point.*'weight_decy'"),
-    ("spcae:\n  lr: {uniform: [0.001, 0.01]}\n", r"unknown section.*'spcae'"),
-    ("space:\n  lr: {uniform: [0.001, 0.01]}\nstart:\n  lr: 0.002\n  contrast: 0.1\n", r"start key.*'contrast'.*not in its space"),
-])
-def test_a_misspelt_space_file_key_names_the_key_and_the_file(tmp_path, text, message):
-    path = tmp_path / "lenet.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=message) as err:
-        load_search_space("lenet", str(tmp_path))
-    assert str(path) in str(err.value)
-
-
 def test_every_shipped_space_file_loads():
     import os
 

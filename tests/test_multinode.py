@@ -63,7 +63,7 @@ def test_a_trial_completes_on_the_nodes_left_after_its_worker_node_is_removed(cl
     lost = removal["node_id"]
     assert lost != head and cluster_report["nodes_at_end"][lost]["state"] == "DEAD"
     # Both trials finished (none failed), every epoch reported once; the spread one resumed after epoch 1.
-    assert train["trials"] == 2 and train["failed"] == 0
+    assert train["trials"] == 2 and train["failed"] == 0 and train["restarted"] == 1
     spread = train["history"]["SPREAD"]
     assert [r["epoch"] for r in spread] == list(range(1, EPOCHS + 1))
     assert [r["resumed_from_epoch"] for r in spread] == [0] + [1] * (EPOCHS - 1)

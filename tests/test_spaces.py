@@ -17,10 +17,29 @@ def test_shipped_spaces_cover_the_required_hyperparameters(model):
         assert {"head_epochs", "head_lr"} <= set(space.param_space)
 
 
-def test_unknown_keys_and_domains_are_rejected(tmp_path):
-    (tmp_path / "lenet.yaml").write_text("space:\n  learning_rate: {uniform: [0, 1]}\n")
-    with pytest.raises(ValueError, match="unknown TrainConfig key.*learning_rate"):
+@pytest.mark.parametrize("text, key, message", [
+    ("space:\n  learning_rate: {uniform: [0, 1]}\n", "learning_rate", "unknown TrainConfig key"),
+    ("space:\n  lr: {gaussian: [0, 1]}\n", "lr", "is not one of {kind: args}"),
+    ("space:\n  lr: {loguniform: [0.1]}\n", "lr", "bad loguniform arguments"),
+    ("space:\n  lr: {uniform: [0, 1]}\nstart:\n  weight_decy: 0.1\n", "weight_decy", "section 'start'"),
+    ("space:\n  lr: {uniform: [0, 1]}\nstart:\n  weight_decay: 0.1\n", "weight_decay", "not in its space"),
+    ("space:\n  lr: {uniform: [0, 1]}\nwhen_pretrained:\n  lr: 0.1\n", "lr", "in both"),
+    ("spaces:\n  lr: 0.1\n", "spaces", "unknown section"),
+    ("space: [lr]\n", "space", "must be a mapping"),
+    ("space:\n  lr: {uniform: [0, 1]\n", "", "not valid YAML"),
+])
+def test_a_bad_space_file_fails_on_load_naming_the_file_and_the_key(tmp_path, text, key, message):
+    (tmp_path / "lenet.yaml").write_text(text)
+    with pytest.raises(ValueError) as err:
         load_search_space("lenet", str(tmp_path))
-    (tmp_path / "lenet.yaml").write_text("space:\n  lr: {gaussian: [0, 1]}\n")
-    with pytest.raises(ValueError, match="unknown domain"):
-        load_search_space("lenet", str(tmp_path))
+    assert str(tmp_path / "lenet.yaml") in str(err.value) and key in str(err.value) and message in str(err.value)
+
+
+def test_the_head_phase_is_searched_only_for_a_model_that_starts_from_its_weights(tmp_path):
+    (tmp_path / "m.yaml").write_text("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                                     "when_pretrained:\n  head_epochs: {choice: [1, 2]}\n"
+                                     "start:\n  lr: 1.0e-3\n  head_epochs: 1\n")
+    with_weights = load_search_space("m", str(tmp_path), pretrained=True)
+    from_scratch = load_search_space("m", str(tmp_path), pretrained=False)
+    assert set(with_weights.param_space) == {"lr", "head_epochs"} and with_weights.start == [{"lr": 1e-3, "head_epochs": 1}]
+    assert set(from_scratch.param_space) == {"lr"} and from_scratch.start == [{"lr": 1e-3}]

@@ -1,24 +1,53 @@
 """Ray Train, data-parallel: two workers (DDP over gloo) on the generated faces."""
 
+import glob
 import os
+import signal
+import threading
+import time
 
 import pytest
+from ray.util.state import list_actors
 
 from raymotion.config import TrainConfig
 from raymotion.data import index_image_folders
 from raymotion.data.pipeline import load_cached
-from raymotion.train.checkpoint import load_checkpoint
+from raymotion.train.checkpoint import TRAIN_STATE_FILE, load_checkpoint
 from raymotion.train.trainer import build_trainer
 
 
-def test_two_worker_training_reports_every_epoch_and_keeps_the_best_checkpoint(ray_session, faces_root, tmp_path):
+def kill_a_worker_after_the_first_checkpoint(run_dir: str, killed: dict, timeout_s: float = 120) -> None:
+    """SIGKILL one Train worker's process (as the OOM killer would) once the run has a registered
+    checkpoint. Train's workers are unnamed actors: the State API's pid, not a handle, reaches them."""
+    deadline = time.monotonic() + timeout_s
+    # The controller's snapshot lists a checkpoint once it is registered (the files alone may be mid-upload).
+    while time.monotonic() < deadline and not (glob.glob(os.path.join(run_dir, "checkpoint_*", TRAIN_STATE_FILE))
+                                               and os.path.exists(os.path.join(run_dir, "checkpoint_manager_snapshot.json"))):
+        time.sleep(0.1)
+    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+               if a.class_name == "RayTrainWorker"]
+    if workers:
+        os.kill(workers[0].pid, signal.SIGKILL)
+        killed["pid"] = workers[0].pid
+
+
+def test_two_worker_training_survives_a_killed_worker_and_keeps_the_best_checkpoint(ray_session, faces_root, tmp_path):
+    """DDP over gloo; one worker is killed after the first checkpoint: Train restarts the group, the loop
+    continues from the latest checkpoint (not from epoch 1), every epoch is reported, the best is kept."""
     folders = index_image_folders(faces_root)
-    cfg = TrainConfig(model="lenet", input_size=32, epochs=2, batch_size=16, num_workers=2, cpus_per_worker=0.5)
+    cfg = TrainConfig(model="lenet", input_size=32, epochs=8, batch_size=16, num_workers=2, cpus_per_worker=0.5,
+                      max_failures=2)
     trainer = build_trainer(cfg, classes=folders.classes, cached=load_cached(folders, 32)[0],
                             storage_path=str(tmp_path), name="ddp")
+    killed: dict = {}
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, args=(str(tmp_path / "ddp"), killed))
+    killer.start()
     result = trainer.fit()
-    last = result.metrics  # the last report (epoch 2); Train V2 keeps rows only for retained checkpoints
-    assert last["epoch"] == 2
+    killer.join(30)
+    assert "pid" in killed, "no Train worker was found to kill"
+    last = result.metrics  # the last report; Train V2 keeps rows only for retained checkpoints
+    assert result.error is None and last["epoch"] == cfg.epochs
+    assert 1 <= last["resumed_from_epoch"] < cfg.epochs  # from a checkpoint of this run, before its end
     for key in ("train_loss", "val_loss", "val_accuracy", "val_top2_accuracy", "val_macro_f1"):
         assert key in last and last[key] == last[key], key  # present and not NaN
     assert last["val_top2_accuracy"] >= last["val_accuracy"]

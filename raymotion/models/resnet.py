@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch.nn as nn
-import torchvision
 
 from raymotion.models.registry import register_model
 from raymotion.models.weights import load_state_dict, load_strict
@@ -16,6 +15,7 @@ from raymotion.models.weights import load_state_dict, load_strict
 def resnet34(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
     """``pretrained``: False / True (nothing packaged: from scratch) or a local path to a torchvision
     ``resnet34`` ImageNet state dict (1000 classes), loaded strictly before the head is replaced."""
+    import torchvision  # here, not at the top: a Train worker that builds another family does not pay its import
     if isinstance(pretrained, str):
         model = torchvision.models.resnet34()
         load_strict(model, load_state_dict(pretrained))

@@ -13,17 +13,29 @@ from raymotion.models import create_model
 
 MODEL_FILE = rundir.CHECKPOINT_MODEL
 META_FILE = rundir.CHECKPOINT_META
-# Beside them in Train's checkpoints: optimizer, schedule, scaler and early-stopping state, from which a
-# restarted worker group resumes (train.loop.resume_state). Export and Serve never read it.
-RESUME_FILE = "resume.pt"
+# What a restarted worker needs to continue where the checkpoint left off (optimizer, schedule, grad
+# scaler, early stopping); training's own, so the run directory's copy leaves it out.
+TRAIN_STATE_FILE = "train_state.pt"
 
 
-def save_checkpoint(directory: str, model: nn.Module, meta: dict[str, Any]) -> None:
+def save_checkpoint(directory: str, model: nn.Module, meta: dict[str, Any],
+                    train_state: dict[str, Any] | None = None) -> None:
     """``meta`` is validated before anything is written: export reads it back through the same model."""
     record = rundir.CheckpointMeta.model_validate(meta)
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
+    if train_state is not None:
+        torch.save(train_state, os.path.join(directory, TRAIN_STATE_FILE))
     rundir.write_checkpoint_meta(directory, record)
+
+
+def load_train_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(model state dict, train state) of a checkpoint written with a train state, else None."""
+    path = os.path.join(directory, TRAIN_STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    model_state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
+    return model_state, torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:

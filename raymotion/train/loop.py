@@ -18,11 +18,10 @@ import ray.train.torch
 import torch
 import torch.nn as nn
 
-from raymotion import rundir
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
-from raymotion.train.checkpoint import RESUME_FILE, save_checkpoint
+from raymotion.train.checkpoint import load_train_state, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
@@ -158,6 +157,12 @@ class EarlyStopping:
         self.sign = 1.0 if mode == "max" else -1.0
         self.best = float("-inf")  # sign * value: higher is better in either mode
 
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
     def update(self, epoch: int, value: float | None) -> bool:
         """Record this epoch's value (None: not reported, never an improvement); True when training
         should stop now."""
@@ -245,10 +250,11 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
                     batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """At most ``steps_per_epoch`` optimizer steps (one per batch; the schedule steps with them)."""
     started = time.perf_counter()
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, first_batch_at = 0, 0.0, 0, None
     for step, batch in enumerate(batches):
         if step >= run.steps_per_epoch:
             break
+        first_batch_at = first_batch_at or time.time()
         images, labels, target = standardize(batch["image"], run.mean, run.std), batch["label"], batch["target"]
         with run.amp.autocast(run.device):
             logits = model(images)
@@ -263,13 +269,13 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
         # Against the dominant class of each (possibly mixed) target.
         correct += int((logits.argmax(1) == target.argmax(1)).sum())
     return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9)}
+            "train_images_per_s": seen * run.world / max(time.perf_counter() - started, 1e-9),
+            "first_batch_at": first_batch_at or time.time()}
 
 
-def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], resume: dict[str, Any]) -> None:
+def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], train_state: dict[str, Any]) -> None:
     """Report the epoch to Train (and through it Tune) with rank 0's checkpoint of it; Train keeps the best
-    by the run's metric, and always the latest, which a restarted worker group resumes from (``resume``:
-    optimizer, schedule, scaler and early-stopping state, see ``resume_state``)."""
+    by the run's metric, and the latest (what a restarted worker continues from)."""
     spec = get_model_spec(run.cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -278,8 +284,7 @@ def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], resu
                 "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
                 "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
                 "train_config": run.cfg.to_dict(), "metrics": metrics, "runtime": runtime_record(run),
-            })
-            torch.save(resume, os.path.join(tmp, RESUME_FILE))
+            }, train_state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -294,54 +299,70 @@ def runtime_record(run: WorkerRun) -> dict[str, Any]:
             "workers": run.world, "torch_threads": torch.get_num_threads()}
 
 
-def resume_state(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
-    """What a restarted worker group continues from: the latest checkpoint's weights and ``RESUME_FILE``
-    ({"epoch", "phase", "optimizer", "scheduler", "scaler", "stopper"}); None on a fresh start (or a
-    checkpoint written without a resume file: then training starts over)."""
+@dataclass
+class Resumed:
+    """Where a restarted worker picks up: the last reported epoch's weights and training state."""
+    epoch: int
+    model_state: dict[str, torch.Tensor]
+    train_state: dict[str, Any]
+
+
+def resume_point() -> Resumed | None:
+    """The run's latest checkpoint, when Train restarts this worker group (a worker died, the trial was
+    resumed by Tune): Train hands every worker the same one."""
+    checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        path = os.path.join(directory, RESUME_FILE)
-        if not os.path.isfile(path):
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["model"] = torch.load(os.path.join(directory, rundir.CHECKPOINT_MODEL), map_location="cpu",
-                                    weights_only=True)
-    return state
+        loaded = load_train_state(directory)
+    if loaded is None:  # a checkpoint written without training state: start over
+        return None
+    return Resumed(int(loaded[1]["epoch"]), *loaded)
+
+
+def start_figures(loop_config: dict[str, Any], loop_started_at: float, first_batch_at: float) -> dict[str, float]:
+    """A run's fixed start, in seconds: from the caller's ``started_at`` (the Tune trial's code) to this
+    loop (Train's controller, worker group, imports), and from the loop to the first training batch
+    (model, data shards, the pipeline's first output)."""
+    figures = {"start_first_batch_s": first_batch_at - loop_started_at}
+    if "started_at" in loop_config:
+        figures["start_workers_s"] = loop_started_at - loop_config["started_at"]
+        figures["start_seconds"] = first_batch_at - loop_config["started_at"]
+    return figures
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
-    "class_weights": [...] or None}. After a worker-group restart (``TrainConfig.max_failures``) it resumes
-    from the epoch after the latest checkpoint, with that epoch's optimizer, schedule and stopping state."""
+    "class_weights": [...] or None, optionally "started_at": the caller's time.time()}."""
+    loop_started_at = time.time()
     run, model = setup_worker(loop_config)
     cfg = run.cfg
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     phase_of_epoch = [p for p in transfer_phases(cfg, run.pretrained) for _ in range(p[1])]
     stopper, phase = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
-    resumed = resume_state(ray.train.get_checkpoint())
-    first_epoch = 1
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        stopper.best, stopper.best_epoch = resumed["stopper"]["best"], resumed["stopper"]["best_epoch"]
-        run.scaler.load_state_dict(resumed["scaler"])
-        first_epoch = resumed["epoch"] + 1
-        if run.rank == 0:
-            print(f"raymotion resuming after epoch {resumed['epoch']} from the latest checkpoint", flush=True)
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    resumed = resume_point()
+    if resumed:
+        model.load_state_dict(resumed.model_state)
+        stopper.load_state_dict(resumed.train_state["early_stopping"])
+        if resumed.train_state["stop"]:
+            return
+    for epoch in range((resumed.epoch if resumed else 0) + 1, cfg.epochs + 1):
         if phase_of_epoch[epoch - 1] != phase:
             phase = phase_of_epoch[epoch - 1]
             model, optimizer, scheduler = start_phase(run, model, phase)
-            if resumed is not None and epoch == first_epoch and resumed["phase"] == phase[0]:
-                # Mid-phase: the optimizer's moments and the schedule's step carry on (a new phase starts fresh).
-                optimizer.load_state_dict(resumed["optimizer"])
-                scheduler.load_state_dict(resumed["scheduler"])
+            if resumed and epoch == resumed.epoch + 1 and resumed.train_state["phase"] == phase[0]:
+                optimizer.load_state_dict(resumed.train_state["optimizer"])
+                scheduler.load_state_dict(resumed.train_state["scheduler"])
+                run.scaler.load_state_dict(resumed.train_state["scaler"])
         model.train()
         if run.pretrained and phase[0] == "head":
             set_backbone_frozen(unwrap(model), cfg.model, frozen=True)  # model.train() re-enabled frozen BN
         started = time.perf_counter()
         metrics = {"epoch": epoch, **train_one_epoch(run, model, optimizer, scheduler,
                                                      epoch_batches(train_shard, cfg, epoch, run.device))}
+        first_batch_at = metrics.pop("first_batch_at")
+        if epoch == (resumed.epoch if resumed else 0) + 1:
+            metrics.update(start_figures(loop_config, loop_started_at, first_batch_at))
         # Every worker reads the whole (unsplit) val set and must consume it: Ray Train feeds an unsplit
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.
@@ -349,14 +370,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                        run.mean, run.std)
         metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
                         "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
-                        "resumed_from_epoch": resumed["epoch"] if resumed is not None else 0,
+                        # The epoch this worker group restarted from (0: never restarted): the trial's
+                        # results say whether, and where, it continued after a fault.
+                        "resumed_from_epoch": resumed.epoch if resumed else 0,
                         **{f"val_{k}": v for k, v in val.items()}})
         # Early stopping on the run's metric; the best epoch's checkpoint is the one Train keeps.
         stop = stopper.update(epoch, metrics.get(cfg.metric))
         metrics["best_epoch"] = stopper.best_epoch
-        report_epoch(run, model, metrics, resume={
-            "epoch": epoch, "phase": phase[0], "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "stopper": {"best": stopper.best, "best_epoch": stopper.best_epoch}})
+        report_epoch(run, model, metrics, {
+            "epoch": epoch, "phase": phase[0], "stop": stop, "early_stopping": stopper.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": run.scaler.state_dict()})
         if stop:
             break

@@ -71,8 +71,7 @@ def build_trainer(
             storage_path=storage_path,
             name=name,
             callbacks=list(callbacks),
-            # A failed worker group (a lost node, a dead worker) restarts from the latest checkpoint, where
-            # the loop resumes (train.loop.resume_state); Tune's own FailureConfig retries whole trials.
+            # A dead worker restarts the group from the latest checkpoint (train_loop_per_worker resumes it).
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # Kept checkpoints are ranked by the run's metric; the best epoch survives, the rest are deleted.
             checkpoint_config=ray.train.CheckpointConfig(

@@ -1,6 +1,7 @@
 """``python -m raymotion.tune``: the main job — tune each model, export the best, optionally serve.
 
     python -m raymotion.tune --preset quick --models lenet,mobilenet_v2 [--data ROOT] [--serve]
+    python -m raymotion.tune --resume RUN_DIR      # continue a run that was stopped, however it stopped
 
 This entry point is the one place that composes the stages (data -> train -> tune -> export -> serve);
 the stage modules themselves never import a later stage.
@@ -13,9 +14,8 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import yaml
 
 import ray
 
@@ -27,6 +27,7 @@ from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.export.bundle import build_run_bundle, results_table
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
+from raymotion.rundir import COMMAND, Command, read_command, read_tune_result, write_command, write_tune_result
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import input_size_of
 from raymotion.tune.experiment import copy_checkpoint, tune_model
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", help="comma-separated registry names (default: the preset's models)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own arguments (command.json): "
+                   "finished models are kept, finished trials are not rerun, unfinished ones continue from their "
+                   "latest checkpoint; only --address may be given beside it")
     p.add_argument("--num-samples", type=int, help="trials per model (overrides the preset)")
     p.add_argument("--epochs", type=int, help="max epochs per trial (overrides the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -61,6 +65,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_directory(args: argparse.Namespace) -> str:
     return os.path.abspath(args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+
+
+def resolve_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(the arguments, the argv they came from): a resumed run's are its own, from its command.json."""
+    args = parse_args(argv)
+    if not args.resume:
+        args.out = run_directory(args)  # one timestamp for every reader
+        if os.path.exists(os.path.join(args.out, COMMAND)):
+            raise ConfigError(f"{args.out} already holds a run; continue it with --resume {args.out}, "
+                              "or choose another --out")
+        return args, list(sys.argv[1:] if argv is None else argv)
+    given = {k for k, v in vars(args).items() if v != parse_args([]).__dict__[k]} - {"resume", "address"}
+    if given:
+        raise ConfigError(f"--resume continues a run with its own arguments; also given: {sorted(given)}")
+    run_dir = os.path.abspath(args.resume)
+    if not os.path.exists(os.path.join(run_dir, COMMAND)):
+        raise ConfigError(f"--resume {args.resume}: no {COMMAND} there; is it a run directory of python -m raymotion.tune?")
+    saved = read_command(run_dir).argv
+    resumed = parse_args(saved + (["--address", args.address] if args.address else []))
+    resumed.out, resumed.resume = run_dir, run_dir
+    return resumed, saved
 
 
 def base_config(model: str, args: argparse.Namespace, preset: Preset) -> TrainConfig:
@@ -87,7 +112,24 @@ def data_banner(root: str) -> str:
     return f"\n{'!' * 100}\n!! {GENERATED_NOTE}\n!! data root: {root}\n{'!' * 100}\n" if is_generated(root) else ""
 
 
-def tune_and_export(args: argparse.Namespace,
+def tune_one(model: str, base: TrainConfig, settings, source, class_counts: list[int], cached, run_dir: str,
+             args: argparse.Namespace, clock: RunClock):
+    """One model's search (continued if this run started it), recorded in trials/<model>.json."""
+    print(f"\ntuning {model}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
+          f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
+          f"class weighting: {base.class_weighting} | {clock.status()}", flush=True)
+    progress = EpochProgress(model, clock, settings.metric, settings.mode)
+    result = tune_model(base, classes=source.classes, class_counts=class_counts, cached=cached, settings=settings,
+                        run_dir=run_dir, spaces_dir=args.spaces, callbacks=[progress])
+    write_tune_result(run_dir, result)
+    print(f"{model} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
+          f"({result.trials} trials, {result.stopped_early} stopped early, {result.failed} failed, "
+          f"{result.restarted} restarted from a checkpoint, {format_minutes(result.seconds)}) | {clock.status()}",
+          flush=True)
+    return result
+
+
+def tune_and_export(args: argparse.Namespace, argv: list[str],
                     on_run_dir: Callable[[str], None] | None = None) -> tuple[str, dict, bool]:
     """Returns the run directory, its manifest, and whether this process started its own Ray.
     ``on_run_dir``: called once the data root is valid and the run directory exists, before Ray starts."""
@@ -95,8 +137,12 @@ def tune_and_export(args: argparse.Namespace,
     source = open_data(root)  # fails fast, before Ray starts and before a run directory exists, on a bad root
     run_dir = run_directory(args)
     os.makedirs(run_dir, exist_ok=True)
+    if not args.resume:
+        write_command(run_dir, Command(argv=[a for a in argv if a]))
     if on_run_dir:
         on_run_dir(run_dir)
+    if args.resume:
+        print(f"resuming {run_dir}: {' '.join(read_command(run_dir).argv)}", flush=True)
     print(f"data: {root} ({how})\n{source.summary()}{data_banner(root)}", flush=True)
     print(f"run directory: {run_dir}", flush=True)
     class_counts = [source.counts("train")[c] for c in source.classes]
@@ -116,23 +162,19 @@ def tune_and_export(args: argparse.Namespace,
         if note:
             print(f"{model}: {note}", flush=True)
         model_settings = dataclasses.replace(settings, num_samples=trials[model])
-        if base.input_size not in cached_by_size:
-            cached_by_size[base.input_size], report = load_cached(source, base.input_size)
-            print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
-        print(f"\ntuning {model}: {model_settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
-              f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
-              f"class weighting: {base.class_weighting} | {clock.status()}", flush=True)
-        progress = EpochProgress(model, clock, settings.metric, settings.mode)
-        result = tune_model(base, classes=source.classes, class_counts=class_counts,
-                            cached=cached_by_size[base.input_size], settings=model_settings,
-                            storage_path=os.path.join(run_dir, "tune"), spaces_dir=args.spaces, callbacks=[progress])
+        result = read_tune_result(run_dir, model) if args.resume else None
+        if result:
+            print(f"\n{model}: already tuned in this run ({result.trials} trials); kept", flush=True)
+        else:
+            if base.input_size not in cached_by_size:
+                cached_by_size[base.input_size], report = load_cached(source, base.input_size)
+                print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
+            result = tune_one(model, base, model_settings, source, class_counts, cached_by_size[base.input_size],
+                              run_dir, args, clock)
         checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
-                                 "failed": result.failed, "seconds": round(result.seconds, 1),
-                                 "history": result.history}}
-        print(f"{model} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
-              f"({result.trials} trials, {result.stopped_early} stopped early, {result.failed} failed, "
-              f"{format_minutes(result.seconds)}) | {clock.status()}", flush=True)
+                                 "failed": result.failed, "restarted": result.restarted,
+                                 "seconds": round(result.seconds, 1), "history": result.history}}
     cached_by_size.clear()
 
     print(f"\nexporting {', '.join(models)}: ONNX, int8 candidates, calibration, ensemble", flush=True)
@@ -208,13 +250,12 @@ def point_latest_at(run_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    args.out = run_directory(args)  # one timestamp for every reader
     started = time.perf_counter()
     try:
+        args, argv = resolve_arguments(argv)
         # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
         run_dir, manifest, owns_ray = tune_and_export(
-            args, on_run_dir=lambda d: filter_terminal(os.path.join(d, "logs", "tune.log")))
+            args, argv, on_run_dir=lambda d: filter_terminal(os.path.join(d, "logs", "tune.log")))
         point_latest_at(run_dir)
         url = serve_run(run_dir, args.host, args.port, args.device) if args.serve else None
         print(summary(manifest, run_dir, time.perf_counter() - started, url), flush=True)

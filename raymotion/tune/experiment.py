@@ -2,6 +2,12 @@
 
 Ray Train V2 pattern: each trial is a small function trainable that builds and fits a TorchTrainer;
 ``TuneReportCallback`` forwards every ``ray.train.report`` (with its checkpoint path) to Tune.
+
+Faults, from the inside out: a dead Train worker restarts its group from the trial's latest checkpoint
+(TrainConfig.max_failures; the loop resumes it); a trial that still errors is retried by Tune
+(TuneSettings.trial_max_failures), and the retry's TorchTrainer, built with the same name and storage,
+again continues from that checkpoint; an experiment whose driver died is continued by ``Tuner.restore``
+(finished trials kept, unfinished ones continued, Optuna's and ASHA's state restored).
 """
 
 from __future__ import annotations
@@ -10,40 +16,33 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import pandas as pd
 
 import ray.data
 from ray import tune
 # CHECKPOINT_PATH_KEY: the metrics key under which TuneReportCallback reports each checkpoint's path.
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from raymotion.config import TrainConfig, TuneSettings
+from raymotion.rundir import TuneResult, trials_path
+from raymotion.train.checkpoint import TRAIN_STATE_FILE
 from raymotion.train.trainer import build_trainer
-from raymotion.tune.spaces import load_search_space
-
-@dataclass
-class ModelTuneResult:
-    model: str
-    config: dict[str, Any]  # the best trial's full TrainConfig
-    metrics: dict[str, Any]  # the best trial's best epoch
-    checkpoint_path: str
-    trials: int
-    stopped_early: int
-    failed: int
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics of the best trial
-
+from raymotion.tune.spaces import SearchSpace, load_search_space
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
               cached: dict[str, ray.data.Dataset], storage_path: str) -> None:
     """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
     cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
     trial_id = tune.get_context().get_trial_id()
+    # When the trial's own code starts: the loop measures its fixed start (workers, data, first batch) from it.
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
-                            name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()])
+                            name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()],
+                            loop_config_extra={"started_at": time.time()})
     trainer.fit()
 
 
@@ -51,18 +50,24 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def trial_history(result) -> list[dict[str, Any]]:
+    """A trial's epochs, one row each: a trial continued after a fault reports its later epochs again
+    from where it resumed, and the last report of an epoch is the one that stands."""
+    if result.metrics_dataframe is None:
+        return []
+    by_epoch = {row.get("epoch", i): _clean(row) for i, row in enumerate(result.metrics_dataframe.to_dict("records"))}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def _best_epoch(grid, settings: TuneSettings) -> tuple[dict[str, Any] | None, Any, dict[int, list[dict[str, Any]]]]:
     """(best row, its trial's result, per-trial histories by id(result)) over every trial's epochs."""
     sign = 1.0 if settings.mode == "max" else -1.0
     best_row, best_trial, best_key, histories = None, None, None, {}
     for result in grid:
-        if result.metrics_dataframe is None:
-            continue
-        rows = [_clean(r) for r in result.metrics_dataframe.to_dict("records")]
-        histories[id(result)] = rows
+        rows = histories[id(result)] = trial_history(result)
         for row in rows:
-            # Train keeps only its best checkpoint per trial (the latest among ties): a row whose
-            # checkpoint was deleted is not a candidate. Ties go to the later epoch.
+            # Train keeps only its best checkpoint per trial (and the latest): a row whose checkpoint was
+            # deleted is not a candidate. Ties go to the later epoch.
             path = row.get(CHECKPOINT_PATH_KEY)
             if not path or settings.metric not in row or not os.path.isdir(path):
                 continue
@@ -72,58 +77,134 @@ def _best_epoch(grid, settings: TuneSettings) -> tuple[dict[str, Any] | None, An
     return best_row, best_trial, histories
 
 
+def search_algorithm(settings: TuneSettings, space: SearchSpace):
+    """Optuna's TPE or Tune's random sampling, both seeded, both starting at the space's start point."""
+    if settings.search == "optuna":
+        return OptunaSearch(points_to_evaluate=space.start or None, seed=settings.seed)
+    return BasicVariantGenerator(points_to_evaluate=space.start or None, random_state=settings.seed)
+
+
+def trial_scheduler(settings: TuneSettings, epochs: int):
+    """ASHA on the reported epoch (not Tune's iteration count, which restarts when a trial is continued
+    after a fault), or every trial to the end."""
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=max(1, epochs), grace_period=min(settings.grace_period, max(1, epochs)),
+                         reduction_factor=settings.reduction_factor)
+
+
+def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneSettings, storage_path: str,
+               callbacks: Sequence[tune.Callback]) -> tuple[tune.Tuner, bool]:
+    """(the tuner, whether it continues an earlier experiment): Tune's restore when one was started at
+    this path (its finished trials are kept, unfinished and errored ones continue), else a new one."""
+    path = os.path.join(storage_path, f"tune-{base.model}")
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=space.param_space), True
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space,
+        tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, search_alg=search_algorithm(settings, space),
+                                    scheduler=trial_scheduler(settings, base.epochs), num_samples=settings.num_samples,
+                                    max_concurrent_trials=settings.max_concurrent_trials),
+        run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
+                                  callbacks=list(callbacks),
+                                  failure_config=tune.FailureConfig(max_failures=settings.trial_max_failures)),
+    ), False
+
+
+def stop_reason(result, rows: list[dict[str, Any]], base: TrainConfig) -> str:
+    """Why a trial ended: "error", "all epochs", "early stopping" (its own patience), or "asha"."""
+    if result.error:
+        return "error"
+    if not rows or rows[-1].get("epoch", 0) >= base.epochs:
+        return "all epochs" if rows else "no epoch"
+    last = rows[-1]
+    patience = base.early_stopping_patience
+    if patience and last.get("epoch", 0) - last.get("best_epoch", 0) >= patience:
+        return "early stopping"
+    return "asha"
+
+
+def trial_rows(grid, histories: dict[int, list[dict[str, Any]]], base: TrainConfig, settings: TuneSettings) -> list[dict[str, Any]]:
+    """One row per trial: its searched config, epochs run, why it stopped, its best epoch's val figures,
+    minutes, and whether its workers were restarted from a checkpoint."""
+    sign = 1.0 if settings.mode == "max" else -1.0
+    rows = []
+    for result in grid:
+        epochs = histories.get(id(result), [])
+        scored = [r for r in epochs if settings.metric in r]
+        best = max(scored, key=lambda r: sign * r[settings.metric]) if scored else {}
+        rows.append({"trial_id": (result.metrics or {}).get("trial_id") or os.path.basename(result.path),
+                     **{f"config/{k}": v for k, v in (result.config or {}).items()},
+                     "epochs": len(epochs), "stop_reason": stop_reason(result, epochs, base),
+                     "best_epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val_")},
+                     "minutes": sum(r.get("epoch_seconds", 0.0) for r in epochs) / 60,
+                     # From the trial's code starting to its first training batch (workers, data shards).
+                     **{k: epochs[0].get(k) for k in ("start_seconds", "start_workers_s", "start_first_batch_s") if epochs},
+                     "wall_minutes": (epochs[-1].get("time_total_s", 0.0) / 60) if epochs else 0.0,
+                     "restarted": any(r.get("resumed_from_epoch", 0) for r in epochs),
+                     "error": str(result.error)[:500] if result.error else ""})
+    return rows
+
+
+def write_trials(rows: list[dict[str, Any]], run_dir: str, model: str) -> None:
+    """trials/<model>.csv and .parquet: the table a person compares trials in."""
+    frame = pd.DataFrame(rows)
+    os.makedirs(os.path.dirname(trials_path(run_dir, model, ".csv")), exist_ok=True)
+    frame.to_csv(trials_path(run_dir, model, ".csv"), index=False)
+    frame.to_parquet(trials_path(run_dir, model, ".parquet"), index=False)
+
+
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
-               settings: TuneSettings, storage_path: str, spaces_dir: str | None = None,
-               callbacks: Sequence[tune.Callback] = ()) -> ModelTuneResult:
-    """Search ``tune_spaces/<model>.yaml`` around ``base``; return the best epoch of the best trial.
-    ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on."""
-    space = load_search_space(base.model, spaces_dir)
+               settings: TuneSettings, run_dir: str, spaces_dir: str | None = None,
+               callbacks: Sequence[tune.Callback] = (),
+               on_trials: Callable[[list[dict[str, Any]], list[list[dict[str, Any]]]], None] | None = None) -> TuneResult:
+    """Search ``tune_spaces/<model>.yaml`` around ``base`` (continuing the experiment under ``run_dir``
+    if one was started); write the trials table; return the best epoch of the best trial.
+    ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on.
+    ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune)."""
+    space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained))
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
+    storage_path = os.path.join(run_dir, "tune")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
                              storage_path=storage_path),
         # The trial itself only drives; Train workers request their own CPUs.
         {"cpu": 0.1},
     )
-    searcher = OptunaSearch(points_to_evaluate=space.start or None, seed=settings.seed)
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, base.epochs),
-                              grace_period=min(settings.grace_period, max(1, base.epochs)),
-                              reduction_factor=settings.reduction_factor)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space.param_space,
-        tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=settings.num_samples,
-                                    max_concurrent_trials=settings.max_concurrent_trials),
-        run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
-                                  callbacks=list(callbacks)),
-    )
+    tuner, _ = make_tuner(trainable, space, base, settings, storage_path, callbacks)
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started
 
     best_row, best_trial, histories = _best_epoch(grid, settings)
+    rows = trial_rows(grid, histories, base, settings)
+    write_trials(rows, run_dir, base.model)
+    if on_trials:
+        on_trials(rows, [histories[id(r)] for r in grid])
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
-
-    epochs_done = [len(h) for h in histories.values()]
     best_config = base.replace(source=f"best trial of {base.model}", **best_trial.config).to_dict()
-    return ModelTuneResult(
+    return TuneResult(
         model=base.model,
         config=best_config,
         metrics={k: v for k, v in best_row.items() if k.startswith(("val_", "train_", "epoch"))},
         checkpoint_path=best_row[CHECKPOINT_PATH_KEY],
         trials=len(grid),
-        stopped_early=sum(1 for n in epochs_done if n < base.epochs),
-        failed=sum(1 for r in grid if r.error),
+        stopped_early=sum(r["stop_reason"] in ("asha", "early stopping") for r in rows),
+        failed=sum(r["stop_reason"] == "error" for r in rows),
+        restarted=sum(r["restarted"] for r in rows),
         seconds=seconds,
         history=histories[id(best_trial)],
     )
 
 
-def copy_checkpoint(result: ModelTuneResult, destination: str) -> str:
-    """Copy the best checkpoint into the run directory, which then stands on its own."""
-    shutil.copytree(result.checkpoint_path, destination, dirs_exist_ok=True)
+def copy_checkpoint(result: TuneResult, destination: str) -> str:
+    """Copy the best checkpoint into the run directory, which then stands on its own (training's resume
+    state stays behind: the run directory's checkpoint is for export)."""
+    shutil.copytree(result.checkpoint_path, destination, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
     return destination

@@ -1,4 +1,20 @@
-"""Search spaces as YAML (``tune_spaces/<model>.yaml``) turned into Ray Tune domains."""
+"""Search spaces as YAML (``tune_spaces/<model>.yaml``) turned into Ray Tune domains.
+
+The format (every key a TrainConfig field, augmentation fields by their own names):
+
+    space:                      # searched keys
+      lr: {loguniform: [1.0e-4, 2.0e-3]}   # log scale between two bounds
+      contrast: {uniform: [0.0, 0.4]}      # linear scale
+      epochs_x: {randint: [1, 4]}          # integers, upper bound excluded
+      batch_size: {choice: [32, 64]}       # one of a list
+      label_smoothing: 0.1                 # a constant
+    when_pretrained:            # searched only when the model starts from packaged weights
+      head_epochs: {choice: [1, 2]}        # (--set pretrained=false drops them)
+    start:                      # the first point evaluated: a known-good configuration (optional)
+      lr: 5.0e-4
+
+A file that breaks any of this fails on load, naming the file and the key.
+"""
 
 from __future__ import annotations
 
@@ -34,27 +50,52 @@ def default_spaces_dir() -> str:
     raise FileNotFoundError("no tune_spaces/ directory found; pass --spaces DIR")
 
 
-def load_search_space(model: str, spaces_dir: str | None = None) -> SearchSpace:
-    """Every key is checked when the file is read: a misspelt one fails naming the file and the key."""
+SECTIONS = ("space", "when_pretrained", "start")
+
+
+def read_space_file(path: str) -> dict[str, dict[str, Any]]:
+    """The file's sections, each a mapping (absent ones empty)."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"search space {path}: not valid YAML: {err}") from None
+    if not isinstance(doc, dict) or set(doc) - set(SECTIONS):
+        unknown = sorted(set(doc) - set(SECTIONS)) if isinstance(doc, dict) else doc
+        raise ConfigError(f"search space {path}: unknown section(s) {unknown}; use {list(SECTIONS)}")
+    for name in SECTIONS:
+        if not isinstance(doc.get(name) or {}, dict):
+            raise ConfigError(f"search space {path}: section {name!r} must be a mapping of TrainConfig keys")
+    return {name: doc.get(name) or {} for name in SECTIONS}
+
+
+def domain(path: str, key: str, spec: Any) -> Any:
+    """A Tune domain for ``{kind: args}``, or the constant ``spec``."""
+    if not isinstance(spec, dict):
+        return spec
+    if len(spec) != 1 or next(iter(spec)) not in _DOMAINS:
+        raise ConfigError(f"search space {path}: {key}: {spec!r} is not one of {{kind: args}} with kind in {sorted(_DOMAINS)}")
+    ((kind, args),) = spec.items()
+    try:
+        return _DOMAINS[kind](args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"search space {path}: {key}: bad {kind} arguments {args!r} ({err})") from None
+
+
+def load_search_space(model: str, spaces_dir: str | None = None, pretrained: bool = True) -> SearchSpace:
+    """Every key is checked when the file is read: a misspelt one fails naming the file and the key.
+    ``pretrained``: whether the model starts from packaged weights (else ``when_pretrained`` is dropped)."""
     path = os.path.join(spaces_dir or default_spaces_dir(), f"{model}.yaml")
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
-    sections = {"space", "start"}
-    if set(doc) - sections:
-        raise ConfigError(f"search space {path}: unknown section(s) {sorted(set(doc) - sections)}; use {sorted(sections)}")
-    spec_of, start = doc.get("space") or {}, doc.get("start") or {}
-    check_train_keys(spec_of, f"search space {path}")
-    check_train_keys(start, f"search space {path}, start point")
+    doc = read_space_file(path)
+    for name in SECTIONS:
+        check_train_keys(doc[name], f"search space {path}, section {name!r}")
+    both = set(doc["space"]) & set(doc["when_pretrained"])
+    if both:
+        raise ConfigError(f"search space {path}: key(s) {sorted(both)} in both 'space' and 'when_pretrained'")
+    spec_of = {**doc["space"], **(doc["when_pretrained"] if pretrained else {})}
+    start = {k: v for k, v in doc["start"].items() if pretrained or k not in doc["when_pretrained"]}
     # Optuna's first point must name searched keys only; a start key outside the space is a typo or a leftover.
     if set(start) - set(spec_of):
         raise ConfigError(f"search space {path}: start key(s) {sorted(set(start) - set(spec_of))} are not in its space")
-    space = {}
-    for key, spec in spec_of.items():
-        if isinstance(spec, dict):
-            ((kind, args),) = spec.items()
-            if kind not in _DOMAINS:
-                raise ConfigError(f"search space {path}: {key}: unknown domain {kind!r}; use one of {sorted(_DOMAINS)}")
-            space[key] = _DOMAINS[kind](args)
-        else:
-            space[key] = spec
+    space = {key: domain(path, key, spec) for key, spec in spec_of.items()}
     return SearchSpace(space, [start] if start else [])

@@ -1,0 +1,62 @@
+"""``python -m raymotion.tune`` killed with SIGKILL mid-run (not a polite stop), then ``--resume``: the run
+finishes, with every trial counted once and the trial finished before the kill not run again."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from raymotion.rundir import read_manifest, read_tune_result, trials_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tune_command(address: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "raymotion.tune", "--address", address, *args]
+
+
+def run_until(command: list[str], marker: str, timeout_s: float) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``command`` and read its output until a line contains ``marker``."""
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + timeout_s
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    return proc, lines
+
+
+def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, faces_root, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    run_dir = str(tmp_path / "run")
+    first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "2",
+                         "--epochs", "2", "--set", "input_size=32", "--no-int8", "--out", run_dir)
+    # Killed once trial 1 has finished and trial 2 has reported an epoch: one finished trial, one midway.
+    proc, lines = run_until(first, "trial 2/2 epoch 1/2", timeout_s=300)
+    assert any("trial 2/2 epoch 1/2" in line for line in lines), "".join(lines[-40:])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert read_tune_result(run_dir, "lenet") is None  # the search had not finished
+
+    resumed = subprocess.run(tune_command(address, "--resume", run_dir), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert "resuming" in resumed.stdout
+
+    result = read_tune_result(run_dir, "lenet")
+    trials = pd.read_csv(trials_path(run_dir, "lenet", ".csv"))
+    assert result.trials == 2 and len(trials) == 2 and trials["trial_id"].is_unique
+    assert (trials["stop_reason"] != "error").all()
+    # No epoch is trained twice: the finished trial is not run again, the midway one continues from its
+    # checkpoint's next epoch (a restart from scratch would report its epoch 1 a second time).
+    assert any("trial 1/2 done" in line for line in lines)
+    experiment = os.path.join(run_dir, "tune", "tune-lenet")
+    reported = [pd.read_csv(os.path.join(experiment, d, "progress.csv"))["epoch"] for d in sorted(os.listdir(experiment))
+                if os.path.exists(os.path.join(experiment, d, "progress.csv"))]
+    assert len(reported) == 2
+    for epochs in reported:
+        assert epochs.is_unique, list(epochs)
+    assert read_manifest(run_dir).models["lenet"].input_size == 32
