@@ -81,7 +81,9 @@ def search_algorithm(settings: TuneSettings, space: SearchSpace):
     """Optuna's TPE or Tune's random sampling, both seeded, both starting at the space's start point."""
     if settings.search == "optuna":
         return OptunaSearch(points_to_evaluate=space.start or None, seed=settings.seed)
-    return BasicVariantGenerator(points_to_evaluate=space.start or None, random_state=settings.seed)
+    # max_concurrent here: Tune applies max_concurrent_trials to a Searcher, not to a generator passed in.
+    return BasicVariantGenerator(points_to_evaluate=space.start or None, random_state=settings.seed,
+                                 max_concurrent=settings.max_concurrent_trials)
 
 
 def trial_scheduler(settings: TuneSettings, epochs: int):
