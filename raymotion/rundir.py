@@ -203,16 +203,28 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def _read_record(path: str, record_type: type[_Record]) -> Any:
+    with open(path) as f:
+        return record_type.model_validate(json.load(f))
+
+
+def _write_record(path: str, record: _Record) -> str:
+    """Atomically: a run killed while writing leaves the old file or none, never half of one (a half
+    trials/<model>.json would read as a finished search)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record.model_dump(exclude_none=True), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
 def read_checkpoint_meta(checkpoint_dir: str) -> CheckpointMeta:
-    with open(os.path.join(checkpoint_dir, CHECKPOINT_META)) as f:
-        return CheckpointMeta.model_validate(json.load(f))
+    return _read_record(os.path.join(checkpoint_dir, CHECKPOINT_META), CheckpointMeta)
 
 
 def write_checkpoint_meta(checkpoint_dir: str, meta: CheckpointMeta) -> str:
-    path = os.path.join(checkpoint_dir, CHECKPOINT_META)
-    with open(path, "w") as f:
-        json.dump(meta.model_dump(exclude_none=True), f, indent=2, sort_keys=True)
-    return path
+    return _write_record(os.path.join(checkpoint_dir, CHECKPOINT_META), meta)
 
 
 class Command(_Record):
@@ -221,15 +233,11 @@ class Command(_Record):
 
 
 def read_command(run_dir: str) -> Command:
-    with open(os.path.join(run_dir, COMMAND)) as f:
-        return Command.model_validate(json.load(f))
+    return _read_record(os.path.join(run_dir, COMMAND), Command)
 
 
 def write_command(run_dir: str, command: Command) -> str:
-    path = os.path.join(run_dir, COMMAND)
-    with open(path, "w") as f:
-        json.dump(command.model_dump(), f, indent=2)
-    return path
+    return _write_record(os.path.join(run_dir, COMMAND), command)
 
 
 class TuneResult(_Record):
@@ -254,20 +262,11 @@ def trials_path(run_dir: str, model: str, suffix: str) -> str:
 def read_tune_result(run_dir: str, model: str) -> TuneResult | None:
     """The model's finished search, or None when it has not finished (a run to resume)."""
     path = trials_path(run_dir, model, ".json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return TuneResult.model_validate(json.load(f))
+    return _read_record(path, TuneResult) if os.path.exists(path) else None
 
 
 def write_tune_result(run_dir: str, result: TuneResult) -> str:
-    path = trials_path(run_dir, result.model, ".json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result.model_dump(), f, indent=2)
-    os.replace(tmp, path)  # a run killed while writing leaves no half file that reads as finished
-    return path
+    return _write_record(trials_path(run_dir, result.model, ".json"), result)
 
 
 class PredictionKeys:

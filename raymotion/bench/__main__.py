@@ -256,20 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument("--require-gpu", action="store_true", help="exit 1 unless training and serving used CUDA")
     gpu.add_argument("--json", help="also write it as JSON")
     args = parser.parse_args(argv)
-    if args.command == "gpu":
-        run_gpu(args)
-        return
-    if args.command == "cluster":
-        run_cluster(args)
-        return
-    if args.command == "tune":
-        run_tune(args)
-        return
-    if args.command == "models":
-        run_models(args)
-        return
-    if args.command == "serve":
-        run_serve(args)
+    commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve}
+    if args.command in commands:
+        commands[args.command](args)
         return
     result = run_data(args)
     os.makedirs(args.out, exist_ok=True)
