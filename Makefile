@@ -79,7 +79,7 @@ job: ray-up
 	    python -m raymotion.tune --preset $(PRESET) $(if $(MODELS),--models $(MODELS),) --out $(abspath runs)/job-$(shell date +%Y%m%d-%H%M%S) $(if $(DATA),--data $(abspath $(DATA)),) $(JOB_ARGS)
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # A GPU cluster on AWS from cluster.yaml (README, "Running on a cluster"): the same tune command as `make job`,
 # with flags for GPUs and several nodes; data root and run directory on the nodes' shared file system. Run
