@@ -57,11 +57,12 @@ def busy_serve(ray_session):
 
 
 def test_a_tune_beside_a_serve_app_that_holds_the_cpus_fails_fast_naming_it(busy_serve, faces_root, tmp_path):
-    args = parse_args(["--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1",
-                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    argv = ["--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1", "--epochs", "1",
+            "--out", str(tmp_path / "run")]
+    args = parse_args(argv)
     started = time.monotonic()
     with pytest.raises(ResourcesHeld) as err:
-        tune_and_export(args)
+        tune_and_export(args, argv)
     message = str(err.value)
     # Within the settle time (a finished trial's CPUs take seconds to come back), not after a hang.
     assert time.monotonic() - started < 60
