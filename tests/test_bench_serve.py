@@ -1,7 +1,6 @@
 """``python -m raymotion.bench serve`` end to end on the session's run, every phase cut to about a second
 (the figures: the real data's run, README; here only that each phase ran and was reported)."""
 
-import glob
 import json
 import os
 import subprocess

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from raymotion.data.transforms import decode_image, normalize, resize_rgb
 from raymotion.export.mixture import combine, temper

@@ -76,7 +76,8 @@ def resolve_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[
             raise ConfigError(f"{args.out} already holds a run; continue it with --resume {args.out}, "
                               "or choose another --out")
         return args, list(sys.argv[1:] if argv is None else argv)
-    given = {k for k, v in vars(args).items() if v != parse_args([]).__dict__[k]} - {"resume", "address"}
+    defaults = vars(parse_args([]))
+    given = {k for k, v in vars(args).items() if v != defaults[k]} - {"resume", "address"}
     if given:
         raise ConfigError(f"--resume continues a run with its own arguments; also given: {sorted(given)}")
     run_dir = os.path.abspath(args.resume)

@@ -96,13 +96,13 @@ def trial_scheduler(settings: TuneSettings, epochs: int):
 
 
 def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneSettings, storage_path: str,
-               callbacks: Sequence[tune.Callback]) -> tuple[tune.Tuner, bool]:
-    """(the tuner, whether it continues an earlier experiment): Tune's restore when one was started at
-    this path (its finished trials are kept, unfinished and errored ones continue), else a new one."""
+               callbacks: Sequence[tune.Callback]) -> tune.Tuner:
+    """Tune's restore when an experiment was started at this path (its finished trials are kept,
+    unfinished and errored ones continue), else a new one."""
     path = os.path.join(storage_path, f"tune-{base.model}")
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                                  param_space=space.param_space), True
+                                  param_space=space.param_space)
     return tune.Tuner(
         trainable,
         param_space=space.param_space,
@@ -112,7 +112,7 @@ def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneS
         run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
                                   callbacks=list(callbacks),
                                   failure_config=tune.FailureConfig(max_failures=settings.trial_max_failures)),
-    ), False
+    )
 
 
 def stop_reason(result, rows: list[dict[str, Any]], base: TrainConfig) -> str:
@@ -176,7 +176,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
         # The trial itself only drives; Train workers request their own CPUs.
         {"cpu": 0.1},
     )
-    tuner, _ = make_tuner(trainable, space, base, settings, storage_path, callbacks)
+    tuner = make_tuner(trainable, space, base, settings, storage_path, callbacks)
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started
