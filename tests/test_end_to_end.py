@@ -106,8 +106,12 @@ def test_run_directory_is_self_contained(run):
     weights = np.array([ens["weights"][n] for n in ens["members"]])
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0) and ens["temperature"] > 0
     assert ens["served"]
-    for key in ("val", "val_uncalibrated", "val_equal_weights", "val_out_of_fold"):
+    for key in ("val", "val_uncalibrated", "val_equal_weights", "val_out_of_fold", "val_degraded"):
         assert 0.0 <= ens[key]["ece"] <= 1.0, key
+    # Camera-degraded val: the same 60 images, other pixels, so other probabilities (every member and the mix).
+    for record in [ens, *manifest["models"].values()]:
+        degraded = record["val_degraded"]
+        assert np.array(degraded["confusion"]).sum() == 60 and degraded["log_loss"] != record["val"]["log_loss"]
     assert np.array(ens["val"]["confusion"]).sum() == 60
     # Fitted on val, so in-sample it is never worse by log loss than the best member (T only lowers it further).
     best_member = min(m["val"]["log_loss"] for m in manifest["models"].values())

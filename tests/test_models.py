@@ -13,15 +13,16 @@ from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export.onnx import PARITY_TOLERANCE, export_onnx, parity_max_abs_diff, torch_probabilities
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.models import create_model, get_model_spec, list_models, split_head_parameters
-from raymotion.models.efficientnet import (TIMM_ARCH, efficientnet_lite0_imagenet,
-                                           efficientnet_lite0_imagenet_weights, lukemelas_to_timm)
+from raymotion.models.efficientnet import (TIMM_ARCH, efficientnet_lite0_imagenet, efficientnet_lite0_imagenet_weights,
+                                           efficientnet_lite_imagenet, imagenet_weights, lukemelas_to_timm)
 from raymotion.models.mobilenet import mobilenet_v2_imagenet_weights
 from raymotion.models.weights import load_state_dict
 
 # The models a fresh checkout registers; the per-model tests run over list_models(), so a model registered
 # later is tested without editing this list (it only guards against one silently dropping out).
-KNOWN = {"lenet", "mobilenet_v2", "resnet34", "efficientnet_lite0", "vit", "hf_vit"}
+KNOWN = {"lenet", "mobilenet_v2", "resnet34", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"}
 MILITARY_UNIFORM = 652  # ImageNet class of Grace Hopper's portrait
+SUIT, WINDSOR_TIE, BOW_TIE = 834, 906, 457  # what else she wears in it
 
 
 def grace_hopper(size: int) -> np.ndarray:
@@ -57,10 +58,31 @@ def test_unknown_name_lists_the_known_ones():
         create_model("no_such_model")
 
 
-@pytest.mark.parametrize("name", ["lenet", "vit"])
-def test_scratch_models_refuse_a_weights_path(name, tmp_path):
+def test_scratch_models_refuse_a_weights_path(tmp_path):
     with pytest.raises(ValueError, match="from scratch"):
-        create_model(name, pretrained=str(tmp_path / "weights.pth"))
+        create_model("lenet", pretrained=str(tmp_path / "weights.pth"))
+
+
+def test_hybrid_vit_tokens_come_from_the_pretrained_mobilenet_stem():
+    """The ViT's patch embedding is MobileNetV2's first blocks with their ImageNet tensors, unchanged; the
+    transformer is new; the frozen-stem phase trains the transformer and nothing of the stem."""
+    from raymotion.models.vit import STEM_BLOCKS
+
+    state = load_state_dict(mobilenet_v2_imagenet_weights())
+    model = create_model("vit", num_classes=3, pretrained=True)
+    stem = model.patch_embed.backbone.state_dict()
+    expected = {k.removeprefix("features."): v for k, v in state.items()
+                if k.startswith("features.") and int(k.split(".")[1]) < STEM_BLOCKS}
+    assert stem.keys() == expected.keys() and all(torch.equal(stem[k], expected[k]) for k in stem)
+    scratch = create_model("vit", num_classes=3, pretrained=False).patch_embed.backbone.state_dict()
+    assert not torch.equal(scratch["0.0.weight"], stem["0.0.weight"])
+    backbone, head = split_head_parameters(model, "vit")
+    stem_ids = {id(p) for p in model.patch_embed.backbone.parameters()}
+    assert {id(p) for p in backbone} == stem_ids and not stem_ids & {id(p) for p in head}
+    tokens = model.patch_embed(torch.zeros(1, 3, 96, 96))
+    assert tokens.shape == (1, 36, 192)  # 96 px at stride 16: a 6x6 grid
+    with pytest.raises(FileNotFoundError):
+        create_model("vit", pretrained="/nonexistent/mobilenet.pth")
 
 
 def test_mobilenet_v2_loads_packaged_imagenet_weights_strictly():
@@ -101,6 +123,25 @@ def test_efficientnet_lite0_loads_every_packaged_tensor_by_name():
     shuffled = dict(reversed(list(state.items())))
     remapped = lukemelas_to_timm(shuffled, [len(stage) for stage in model.blocks])
     assert all(torch.equal(remapped[k], mapped[k]) for k in mapped)
+
+
+def test_efficientnet_lite2_loads_every_packaged_tensor_by_name_and_sees_a_uniform():
+    """Lite2's file (another package, a deeper and wider network) goes through the same name mapping; its
+    ImageNet answer on the portrait is what she wears: uniform, suit, tie (scrambled weights answer noise)."""
+    state = load_state_dict(imagenet_weights("lite2"))
+    model = create_model("efficientnet_lite2", num_classes=3, pretrained=True)
+    mapped = lukemelas_to_timm(state, [len(stage) for stage in model.blocks])
+    own = model.state_dict()
+    assert list(mapped) == list(own) and len(model.blocks[-2]) > 3  # deeper than Lite0 (3 blocks there)
+    for key in (k for k in mapped if not k.startswith("classifier.")):
+        assert torch.equal(own[key], mapped[key]), key
+    imagenet = efficientnet_lite_imagenet("lite2").eval()
+    spec = get_model_spec("efficientnet_lite2")
+    with torch.no_grad():
+        probs = imagenet(torch.from_numpy(normalize(grace_hopper(224), spec.mean, spec.std))).softmax(-1)[0]
+    top3 = {int(i) for i in probs.topk(3).indices}
+    assert top3 <= {MILITARY_UNIFORM, SUIT, WINDSOR_TIE, BOW_TIE} and MILITARY_UNIFORM in top3, probs.topk(3)
+    assert float(probs.topk(3).values.sum()) > 0.5
 
 
 def test_efficientnet_lite0_weights_must_fit_exactly(tmp_path):

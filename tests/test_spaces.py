@@ -5,7 +5,7 @@ from raymotion.models import get_model_spec
 from raymotion.tune.spaces import load_search_space
 
 
-@pytest.mark.parametrize("model", ["lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "vit", "hf_vit"])
+@pytest.mark.parametrize("model", ["lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"])
 def test_shipped_spaces_cover_the_required_hyperparameters(model):
     space = load_search_space(model)
     assert isinstance(space.param_space["lr"], Float) and isinstance(space.param_space["weight_decay"], Float)

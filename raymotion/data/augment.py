@@ -43,11 +43,14 @@ def rotation_matrices(n: int, max_degrees: float, rng: np.random.Generator) -> n
 
 
 def draw_geometry(n: int, rng: np.random.Generator, *, crop_scale: float = 1.0, hflip_p: float = 0.0,
-                  rotation_deg: float = 0.0, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+                  rotation_deg: float = 0.0, translate: float = 0.0,
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
     """Resized crop, then horizontal flip, then rotation, composed: (n, 2, 3) maps ``theta`` from output
     to input coordinates, both normalised to [-1, 1] over pixel edges (``F.affine_grid``'s convention
     with align_corners=False). Output point u samples the input at S·F·R·u + t (S: crop scale, F: flip,
-    R: rotation, t: crop centre). Draws, in order: crop, flip, rotation (each only when it is on)."""
+    R: rotation, t: crop centre plus a box shift of up to ``translate`` of the image side per axis: a face
+    detector's box is never centred the way the training crops are). Draws, in order: crop, flip,
+    rotation, shift (each only when it is on)."""
     linear = np.repeat(np.eye(2)[None], n, 0)
     shift = np.zeros((n, 2))
     if crop_scale < 1:
@@ -59,6 +62,8 @@ def draw_geometry(n: int, rng: np.random.Generator, *, crop_scale: float = 1.0, 
         linear[:, :, 0] *= sign[:, None]  # negate the x column
     if rotation_deg > 0:
         linear = linear @ rotation_matrices(n, rotation_deg, rng)
+    if translate > 0:  # a fraction f of the side is 2f in normalised coordinates
+        shift = shift + (rng.random((n, 2)) * 2 - 1) * 2 * translate
     return np.concatenate([linear, shift[:, :, None]], 2)
 
 
@@ -99,7 +104,7 @@ def photometric_luts(means: np.ndarray, scale: np.ndarray, offset: np.ndarray) -
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, *, rotation_deg: float = 0.0,
                   hflip_p: float = 0.0, contrast: float = 0.0, brightness: float = 0.0,
-                  crop_scale: float = 1.0) -> np.ndarray:
+                  crop_scale: float = 1.0, translate: float = 0.0) -> np.ndarray:
     """uint8 NHWC -> a new uint8 NHWC array of the same shape. Each op is off at its neutral value.
 
     Photometric ops (per pixel, around the source image's mean) and geometry commute up to rounding and
@@ -112,9 +117,9 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, *, rotation_deg:
         # Mean grey per image; only contrast needs it (brightness alone must not pay for it).
         means = images.reshape(n, -1).mean(1) if contrast > 0 else np.zeros(n)
         luts = photometric_luts(means, scale, offset)
-    if crop_scale < 1 or rotation_deg > 0:
+    if crop_scale < 1 or rotation_deg > 0 or translate > 0:
         maps = theta_to_pixel_maps(draw_geometry(n, rng, crop_scale=crop_scale, hflip_p=hflip_p,
-                                                 rotation_deg=rotation_deg), height, width)
+                                                 rotation_deg=rotation_deg, translate=translate), height, width)
         out = np.empty_like(images)
         source = np.ascontiguousarray(images)
         for i in range(n):
@@ -128,4 +133,63 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, *, rotation_deg:
     if photometric:
         for i in range(n):
             cv2.LUT(out[i], luts[i], dst=out[i])
+    return out
+
+
+# Camera degradations: what a webcam or a phone's face crop looks like and the training crops do not.
+# Order as a camera makes them: a grey sensor (or a grey-converted stream), a face covering few pixels
+# (down, then up to the model's size), optics and motion (blur), then the encoder (JPEG).
+
+def draw_mask(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.random(n) < p if p > 0 else np.zeros(n, bool)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> its luma in all three channels (what a grey camera stream decodes to)."""
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+
+
+def down_up(image: np.ndarray, side: int) -> np.ndarray:
+    """Down to ``side`` x ``side`` (area averaging, as a small face on a sensor) and back up (bilinear, as
+    the service resizes a small crop): the detail of ``side`` pixels at the original size."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # OpenCV encodes every uint8 RGB image; fail loudly rather than hand back the clean one
+        raise RuntimeError("cv2.imencode failed on a uint8 image")
+    return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def degrade_batch(images: np.ndarray, rng: np.random.Generator, *, greyscale_p: float = 0.0,
+                  downscale_p: float = 0.0, downscale_min_px: int = 20, downscale_max_px: int = 48,
+                  blur_p: float = 0.0, blur_sigma_max: float = 1.5, jpeg_p: float = 0.0,
+                  jpeg_quality_min: int = 30) -> np.ndarray:
+    """uint8 NHWC -> a new array with each degradation applied to the images its probability picks.
+
+    Down-up scaling draws a side in [downscale_min_px, min(downscale_max_px, size)]; blur a Gaussian
+    sigma in [0.3, blur_sigma_max] pixels; JPEG a quality in [jpeg_quality_min, 90]. Draws, in order: the
+    four masks, then sides, sigmas and qualities (one per image, used or not: a given seed degrades image
+    i the same way whatever the others draw)."""
+    n, size = images.shape[0], images.shape[1]
+    grey, down, blur, jpeg = (draw_mask(n, p, rng) for p in (greyscale_p, downscale_p, blur_p, jpeg_p))
+    high = max(2, min(downscale_max_px, size))
+    sides = rng.integers(min(downscale_min_px, high), high + 1, n)
+    sigmas = 0.3 + rng.random(n) * max(0.0, blur_sigma_max - 0.3)
+    qualities = rng.integers(jpeg_quality_min, 91, n)
+    out = images.copy()
+    for i in np.flatnonzero(grey | down | blur | jpeg):
+        image = out[i]
+        if grey[i]:
+            image = to_grey(image)
+        if down[i] and sides[i] < size:
+            image = down_up(image, int(sides[i]))
+        if blur[i]:
+            image = cv2.GaussianBlur(image, (0, 0), float(sigmas[i]), borderType=cv2.BORDER_REPLICATE)
+        if jpeg[i]:
+            image = jpeg_roundtrip(np.ascontiguousarray(image), int(qualities[i]))
+        out[i] = image
     return out

@@ -51,12 +51,17 @@ class ImageFolders:
 
     def arrays(self, split: str, size: int):
         """Readable images of a split decoded in-process (uint8 NHWC at ``size``) and their labels."""
+        images, labels, _ = self.arrays_with_uids(split, size)
+        return images, labels
+
+    def arrays_with_uids(self, split: str, size: int):
+        """``arrays`` and each image's uid (its index in the split's file list: the pipeline's "uid")."""
         import numpy as np
 
         from raymotion.data.transforms import load_images
 
         images, kept = load_images(list(self.split(split).paths), size)
-        return images, np.asarray(self.split(split).labels, np.int64)[kept]
+        return images, np.asarray(self.split(split).labels, np.int64)[kept], kept
 
 
 def counts_table(title: str, classes: list[str], counts: dict[str, dict[str, int]]) -> str:

@@ -45,9 +45,11 @@ def cutmix(x: np.ndarray, target: np.ndarray, alpha: float, rng: np.random.Gener
 
 
 def mix_batch(x: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator, *,
-              cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0, mixup_alpha: float = 0.2):
-    """At most one of CutMix (probability cutmix_p) or MixUp (mixup_p) per batch; returns (x, soft targets)."""
-    target = one_hot(labels, num_classes)
+              cutmix_p: float = 0.0, cutmix_alpha: float = 1.0, mixup_p: float = 0.0, mixup_alpha: float = 0.2,
+              target: np.ndarray | None = None):
+    """At most one of CutMix (probability cutmix_p) or MixUp (mixup_p) per batch; returns (x, soft targets).
+    ``target``: each image's own target before mixing (a distilled one); default the one-hot labels."""
+    target = one_hot(labels, num_classes) if target is None else np.asarray(target, np.float32)
     if x.shape[0] < 2:
         return x, target
     draw = float(rng.random())

@@ -77,6 +77,11 @@ class ParquetCache:
 
     def arrays(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All images (uint8 NHWC, in uid order, resized to ``size`` if given) and labels of a split."""
+        images, labels, _ = self.arrays_with_uids(split, size)
+        return images, labels
+
+    def arrays_with_uids(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``arrays`` and each image's uid (the pipeline's row id)."""
         from PIL import Image
 
         from raymotion.data.transforms import resize_rgb
@@ -90,7 +95,8 @@ class ParquetCache:
         images = flat.reshape(len(table), self.size, self.size, 3)[order]
         if size and size != self.size:
             images = np.stack([resize_rgb(Image.fromarray(img), size) for img in images])
-        return images, table.column("label").to_numpy()[order].astype(np.int64)
+        uids = table.column("uid").to_numpy()[order].astype(np.int64)
+        return images, table.column("label").to_numpy()[order].astype(np.int64), uids
 
 
 def write_cache_meta(out: str, *, classes: list[str], size: int, counts: dict[str, dict[str, int]],

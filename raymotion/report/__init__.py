@@ -128,7 +128,8 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
     variants = [(ens.val_uncalibrated, "ensemble before temperature scaling", ENSEMBLE_RAW),
                 (ens.val_equal_weights, "ensemble, equal weights", None),
                 (oof, "ensemble, out-of-fold", None),
-                (oof.get("uncalibrated") if oof else None, "ensemble, out-of-fold, before temperature scaling", None)]
+                (oof.get("uncalibrated") if oof else None, "ensemble, out-of-fold, before temperature scaling", None),
+                (ens.val_degraded, "ensemble, camera-degraded val", None)]
     for stored, label, probs_key in variants:
         if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
             rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
@@ -145,6 +146,12 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
                      "was fitted on val too; refitted out-of-fold they score: " + "; ".join(
                          f"{name} acc {page.fmt(v.get('accuracy'))}, macro-F1 {page.fmt(v.get('macro_f1'))}, "
                          f"ECE {page.fmt(v.get('ece'))}" for name, v in member_oof.items()) + ".")
+    degraded = {name: run.manifest.models[name].val_degraded for name in run.members}
+    if any(v is not None for v in degraded.values()):
+        notes.append("Camera-degraded val: the same val images shifted, grey, shrunk to 20-48 px and back, blurred "
+                     "and JPEG re-compressed (seeded; raymotion.data.pipeline.camera_degraded). Per model: " + "; ".join(
+                         f"{name} acc {page.fmt(v.get('accuracy'))}, macro-F1 {page.fmt(v.get('macro_f1'))}"
+                         for name, v in degraded.items() if v is not None) + ".")
     if oof:
         folds = f"{oof['folds']} " if is_number(oof.get("folds")) else ""
         notes.append(f"The fitted-ensemble rows are in-sample: weights and temperature were chosen on the val images "

@@ -8,7 +8,8 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from raymotion.config import TrainConfig
+from raymotion.config import ConfigError, TrainConfig
+from raymotion.rundir import read_soft_labels
 from raymotion.data.pipeline import quiet_progress, train_stream
 from raymotion.models import get_model_spec
 from raymotion.train.loop import train_loop_per_worker
@@ -24,6 +25,16 @@ def class_weights(cfg: TrainConfig, class_counts: list[int] | None) -> list[floa
         return None
     total, k = sum(class_counts), len(class_counts)
     return [total / (k * max(1, n)) for n in class_counts]
+
+
+def teacher_by_uid(cfg: TrainConfig, classes: list[str]):
+    """The soft labels' probabilities by training-row uid, or None without ``cfg.soft_labels``."""
+    if not cfg.soft_labels:
+        return None
+    labels = read_soft_labels(cfg.soft_labels)
+    if labels.classes != list(classes):
+        raise ConfigError(f"soft labels {cfg.soft_labels} are over classes {labels.classes}, this data over {classes}")
+    return labels.by_uid()
 
 
 def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
@@ -51,7 +62,8 @@ def build_trainer(
     """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
     quiet_progress()
     datasets = {
-        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation),
+        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation,
+                              teacher_by_uid=teacher_by_uid(cfg, classes), distill_alpha=cfg.distill_alpha),
         # As cached: evaluation draws nothing and the loop standardises on its device.
         "val": cached["val"],
     }

@@ -14,20 +14,24 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 
 import ray
 
-from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, parse_set_pairs, preset_overrides
+from raymotion.config import (PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings, parse_set_pairs,
+                              preset_overrides)
 from raymotion.console import filter_terminal
 from raymotion.data import DataError, is_generated, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.export.bundle import build_run_bundle, results_table
+from raymotion.export.distill import cached_soft_labels
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
-from raymotion.rundir import COMMAND, Command, read_command, read_tune_result, write_command, write_tune_result
+from raymotion.rundir import (COMMAND, MANIFEST, STUDENT_DIR, Command, read_command, read_manifest, read_tune_result,
+                              soft_labels_path, write_command, write_tune_result)
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import input_size_of
 from raymotion.tune.experiment import copy_checkpoint, tune_model
@@ -46,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own arguments (command.json): "
                    "finished models are kept, finished trials are not rerun, unfinished ones continue from their "
                    "latest checkpoint; only --address may be given beside it")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the preset's students against the teachers' soft labels, and its distilled single "
+                        "student (--no-distill: every model on labels alone, no student)")
     p.add_argument("--num-samples", type=int, help="trials per model (overrides the preset)")
     p.add_argument("--epochs", type=int, help="max epochs per trial (overrides the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -89,10 +96,14 @@ def resolve_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[
     return resumed, saved
 
 
-def base_config(model: str, args: argparse.Namespace, preset: Preset) -> TrainConfig:
+def base_config(model: str, args: argparse.Namespace, preset: Preset, student: bool = False) -> TrainConfig:
+    """The preset's config of ``model`` (``student``: with the preset's student_overrides), then --set and
+    --epochs, which apply to every model."""
     base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
                        use_gpu=args.device == "cuda", amp=args.device == "cuda")
     base = base.replace(source=f"preset {preset.name!r}, overrides of model {model!r}", **preset_overrides(preset, model))
+    if student:
+        base = base.replace(source=f"preset {preset.name!r}, student_overrides", **preset.student_overrides)
     base = base.replace(source="--set", **parse_set_pairs(args.overrides))
     if args.epochs:
         base = base.replace(source="--epochs", epochs=args.epochs)
@@ -113,27 +124,104 @@ def data_banner(root: str) -> str:
     return f"\n{'!' * 100}\n!! {GENERATED_NOTE}\n!! data root: {root}\n{'!' * 100}\n" if is_generated(root) else ""
 
 
-def tune_one(model: str, base: TrainConfig, settings, source, class_counts: list[int], cached, run_dir: str,
-             args: argparse.Namespace, clock: RunClock):
-    """One model's search (continued if this run started it), recorded in trials/<model>.json."""
-    print(f"\ntuning {model}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
+@dataclass
+class RunContext:
+    """What every stage of one tune command shares."""
+
+    args: argparse.Namespace
+    run_dir: str
+    source: Any
+    preset: Preset
+    settings: TuneSettings
+    class_counts: list[int]
+    clock: RunClock
+    cached_by_size: dict = field(default_factory=dict)  # input size -> cached splits (load_cached)
+    owns_ray: bool = False  # this process started its own Ray (it dies with it)
+
+    def cached(self, size: int):
+        if size not in self.cached_by_size:
+            self.cached_by_size[size], report = load_cached(self.source, size)
+            print(f"decoded at {size}px: {report.summary()}", flush=True)
+        return self.cached_by_size[size]
+
+
+def tune_one(label: str, base: TrainConfig, settings, ctx: RunContext, run_dir: str):
+    """One model's search (continued if this run started it), recorded in <run_dir>/trials/<model>.json.
+    ``label``: the model's name in progress lines ("student:<model>" for the distilled student)."""
+    distilled = f"; distilled from {base.soft_labels} (alpha {base.distill_alpha})" if base.soft_labels else ""
+    print(f"\ntuning {label}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
           f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
-          f"class weighting: {base.class_weighting} | {clock.status()}", flush=True)
-    progress = EpochProgress(model, clock, settings.metric, settings.mode)
-    result = tune_model(base, classes=source.classes, class_counts=class_counts, cached=cached, settings=settings,
-                        run_dir=run_dir, spaces_dir=args.spaces, callbacks=[progress])
+          f"class weighting: {base.class_weighting}{distilled} | {ctx.clock.status()}", flush=True)
+    progress = EpochProgress(label, ctx.clock, settings.metric, settings.mode)
+    result = tune_model(base, classes=ctx.source.classes, class_counts=ctx.class_counts,
+                        cached=ctx.cached(base.input_size), settings=settings, run_dir=run_dir,
+                        spaces_dir=ctx.args.spaces, callbacks=[progress])
     write_tune_result(run_dir, result)
-    print(f"{model} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
+    print(f"{label} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
           f"({result.trials} trials, {result.stopped_early} stopped early, {result.failed} failed, "
-          f"{result.restarted} restarted from a checkpoint, {format_minutes(result.seconds)}) | {clock.status()}",
+          f"{result.restarted} restarted from a checkpoint, {format_minutes(result.seconds)}) | {ctx.clock.status()}",
           flush=True)
     return result
 
 
-def tune_and_export(args: argparse.Namespace, argv: list[str],
-                    on_run_dir: Callable[[str], None] | None = None) -> tuple[str, dict, bool]:
-    """Returns the run directory, its manifest, and whether this process started its own Ray.
-    ``on_run_dir``: called once the data root is valid and the run directory exists, before Ray starts."""
+def tune_stage(ctx: RunContext, bases: dict[str, TrainConfig], trials: dict[str, int], run_dir: str,
+               labels: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Tune each model of ``bases`` in turn (a model this run already finished is kept); returns each
+    model's best checkpoint (copied into ``run_dir``) and its tune record for the manifest."""
+    checkpoints, extra = {}, {}
+    for model, base in bases.items():
+        label = (labels or {}).get(model, model)
+        base, note = check_resources(base)  # before decoding: fail fast, or fit what is free
+        if note:
+            print(f"{label}: {note}", flush=True)
+        result = read_tune_result(run_dir, model) if ctx.args.resume else None
+        if result:
+            print(f"\n{label}: already tuned in this run ({result.trials} trials); kept", flush=True)
+        else:
+            result = tune_one(label, base, dataclasses.replace(ctx.settings, num_samples=trials[model]), ctx, run_dir)
+        checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
+        extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
+                                 "failed": result.failed, "restarted": result.restarted,
+                                 "seconds": round(result.seconds, 1), "history": result.history}}
+    return checkpoints, extra
+
+
+def export_stage(ctx: RunContext, run_dir: str, checkpoints: dict[str, str], extra: dict[str, dict],
+                 what: str) -> dict:
+    print(f"\nexporting {what} ({', '.join(checkpoints)}): ONNX, int8 candidates, calibration, ensemble", flush=True)
+    started = time.perf_counter()
+    manifest = build_run_bundle(run_dir, checkpoints, ctx.source, extra, ExportConfig.from_arguments(ctx.args))
+    print(f"\n{results_table(manifest)}\n\nexport took {format_minutes(time.perf_counter() - started)}", flush=True)
+    return manifest
+
+
+def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], dict[str, dict]] | None) -> str:
+    """The soft labels of this run's ensemble at ``stage`` ("teachers": the members trained so far, exported
+    first when given; "ensemble": the final one), computed once (a resumed run reuses the file)."""
+    path = soft_labels_path(ctx.run_dir, stage)
+    if not os.path.exists(path):
+        if teachers:  # fp32 only: the int8 choice (and its timing) waits for the final export
+            print(f"\nexporting the teachers ({', '.join(teachers[0])}) for their soft labels", flush=True)
+            checkpoints, extra = teachers
+            build_run_bundle(ctx.run_dir, checkpoints, ctx.source, extra,
+                             dataclasses.replace(ExportConfig.from_arguments(ctx.args), int8=False))
+        print(f"soft labels: the {stage} ensemble on the training images -> {path}", flush=True)
+        cached_soft_labels(ctx.run_dir, ctx.source, path)
+    return path
+
+
+def student_stage(ctx: RunContext, base: TrainConfig) -> dict:
+    """The distilled single student: ``base.model`` trained against the final ensemble's soft labels into
+    a run directory of its own (RUN_DIR/student), servable alone."""
+    base = base.replace(source="the distilled student", soft_labels=soft_labels_of(ctx, "ensemble", None))
+    student_dir = os.path.join(ctx.run_dir, STUDENT_DIR)
+    label = f"student:{base.model}"
+    checkpoints, extra = tune_stage(ctx, {base.model: base}, {base.model: 1}, student_dir, {base.model: label})
+    return export_stage(ctx, student_dir, checkpoints, extra, what="the distilled student")
+
+
+def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[RunContext, list[str]]:
+    """Data checked, run directory made, Ray up; returns the shared context and the models to tune."""
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
     source = open_data(root)  # fails fast, before Ray starts and before a run directory exists, on a bad root
     run_dir = run_directory(args)
@@ -146,45 +234,60 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
         print(f"resuming {run_dir}: {' '.join(read_command(run_dir).argv)}", flush=True)
     print(f"data: {root} ({how})\n{source.summary()}{data_banner(root)}", flush=True)
     print(f"run directory: {run_dir}", flush=True)
-    class_counts = [source.counts("train")[c] for c in source.classes]
     preset = PRESETS[args.preset]
     # A copy: the presets are module-level defaults shared by every call in this process.
     settings = dataclasses.replace(preset.tune, seed=args.seed)
-
-    owns_ray = init_ray(args.address)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(preset.models)
+    ctx = RunContext(args, run_dir, source, preset, settings, [source.counts("train")[c] for c in source.classes],
+                     RunClock({}))
+    ctx.owns_ray = init_ray(args.address)
+    return ctx, models
+
+
+def tune_and_export(args: argparse.Namespace, argv: list[str],
+                    on_run_dir: Callable[[str], None] | None = None) -> tuple[str, dict, bool]:
+    """Returns the run directory, its manifest, and whether this process started its own Ray.
+    ``on_run_dir``: called once the data root is valid and the run directory exists, before Ray starts.
+
+    Stages: the teachers (every model the preset does not distil); with students, the teachers' ensemble's
+    soft labels and then the students trained on them; the export of all; with a preset student, the
+    distilled single student (RUN_DIR/student)."""
+    ctx, models = start_run(args, argv, on_run_dir)
+    preset = ctx.preset
     bases = {m: base_config(m, args, preset) for m in models}
     trials = {m: args.num_samples or preset.samples.get(m, preset.tune.num_samples) for m in models}
-    counts = {split: sum(source.counts(split).values()) for split in ("train", "val")}
-    clock = RunClock({m: plan_model(bases[m], trials[m], counts["train"], counts["val"]) for m in models})
-    checkpoints, extra, cached_by_size = {}, {}, {}
-    for model in models:
-        base, note = check_resources(bases[model])  # before decoding: fail fast, or fit what is free
-        if note:
-            print(f"{model}: {note}", flush=True)
-        model_settings = dataclasses.replace(settings, num_samples=trials[model])
-        result = read_tune_result(run_dir, model) if args.resume else None
-        if result:
-            print(f"\n{model}: already tuned in this run ({result.trials} trials); kept", flush=True)
-        else:
-            if base.input_size not in cached_by_size:
-                cached_by_size[base.input_size], report = load_cached(source, base.input_size)
-                print(f"decoded at {base.input_size}px: {report.summary()}", flush=True)
-            result = tune_one(model, base, model_settings, source, class_counts, cached_by_size[base.input_size],
-                              run_dir, args, clock)
-        checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
-        extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
-                                 "failed": result.failed, "restarted": result.restarted,
-                                 "seconds": round(result.seconds, 1), "history": result.history}}
-    cached_by_size.clear()
+    students = [m for m in models if args.distill and m in preset.students]
+    teachers = [m for m in models if m not in students]
+    if students and not teachers:
+        print(f"no teacher among {models}: {', '.join(students)} train on labels alone", flush=True)
+        students, teachers = [], models
+    student = bases_student(args, preset)
+    counts = {split: sum(ctx.source.counts(split).values()) for split in ("train", "val")}
+    plans = {m: plan_model(bases[m], trials[m], counts["train"], counts["val"]) for m in models}
+    if student:
+        plans[f"student:{student.model}"] = dataclasses.replace(
+            plan_model(student, 1, counts["train"], counts["val"]), name=f"student:{student.model}")
+    ctx.clock.plans.update(plans)
+    checkpoints, extra = tune_stage(ctx, {m: bases[m] for m in teachers}, trials, ctx.run_dir)
+    if students:
+        path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
+        distilled = {m: bases[m].replace(source="distillation", soft_labels=path) for m in students}
+        more = tune_stage(ctx, distilled, trials, ctx.run_dir)
+        checkpoints, extra = {**checkpoints, **more[0]}, {**extra, **more[1]}
+    checkpoints = {m: checkpoints[m] for m in models}  # the manifest's (and report's) order is the user's
+    manifest = export_stage(ctx, ctx.run_dir, checkpoints, extra, what="every model")
+    if student:
+        student_stage(ctx, student)
+    ctx.cached_by_size.clear()
+    print(f"report: {write_report(ctx.run_dir)}", flush=True)
+    return ctx.run_dir, manifest, ctx.owns_ray
 
-    print(f"\nexporting {', '.join(models)}: ONNX, int8 candidates, calibration, ensemble", flush=True)
-    export_started = time.perf_counter()
-    manifest = build_run_bundle(run_dir, checkpoints, source, extra, ExportConfig.from_arguments(args))
-    report = write_report(run_dir)
-    print(f"\n{results_table(manifest)}\n\nexport took {format_minutes(time.perf_counter() - export_started)}; "
-          f"report: {report}", flush=True)
-    return run_dir, manifest, owns_ray
+
+def bases_student(args: argparse.Namespace, preset: Preset) -> TrainConfig | None:
+    """The distilled single student's base config (the preset's ``student``, its own overrides), or None."""
+    if not (args.distill and preset.student):
+        return None
+    return base_config(preset.student, args, preset, student=True)
 
 
 def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> str:
@@ -197,6 +300,7 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
                      f"{t.get('stopped_early', 0)}/{t.get('failed', 0)}",
                      "val acc": f"{val['accuracy']:.4f}", "macro-F1": f"{val['macro_f1']:.4f}",
                      "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-",
+                     "degraded val acc": f"{entry['val_degraded']['accuracy']:.4f}" if entry.get("val_degraded") else "-",
                      "minutes": f"{t.get('seconds', 0) / 60:.1f}",
                      "weight": f"{manifest['ensemble']['weights'].get(name, 0):.2f}",
                      "served": entry.get("serve", {}).get("variant", "fp32")})
@@ -204,15 +308,29 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
     oof = ens.get("val_out_of_fold", {})
     rows.append({"model": "ensemble", "trials all epochs/stopped early/failed": "-",
                  "val acc": f"{ens['val']['accuracy']:.4f}", "macro-F1": f"{ens['val']['macro_f1']:.4f}",
-                 "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-", "minutes": f"{elapsed / 60:.1f}",
+                 "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-",
+                 "degraded val acc": f"{ens['val_degraded']['accuracy']:.4f}" if ens.get("val_degraded") else "-",
+                 "minutes": f"{elapsed / 60:.1f}",
                  "weight": "-", "served": "+".join(ens["served"])})
-    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), "",
+    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *student_line(run_dir), "",
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
              f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}  (or serve/config.yaml)"]
     if manifest["data"].get("generated"):
         lines.append(data_banner(manifest["data"]["root"]))
     return "\n".join(lines)
+
+
+def student_line(run_dir: str) -> list[str]:
+    """The distilled single student beside the ensemble, when the run made one."""
+    student_dir = os.path.join(run_dir, STUDENT_DIR)
+    if not os.path.exists(os.path.join(student_dir, MANIFEST)):
+        return []
+    manifest = read_manifest(student_dir)
+    (name, entry), = manifest.models.items()
+    oof = entry.val_out_of_fold or {}
+    return [f"distilled student {name} (served alone: serve run serve.app:build_app run_dir={student_dir}): "
+            f"val acc {entry.val['accuracy']:.4f}, out-of-fold {oof.get('accuracy', float('nan')):.4f}"]
 
 
 def serve_run(run_dir: str, host: str, port: int, device: str) -> str:
