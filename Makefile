@@ -57,13 +57,15 @@ browser:
 export RAY_AUTH_MODE := token
 # The head runs Serve with Ray's own throughput switch (RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress, no
 # proxy hop; gRPC between replicas; user code on the replica's loop; buffered request logs), read when the
-# head's processes start. Measured with and without: README, "Serve measurements".
+# head's processes start. Measured with and without: README, "Serve measurements". Ray Train's controller
+# polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each run notices its workers
+# started and finished up to a poll later; 0.5 s (raymotion.runtime.TRAIN_POLL_ENV) cuts that wait per trial.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 ray-up: setup
 	@$(RAY) status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || { \
 	  $(RAY) get-auth-token --generate >/dev/null && \
-	  RAY_ADDRESS=127.0.0.1:$(RAY_PORT) RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
+	  RAY_ADDRESS=127.0.0.1:$(RAY_PORT) RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5 $(RAY) start --head --port=$(RAY_PORT) --num-cpus=$(NUM_CPUS) --dashboard-host=127.0.0.1 \
 	    --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats $(if $(RAY_TEMP_DIR),--temp-dir=$(RAY_TEMP_DIR),) \
 	    $(RAY_START_ARGS); }
 

@@ -289,44 +289,46 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # Minutes on 2 CPUs: the two pretrained CNNs, small inputs, few epochs. Two members of similar strength
-    # and different make-up, so that their ensemble can beat either (one strong member and a weak one
-    # ensemble to the strong one: the weak one gets weight 0). EfficientNet-Lite0 trains with balanced class
-    # weights: a second, differently biased view of the minority classes.
+    # Minutes on 2 CPUs: the two pretrained CNNs, small inputs, three epochs, one trial each. Two members of
+    # similar strength and different make-up, so that their ensemble can beat either (one strong member and
+    # a weak one ensemble to the strong one: the weak one gets weight 0). EfficientNet-Lite0 trains with
+    # balanced class weights, a second, differently biased view of the minority classes, at 80 px (it trains
+    # at about half MobileNetV2's speed here). runs/quick-16a (both at 96 px, MobileNetV2 with 2 trials)
+    # took 18 minutes; this split is planned to fit 15.
     "quick": Preset(
         name="quick",
         models=("mobilenet_v2", "efficientnet_lite0"),
         tune=TuneSettings(num_samples=1),
-        samples={"mobilenet_v2": 2},
         train_overrides={
             "mobilenet_v2": {"epochs": 3, "input_size": 96, "head_epochs": 1},
-            "efficientnet_lite0": {"epochs": 3, "input_size": 96, "head_epochs": 1, "class_weighting": "balanced"},
+            "efficientnet_lite0": {"epochs": 3, "input_size": 80, "head_epochs": 1, "class_weighting": "balanced"},
         },
     ),
-    # Every model, one trial each at the search space's start point, early stopping. The pretrained members
-    # (MobileNetV2, EfficientNet-Lite0 and -Lite2, the hybrid ViT over MobileNetV2's stem) train first and are
-    # the teachers; LeNet, ResNet34 and the HF ViT, which have no weights to start from, then train against
-    # the teachers' soft labels; last, a MobileNetV2 student is distilled from the whole ensemble into
-    # RUN_DIR/student (one model's latency).
+    # Every model, one trial each at the search space's start point, early stopping. The packaged-pretrained
+    # CNNs (MobileNetV2, EfficientNet-Lite0 and -Lite2) train first and are the teachers; LeNet and ResNet34
+    # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then train against
+    # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
+    # MobileNetV2 student is distilled from the whole ensemble into RUN_DIR/student (one model's latency).
+    # Planned from per-model speeds measured here (plain torch, 2 threads: LeNet@64 500 img/s, ResNet34@64
+    # 83, MobileNetV2@128 59, EfficientNet-Lite0@112 58; Ray Train ~80% of that; Lite2 ~1.5x Lite0's FLOPs,
+    # the hybrid ViTs at 96 px ~MobileNetV2@128's) to fit 100 minutes; see README for what a run measured.
     "full": Preset(
         name="full",
         models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
         tune=TuneSettings(num_samples=1, grace_period=3),
         samples={"lenet": 2},
-        students=("lenet", "resnet34", "hf_vit"),
+        students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
         student_overrides={"epochs": 5, "input_size": 112, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7},
-            # Plain-torch train speed here (2 threads): LeNet@64 500 img/s, ResNet34@64 83, MobileNetV2@128 59,
-            # EfficientNet-Lite0@112 58, ViTs@64 ~130; Ray Train runs at ~80% of that.
             "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
             "resnet34": {"epochs": 5, "input_size": 64, "label_smoothing": 0.0},
-            "mobilenet_v2": {"epochs": 8, "input_size": 128, "head_epochs": 1},
+            "mobilenet_v2": {"epochs": 7, "input_size": 128, "head_epochs": 1},
             "efficientnet_lite0": {"epochs": 7, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
-            "efficientnet_lite2": {"epochs": 5, "input_size": 112, "head_epochs": 1},
-            "vit": {"epochs": 6, "input_size": 96, "head_epochs": 1},
-            "hf_vit": {"epochs": 6, "input_size": 64, "label_smoothing": 0.0},
+            "efficientnet_lite2": {"epochs": 4, "input_size": 112, "head_epochs": 1},
+            "vit": {"epochs": 4, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
+            "hf_vit": {"epochs": 4, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
         },
     ),
     # Smoke runs (tests): one tiny epoch shape everywhere; LeNet distilled when a teacher runs beside it.

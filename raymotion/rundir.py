@@ -38,6 +38,7 @@ MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_META = "meta.json"
 CHECKPOINT_MODEL = "model.pt"
+CHECKPOINT_TRANSFORMERS = "transformers"  # hf_vit's transformer, save_pretrained (config.json + safetensors)
 PREDICTIONS = os.path.join("predictions", "val.npz")
 REPORT_DIR = "report"
 COMMAND = "command.json"
@@ -135,6 +136,8 @@ class Ensemble(_Record):
     val_equal_weights: Metrics | None = None
     val_out_of_fold: Metrics | None = None  # + folds, seed, fold_weights, fold_temperatures, uncalibrated
     val_degraded: Metrics | None = None  # the fitted ensemble on camera-degraded val (see ModelEntry)
+    # Out-of-fold accuracy and macro-F1 of the ensemble minus its best member's, in points.
+    gain_out_of_fold: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _served_are_the_weighted_members(self) -> "Ensemble":

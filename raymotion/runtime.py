@@ -8,6 +8,12 @@ import socket
 
 import ray
 
+# Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), so a
+# run notices that its workers started, and that they finished, up to one poll late: on short trials a few
+# seconds each. A TorchTrainer.fit() of a one-report loop took 12-15 s at 2 s and 10-12 s at 0.5 s here
+# (3 fits each, README "Tuning"). A poll is one small RPC per worker. Read by processes the raylet
+# starts, so it is set where a raylet starts: here for local instances, in the Makefile for `make ray-up`.
+TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def free_port() -> int:
@@ -31,6 +37,8 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     # the cluster the same way, and beside `make run`'s head they would ask that head (and its token).
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    for key, value in TRAIN_POLL_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         # The dashboard hosts the State API, which Ray Train uses to clean up finished worker groups.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",

@@ -108,6 +108,11 @@ def test_run_directory_is_self_contained(run):
     assert ens["served"]
     for key in ("val", "val_uncalibrated", "val_equal_weights", "val_out_of_fold", "val_degraded"):
         assert 0.0 <= ens[key]["ece"] <= 1.0, key
+    # What the ensemble adds out of fold, against its best member out of fold, in points.
+    best = max(manifest["models"], key=lambda n: manifest["models"][n]["val_out_of_fold"]["accuracy"])
+    gain = ens["gain_out_of_fold"]
+    assert gain["best_member"] == best and gain["accuracy_points"] == pytest.approx(
+        100 * (ens["val_out_of_fold"]["accuracy"] - manifest["models"][best]["val_out_of_fold"]["accuracy"]))
     # Camera-degraded val: the same 60 images, other pixels, so other probabilities (every member and the mix).
     for record in [ens, *manifest["models"].values()]:
         degraded = record["val_degraded"]

@@ -200,35 +200,37 @@ def test_resnet34_loads_a_local_torchvision_state_dict(tmp_path):
         create_model("resnet34", pretrained=str(tmp_path / "broken.pth"))
 
 
-def test_hf_vit_loads_a_local_save_pretrained_directory(tmp_path):
-    from transformers import ViTConfig, ViTForImageClassification
+def test_hf_vit_is_a_transformers_vit_over_the_stem_and_loads_its_save_pretrained_directory(tmp_path):
+    """The checkpoint writes the transformer with save_pretrained; pretrained=<that directory> loads it
+    back (the head new for another label count), with the stem's ImageNet tensors."""
+    from raymotion.models.hf_vit import HFViT
+    from raymotion.models.vit import STEM_BLOCKS
+    from raymotion.train.checkpoint import save_checkpoint
+    from transformers import ViTForImageClassification
 
-    # Saved at another resolution and with another label count: the body loads, the head is new, and
-    # the position embeddings are interpolated to the 64 px input.
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=128, num_labels=10)
-    source = ViTForImageClassification(config)
-    source.save_pretrained(tmp_path / "vit")
-    model = create_model("hf_vit", num_classes=3, pretrained=str(tmp_path / "vit")).eval()
-    own = model.model.state_dict()
-    state = source.state_dict()
-    assert set(own) == set(state)
+    trained = create_model("hf_vit", num_classes=3, pretrained=True).eval()
+    assert isinstance(trained.model, ViTForImageClassification) and trained.model.config.num_channels == 96
+    spec = get_model_spec("hf_vit")
+    save_checkpoint(str(tmp_path / "ckpt"), trained, {
+        "model": "hf_vit", "classes": ["a", "b", "c"], "input_size": spec.input_size, "mean": list(spec.mean),
+        "std": list(spec.std), "epoch": 1, "metrics": {}, "train_config": {}})
+    saved = tmp_path / "ckpt" / "transformers"
+    assert (saved / "config.json").exists()
+    loaded = create_model("hf_vit", num_classes=5, pretrained=str(saved)).eval()
+    assert isinstance(loaded, HFViT)
+    own, state = loaded.model.state_dict(), trained.model.state_dict()
     for key in state:
         if not key.startswith("classifier."):
             assert torch.equal(own[key], state[key]), key
-    assert own["classifier.weight"].shape == (3, 64)
-    with torch.no_grad():
-        out = model(torch.zeros(2, 3, 64, 64))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    assert own["classifier.weight"].shape == (5, 192)
+    imagenet = load_state_dict(mobilenet_v2_imagenet_weights())
+    assert torch.equal(loaded.stem.state_dict()["0.0.weight"], imagenet["features.0.0.weight"])
+    assert len(loaded.stem) == STEM_BLOCKS
+    with torch.no_grad():  # 96 px is the config's 6x6 grid; 64 px interpolates the position embeddings
+        assert loaded(torch.zeros(2, 3, 96, 96)).shape == (2, 5) and loaded(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
     # A directory that does not exist is an error, never a download.
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         create_model("hf_vit", pretrained=str(tmp_path / "no_such_dir"))
-
-
-def test_hf_vit_true_means_from_scratch():
-    assert get_model_spec("hf_vit").pretrained_weights is None
-    model = create_model("hf_vit", num_classes=3, pretrained=True)
-    assert model.model.config.image_size == get_model_spec("hf_vit").input_size
 
 
 @pytest.mark.parametrize("name", list_models())

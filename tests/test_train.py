@@ -143,3 +143,16 @@ def test_the_stock_schedule_warms_up_linearly_then_follows_a_cosine_to_zero(tota
             0.25 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup))) for k in range(total)]
     assert seen == pytest.approx(want, abs=1e-9)
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # after the last step
+
+
+def test_local_ray_hands_train_its_short_poll(ray_session):
+    """Processes the session's raylet starts (Train's controller among them) see TRAIN_POLL_ENV."""
+    import ray
+
+    from raymotion.runtime import TRAIN_POLL_ENV
+
+    @ray.remote(num_cpus=0)
+    def read_env(keys):
+        return {k: os.environ.get(k) for k in keys}
+
+    assert ray.get(read_env.remote(list(TRAIN_POLL_ENV))) == TRAIN_POLL_ENV

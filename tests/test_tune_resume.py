@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 
-from raymotion.rundir import read_manifest, read_tune_result, trials_path
+from raymotion.rundir import read_manifest, read_soft_labels, read_tune_result, trials_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +32,9 @@ def run_until(command: list[str], marker: str, timeout_s: float) -> tuple[subpro
 def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, faces_root, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     run_dir = str(tmp_path / "run")
+    # With a distilled single student: the stage after the ensemble, which the resumed run reaches.
     first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "2",
-                         "--epochs", "2", "--set", "input_size=32", "--no-int8", "--out", run_dir)
+                         "--epochs", "2", "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir)
     # Killed once trial 1 has finished and trial 2 has reported an epoch: one finished trial, one midway.
     proc, lines = run_until(first, "trial 2/2 epoch 1/2", timeout_s=300)
     assert any("trial 2/2 epoch 1/2" in line for line in lines), "".join(lines[-40:])
@@ -60,3 +61,11 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     for epochs in reported:
         assert epochs.is_unique, list(epochs)
     assert read_manifest(run_dir).models["lenet"].input_size == 32
+    # The student: trained against the final ensemble's soft labels, into a run directory of its own that
+    # serves alone (one member, weight 1), after the interrupted search was resumed.
+    student_dir = os.path.join(run_dir, "student")
+    student = read_manifest(student_dir)
+    assert list(student.models) == ["lenet"] and student.ensemble.served_weights == {"lenet": 1.0}
+    assert student.models["lenet"].train_config["soft_labels"] == os.path.join(run_dir, "distill", "ensemble.npz")
+    assert read_soft_labels(student.models["lenet"].train_config["soft_labels"]).teachers == {"lenet": 1.0}
+    assert "distilled student lenet" in resumed.stdout

@@ -123,7 +123,8 @@ def run_serve(args: argparse.Namespace) -> None:
                            concurrency=tuple(int(c) for c in args.concurrency.split(",")), seconds=args.seconds,
                            max_requests=args.max_requests, batch_images=args.batch_images,
                            inprocess_seconds=args.inprocess_seconds, fault_seconds=args.fault_seconds,
-                           fault_concurrency=args.fault_concurrency, app_args=app_args,
+                           fault_concurrency=args.fault_concurrency,
+                           fault_replicas=tuple(int(r) for r in args.fault_replicas.split(",") if r.strip()), app_args=app_args,
                            throughput_optimized=args.throughput_optimized, floor=args.floor)
     result = run_serve_bench(cfg, log=lambda line: print(line, flush=True))
     result["table"] = table(result)
@@ -146,7 +147,8 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--max-requests", type=int, default=3000, help="per HTTP phase")
     p.add_argument("--batch-images", type=int, default=16, help="images per /predict/batch request and in-process batch")
     p.add_argument("--inprocess-seconds", type=float, default=10.0)
-    p.add_argument("--fault-seconds", type=float, default=30.0, help="per fault run (2 replicas, then 1)")
+    p.add_argument("--fault-seconds", type=float, default=30.0, help="per fault run")
+    p.add_argument("--fault-replicas", default="2,1", help="comma-separated replicas per model, a fault run each")
     p.add_argument("--fault-concurrency", type=int, default=16)
     p.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=True,
                    help="Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED for the benchmark's own Ray (as make ray-up starts the head)")

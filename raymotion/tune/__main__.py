@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
                    help="train the preset's students against the teachers' soft labels, and its distilled single "
                         "student (--no-distill: every model on labels alone, no student)")
+    p.add_argument("--student", help="the distilled single student's model (default: the preset's; \"\": none)")
     p.add_argument("--num-samples", type=int, help="trials per model (overrides the preset)")
     p.add_argument("--epochs", type=int, help="max epochs per trial (overrides the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -285,9 +286,10 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
 
 def bases_student(args: argparse.Namespace, preset: Preset) -> TrainConfig | None:
     """The distilled single student's base config (the preset's ``student``, its own overrides), or None."""
-    if not (args.distill and preset.student):
+    model = preset.student if args.student is None else args.student
+    if not (args.distill and model):
         return None
-    return base_config(preset.student, args, preset, student=True)
+    return base_config(model, args, preset, student=True)
 
 
 def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> str:
@@ -312,7 +314,10 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
                  "degraded val acc": f"{ens['val_degraded']['accuracy']:.4f}" if ens.get("val_degraded") else "-",
                  "minutes": f"{elapsed / 60:.1f}",
                  "weight": "-", "served": "+".join(ens["served"])})
-    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *student_line(run_dir), "",
+    gain = ens.get("gain_out_of_fold")
+    gain_line = [f"ensemble - best member ({gain['best_member']}), out-of-fold: {gain['accuracy_points']:+.1f} points "
+                 f"accuracy, {gain['macro_f1_points']:+.1f} macro-F1"] if gain else []
+    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *gain_line, *student_line(run_dir), "",
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
              f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}  (or serve/config.yaml)"]
