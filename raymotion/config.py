@@ -232,11 +232,13 @@ class ExportConfig:
                             help="val accuracy points an int8 model may lose and still be served")
         parser.add_argument("--int8-max-latency-ratio", type=float, default=ExportConfig.int8_max_latency_ratio,
                             help="serve int8 only when its batch-1 latency is at most this x fp32 (inf: any, 0: never)")
+        parser.add_argument("--int8-latency-seconds", type=float, default=ExportConfig.latency_seconds,
+                            help="time budget of each model's fp32-vs-int8 batch-1 timing")
 
     @classmethod
     def from_arguments(cls, args) -> "ExportConfig":
         return cls(flip_tta=args.flip_tta, int8=args.int8, int8_tolerance_points=args.int8_tolerance,
-                   int8_max_latency_ratio=args.int8_max_latency_ratio)
+                   int8_max_latency_ratio=args.int8_max_latency_ratio, latency_seconds=args.int8_latency_seconds)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def cli_run(ray_session, faces_root, tmp_path_factory):
          "--out", str(out),
          # int8 served whatever this CPU measures (it loses to fp32 without VNNI), so that the int8 path
          # through the bundle and Serve runs on every machine.
-         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100"],
+         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100", "--int8-latency-seconds", "2"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return str(out), proc.stdout

@@ -61,3 +61,17 @@ def test_soft_labels_refuse_another_data_sets_classes(run, faces_root, tmp_path)
                 os.symlink(os.path.join(faces_root, split, "angry", name), root / split / cls / f"{i}.jpg")
     with pytest.raises(ValueError, match="classes"):
         teacher_soft_labels(run_dir, open_data(str(root)))
+
+
+def test_a_student_config_reads_its_soft_labels_by_uid_and_refuses_other_classes(run, tmp_path):
+    from raymotion.config import ConfigError, TrainConfig
+    from raymotion.train.trainer import teacher_by_uid
+
+    run_dir, manifest = run
+    path = rundir.soft_labels_path(run_dir, "teachers")
+    labels = rundir.read_soft_labels(path)
+    dense = teacher_by_uid(TrainConfig(soft_labels=path), manifest["classes"])
+    np.testing.assert_array_equal(dense[labels.uids], labels.probs)
+    assert teacher_by_uid(TrainConfig(), manifest["classes"]) is None
+    with pytest.raises(ConfigError, match="classes"):
+        teacher_by_uid(TrainConfig(soft_labels=path), ["happy", "sad", "angry"])

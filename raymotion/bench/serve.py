@@ -231,13 +231,19 @@ def cpus_per_model_replica(cfg: ServeBenchConfig, replicas: int, members: int) -
     return min(args.model_cpus, round(free / (replicas * members), 3))
 
 
-def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str, members: int) -> dict[str, Any]:
+def fault_run(cfg: ServeBenchConfig, port: int, requests_, replicas: int, model: str, members: int,
+              live: dict[str, Any]) -> dict[str, Any]:
+    """``live``: the settings the running app was deployed with (updated here): the same ones are reused."""
     from ray import serve
 
-    # A fresh app, not an update of the last one: a rolling update keeps the old replicas until the new
-    # ones are up, and on 2 CPUs the two sets do not fit side by side.
-    serve.delete("raymotion")
-    deploy(cfg, port, replicas=replicas, model_cpus=cpus_per_model_replica(cfg, replicas, members))
+    wanted = {"replicas": replicas, "model_cpus": cpus_per_model_replica(cfg, replicas, members)}
+    if wanted != live:
+        # A fresh app, not an update of the last one: a rolling update keeps the old replicas until the new
+        # ones are up, and on 2 CPUs the two sets do not fit side by side.
+        serve.delete("raymotion")
+        deploy(cfg, port, **wanted)
+        live.clear()
+        live.update(wanted)
     result: dict[str, Any] = {}
 
     def killer():
@@ -313,8 +319,12 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     largest = max(manifest.ensemble.served, key=lambda n: manifest.models[n].bytes)
     single = [("/predict", data, "image/jpeg") for data in cfg.images]
     members = len(manifest.ensemble.served)
+    from serve.app import AppArgs
+
+    app = AppArgs(run_dir=cfg.run_dir, **cfg.app_args)
+    live = {"replicas": app.replicas, "model_cpus": app.model_cpus}  # what deploy() just started
+    faults = [fault_run(cfg, port, single, replicas, largest, members, live) for replicas in cfg.fault_replicas]
     floor = floor_phases(cfg, port, members) if cfg.floor else []
-    faults = [fault_run(cfg, port, single, replicas, largest, members) for replicas in cfg.fault_replicas]
     from ray import serve
 
     serve.shutdown()
