@@ -13,8 +13,7 @@ from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export.onnx import PARITY_TOLERANCE, export_onnx, parity_max_abs_diff, torch_probabilities
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.models import create_model, get_model_spec, list_models, split_head_parameters
-from raymotion.models.efficientnet import (TIMM_ARCH, efficientnet_lite0_imagenet, efficientnet_lite0_imagenet_weights,
-                                           efficientnet_lite_imagenet, imagenet_weights, lukemelas_to_timm)
+from raymotion.models.efficientnet import efficientnet_lite_imagenet, imagenet_weights, lukemelas_to_timm, timm_arch
 from raymotion.models.mobilenet import mobilenet_v2_imagenet_weights
 from raymotion.models.weights import load_state_dict
 
@@ -107,7 +106,7 @@ def test_pretrained_path_must_fit_exactly(tmp_path):
 
 
 def test_efficientnet_lite0_loads_every_packaged_tensor_by_name():
-    state = load_state_dict(efficientnet_lite0_imagenet_weights())
+    state = load_state_dict(imagenet_weights("lite0"))
     model = create_model("efficientnet_lite0", num_classes=3, pretrained=True)
     own = model.state_dict()
     mapped = lukemelas_to_timm(state, [len(stage) for stage in model.blocks])
@@ -145,7 +144,7 @@ def test_efficientnet_lite2_loads_every_packaged_tensor_by_name_and_sees_a_unifo
 
 
 def test_efficientnet_lite0_weights_must_fit_exactly(tmp_path):
-    state = load_state_dict(efficientnet_lite0_imagenet_weights())
+    state = load_state_dict(imagenet_weights("lite0"))
     missing = dict(state)
     missing.pop("_blocks.5._bn1.running_var")
     torch.save(missing, tmp_path / "missing.pth")
@@ -169,7 +168,7 @@ def test_imagenet_weights_and_normalization_recognise_a_photo():
     on a real photo: Grace Hopper in uniform. MobileNetV2 (torchvision's own weights) is the control."""
     mobilenet = torchvision.models.mobilenet_v2()
     mobilenet.load_state_dict(load_state_dict(mobilenet_v2_imagenet_weights()))
-    for name, model in (("mobilenet_v2", mobilenet), ("efficientnet_lite0", efficientnet_lite0_imagenet())):
+    for name, model in (("mobilenet_v2", mobilenet), ("efficientnet_lite0", efficientnet_lite_imagenet("lite0"))):
         spec = get_model_spec(name)
         x = torch.from_numpy(normalize(grace_hopper(224), spec.mean, spec.std))
         with torch.no_grad():
@@ -181,7 +180,7 @@ def test_imagenet_weights_and_normalization_recognise_a_photo():
 
 def test_efficientnet_lite0_is_the_tensorflow_variant():
     model = create_model("efficientnet_lite0", pretrained=False)
-    assert TIMM_ARCH == "tf_efficientnet_lite0"
+    assert timm_arch("lite0") == "tf_efficientnet_lite0"
     assert model.bn1.eps == pytest.approx(1e-3)  # TF's BatchNorm epsilon, which the statistics assume
 
 

