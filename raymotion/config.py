@@ -311,9 +311,10 @@ PRESETS: dict[str, Preset] = {
     # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then train against
     # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
     # MobileNetV2 student is distilled from the whole ensemble into RUN_DIR/student (one model's latency).
-    # Planned from per-model speeds measured here (plain torch, 2 threads: LeNet@64 500 img/s, ResNet34@64
-    # 83, MobileNetV2@128 59, EfficientNet-Lite0@112 58; Ray Train ~80% of that; Lite2 ~1.5x Lite0's FLOPs,
-    # the hybrid ViTs at 96 px ~MobileNetV2@128's) to fit 100 minutes; see README for what a run measured.
+    # Split to fit 100 minutes from speeds measured in Ray Train here with the camera augmentations on (the
+    # data pipeline shares the 2 cores with the trainer): MobileNetV2 59-72 img/s at 96 px but 26 at 128,
+    # EfficientNet-Lite0 34-55 at 96, LeNet ~360 at 64, the hybrid ViT ~57 at 96; Lite2 (~1.7x Lite0's FLOPs)
+    # and ResNet34 at 64 px planned at ~26 and ~55. See README for what a run measured.
     "full": Preset(
         name="full",
         models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
@@ -321,14 +322,14 @@ PRESETS: dict[str, Preset] = {
         samples={"lenet": 2},
         students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
-        student_overrides={"epochs": 5, "input_size": 112, "distill_alpha": 0.8, "label_smoothing": 0.0},
+        student_overrides={"epochs": 4, "input_size": 96, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7},
             "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
-            "resnet34": {"epochs": 5, "input_size": 64, "label_smoothing": 0.0},
-            "mobilenet_v2": {"epochs": 7, "input_size": 128, "head_epochs": 1},
-            "efficientnet_lite0": {"epochs": 7, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
-            "efficientnet_lite2": {"epochs": 4, "input_size": 112, "head_epochs": 1},
+            "resnet34": {"epochs": 4, "input_size": 64, "label_smoothing": 0.0},
+            "mobilenet_v2": {"epochs": 5, "input_size": 96, "head_epochs": 1},
+            "efficientnet_lite0": {"epochs": 4, "input_size": 96, "head_epochs": 1, "class_weighting": "balanced"},
+            "efficientnet_lite2": {"epochs": 3, "input_size": 96, "head_epochs": 1},
             "vit": {"epochs": 4, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
             "hf_vit": {"epochs": 4, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
         },
