@@ -82,7 +82,7 @@ def run_models(args: argparse.Namespace) -> None:
     cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
                       threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
                       max_latency_ratio=args.int8_max_latency_ratio,
-                      int8_range_images=args.int8_range_images)
+                      int8_range_images=args.int8_range_images, rounds=args.rounds)
     result = run_models_bench(cfg, log=lambda line: print(line, flush=True))
     table = format_table(result)
     candidates = int8_table(result)
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     models.add_argument("--batch-size", type=int, default=32)
     models.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: all CPUs)")
     models.add_argument("--max-seconds", type=float, default=10.0, help="time limit of each timing loop")
+    models.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each timing loop")
     models.add_argument("--data", help="data root for val metrics and int8 calibration (default: the manifest's)")
     models.add_argument("--tolerance", type=float, default=0.5, help="int8 val accuracy tolerance, points")
     models.add_argument("--int8-max-latency-ratio", type=float, default=1.0,

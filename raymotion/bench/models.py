@@ -32,7 +32,6 @@ from raymotion.train.metrics import classification_metrics, softmax
 
 VARIANTS = ("torch", "onnx-fp32", "onnx-int8")
 EVAL_BATCH = 64
-ROUNDS = 5  # interleaved_latency's default rounds
 
 Runner = Callable[[np.ndarray], np.ndarray]  # normalized float32 NCHW -> logits
 
@@ -45,6 +44,9 @@ class BenchConfig:
     batch_size: int = 32
     threads: int = 0  # torch and onnxruntime threads; 0 = every usable CPU
     max_seconds: float = 10.0  # per timing loop
+    # Interleaved rounds per timing loop (each begins with a short pause and an untimed call; see
+    # interleaved_latency): more rounds spread a passing background load over every variant alike.
+    rounds: int = 5
     tolerance_points: float = 0.5  # int8 accuracy tolerance when int8 is built here
     # int8 slower than this x fp32 at batch 1 is not served (inf: accept any speed, 0: accept none). Which
     # way the measured choice goes depends on the CPU (VNNI or not); tests force each way through this.
@@ -94,9 +96,9 @@ def time_variants(groups: dict[str, list[tuple[Runner, np.ndarray]]], cfg: Bench
         pairs = {k: [(run, _batch(x, n)) for run, x in g] for k, g in groups.items()}
         return {k: (lambda p=p: [run(x) for run, x in p]) for k, p in pairs.items()}
 
-    b1 = interleaved_latency(calls(1), iters=cfg.iters, max_seconds=cfg.max_seconds)
-    bn = interleaved_latency(calls(cfg.batch_size), iters=max(ROUNDS, cfg.iters // 10), warmup=1,
-                             max_seconds=cfg.max_seconds)
+    b1 = interleaved_latency(calls(1), iters=cfg.iters, rounds=cfg.rounds, max_seconds=cfg.max_seconds)
+    bn = interleaved_latency(calls(cfg.batch_size), iters=max(cfg.rounds, cfg.iters // 10), rounds=cfg.rounds,
+                             warmup=1, max_seconds=cfg.max_seconds)
     return {k: {"p50_ms": b1[k]["p50_ms"], "p95_ms": b1[k]["p95_ms"], "best_round_p50_ms": b1[k]["best_round_p50_ms"],
                 "iters_b1": b1[k]["iters"], f"throughput_b{cfg.batch_size}": cfg.batch_size / (bn[k]["p50_ms"] / 1e3),
                 "iters_bn": bn[k]["iters"]} for k in groups}
@@ -137,7 +139,7 @@ def int8_variant(name: str, entry: ModelEntry, fp32_path: str, cfg: BenchConfig,
     record = choose_int8(fp32_path, os.path.join(cfg.run_dir, "bench", "int8"), ranges, val_x, val_y, classes,
                          cfg.tolerance_points, max_latency_ratio=cfg.max_latency_ratio, selection_images=selection,
                          name=name,
-                         latency_iters=cfg.iters, max_seconds=cfg.max_seconds)
+                         latency_iters=cfg.iters, max_seconds=cfg.max_seconds, latency_rounds=cfg.rounds)
     if record["selected"] != "fp32":
         return record["path"], f"int8 {record['selected']} (built here)", record
     # fp32 kept: still show the closest int8 candidate (rejected for accuracy, or for speed and then not

@@ -206,13 +206,13 @@ def evaluate_onnx(path: str, val_images: np.ndarray, val_labels: np.ndarray, cla
             "macro_f1": metrics["macro_f1"], "val": metrics}
 
 
-def batch1_latency(paths: dict[str, str], probe: np.ndarray, *, iters: int = 200,
-                   max_seconds: float = 10.0) -> dict[str, dict[str, float]]:
+def batch1_latency(paths: dict[str, str], probe: np.ndarray, *, iters: int = 200, max_seconds: float = 10.0,
+                   rounds: int = 5) -> dict[str, dict[str, float]]:
     """Batch-1 latency of several ONNX files on one image, timed in interleaved rounds."""
     sessions = {key: create_session(path) for key, path in paths.items()}
     x = np.ascontiguousarray(probe[:1], np.float32)
     calls = {key: (lambda s=s: s.run(None, {INPUT_NAME: x})) for key, s in sessions.items()}
-    return interleaved_latency(calls, iters=iters, max_seconds=max_seconds)
+    return interleaved_latency(calls, iters=iters, rounds=rounds, max_seconds=max_seconds)
 
 
 def _build(variant: str, build: Callable[[], Any]) -> tuple[Any, str | None]:
@@ -228,7 +228,7 @@ def choose_int8(fp32_path: str, out_dir: str, range_images: np.ndarray, val_imag
                 max_latency_ratio: float = 1.0, tie_points: float | None = None,
                 selection_images: np.ndarray | None = None,
                 static_candidates: Sequence[StaticQuantConfig] = STATIC_CANDIDATES, name: str | None = None,
-                latency_iters: int = 200, max_seconds: float = 10.0,
+                latency_iters: int = 200, max_seconds: float = 10.0, latency_rounds: int = 5,
                 val_probs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Build static QDQ and dynamic int8 of ``fp32_path`` into ``out_dir``, measure fp32 / static /
     dynamic (val accuracy, macro-F1, size, batch-1 latency) and select one.
@@ -255,7 +255,8 @@ def choose_int8(fp32_path: str, out_dir: str, range_images: np.ndarray, val_imag
                               "tie_points": tie, "fp32": fp32}
     built = build_int8_variants(fp32_path, out_dir, stem, range_images, selection_images, static_candidates,
                                 record)
-    time_variants(fp32_path, built, val_images, record, iters=latency_iters, max_seconds=max_seconds)
+    time_variants(fp32_path, built, val_images, record, iters=latency_iters, max_seconds=max_seconds,
+                  rounds=latency_rounds)
     accepted = score_variants(built, val_images, val_labels, classes, val_probs, record,
                               tolerance_points=tolerance_points, max_latency_ratio=max_latency_ratio)
     return select_variant(record, accepted, fp32_path, tie)
@@ -287,10 +288,11 @@ def build_int8_variants(fp32_path: str, out_dir: str, stem: str, range_images: n
 
 
 def time_variants(fp32_path: str, built: dict[str, str], val_images: np.ndarray, record: dict[str, Any], *,
-                  iters: int, max_seconds: float) -> None:
+                  iters: int, max_seconds: float, rounds: int = 5) -> None:
     """Batch-1 latency of fp32 and the built int8 files, timed together in interleaved rounds (their ratio
     is what decides, so background load must hit all of them alike); sizes and ratios into ``record``."""
-    timing = batch1_latency({"fp32": fp32_path, **built}, val_images, iters=iters, max_seconds=max_seconds)
+    timing = batch1_latency({"fp32": fp32_path, **built}, val_images, iters=iters, max_seconds=max_seconds,
+                            rounds=rounds)
     for key, t in timing.items():
         record[key].update(latency_ms_p50=t["p50_ms"], latency_ms_p95=t["p95_ms"],
                            latency_ms_best_round_p50=t["best_round_p50_ms"], latency_iters=t["iters"])
