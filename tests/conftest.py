@@ -56,7 +56,7 @@ def cli_run(ray_session, faces_root, tmp_path_factory):
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run(
         [sys.executable, "-m", "raymotion.tune", "--address", address, "--data", faces_root,
-         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "4",
+         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "3",
          "--out", str(out),
          # int8 served whatever this CPU measures (it loses to fp32 without VNNI), so that the int8 path
          # through the bundle and Serve runs on every machine.
