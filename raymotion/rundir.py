@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from raymotion.config import EnsembleRule
+
 FORMAT_VERSION = 2
 
 MANIFEST = "manifest.json"
@@ -124,13 +126,16 @@ class DataRecord(_Record):
 
 
 class Ensemble(_Record):
-    """The ensemble: raymotion.export.mixture.combine(members' calibrated probabilities, weights, temperature)."""
+    """The ensemble: raymotion.export.mixture.ensemble_probabilities(members' calibrated probabilities, this)."""
     members: list[str]
     served: list[str]  # members with a positive weight: the ones Serve deploys
     weights: dict[str, float]
     temperature: float
     method: str
     combine: str
+    # The pooling rule (raymotion.export.mixture): runs written before it existed pooled linearly, unbiased.
+    rule: EnsembleRule = "linear"
+    bias: list[float] | None = None  # the ensemble's class bias, one per class (log-linear), else None
     val: Metrics
     val_uncalibrated: Metrics | None = None
     val_equal_weights: Metrics | None = None
@@ -138,6 +143,9 @@ class Ensemble(_Record):
     val_degraded: Metrics | None = None  # the fitted ensemble on camera-degraded val (see ModelEntry)
     # Out-of-fold accuracy and macro-F1 of the ensemble minus its best member's, in points.
     gain_out_of_fold: dict[str, Any] | None = None
+    # Each pooling rule's out-of-fold figures on these members (accuracy, macro-F1, log loss): the one
+    # served beside the one not chosen.
+    rules_out_of_fold: dict[str, dict[str, float]] | None = None
 
     @model_validator(mode="after")
     def _served_are_the_weighted_members(self) -> "Ensemble":

@@ -6,8 +6,8 @@
 HTTP contract (pydantic models in serve.schema; /openapi.json and /docs publish it with every error):
     POST /predict          image bytes (image/jpeg, image/png, ...) or multipart field "file"
                            -> Prediction {"label", "probabilities": {class: p}, "models": {name: {class: p}}}
-                           "probabilities" is the manifest's ensemble (raymotion.export.mixture.combine with
-                           its weights and temperature) of the served models' calibrated probabilities
+                           "probabilities" is the manifest's ensemble (raymotion.export.mixture.
+                           ensemble_probabilities) of the served models' calibrated probabilities
        ?faces=1            a whole photo: every face found, cropped as the training faces were, classified
                            -> FacesAnswer {"image": {width, height}, "faces": [{box, score, label, ...}]}
     POST /predict/batch    multipart, one or more "files" parts -> {"results": [one item per part, each
@@ -43,7 +43,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
-from raymotion.export.mixture import combine, temper
+from raymotion.export.mixture import ensemble_probabilities, temper
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.rundir import MANIFEST, Manifest, ModelEntry, manifest_json, read_manifest, sha256_file
 from serve import faces as face_finder
@@ -182,7 +182,8 @@ def public_models(manifest: Manifest, run_dir: str, version: str) -> dict[str, A
         run=schema.RunInfo(id=os.path.basename(run_dir.rstrip("/")), version=version, created_at=manifest.created_at),
         classes=manifest.classes, models=models,
         ensemble={"served": ens.served, "weights": ens.served_weights, "temperature": ens.temperature,
-                  "val": ens.val, "val_out_of_fold": ens.val_out_of_fold}).model_dump()
+                  "rule": ens.rule, "bias": ens.bias, "val": ens.val,
+                  "val_out_of_fold": ens.val_out_of_fold}).model_dump()
 
 
 @serve.deployment
@@ -194,8 +195,7 @@ class EnsembleIngress:
         self.classes = typed.classes
         self.members = dict(zip(typed.ensemble.served, members))
         self.sizes = {name: typed.models[name].input_size for name in typed.ensemble.served}
-        self.weights = typed.ensemble.served_weights
-        self.temperature = typed.ensemble.temperature
+        self.ensemble = typed.ensemble
         self.public, self.face_max_side, self.detector = public, face_max_side, detector
 
     async def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
@@ -206,7 +206,7 @@ class EnsembleIngress:
                                          for n in names))
         per_model = dict(zip(names, results))
         # The function the bundle scored val with: served probabilities are the reported ones.
-        combined = combine(per_model, self.weights, self.temperature)
+        combined = ensemble_probabilities(per_model, self.ensemble)
         as_dict = lambda p: {c: float(v) for c, v in zip(self.classes, p)}  # noqa: E731
         return [{"label": self.classes[int(np.argmax(combined[i]))], "probabilities": as_dict(combined[i]),
                  "models": {n: as_dict(p[i]) for n, p in per_model.items()}} for i in range(len(images))]

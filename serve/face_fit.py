@@ -324,7 +324,7 @@ def _agreeing(classify: Callable[[np.ndarray], Sequence], records: Sequence[Reco
 
 def run_dir_classifier(run_dir: str) -> Callable[[np.ndarray], list[str]]:
     """``classify`` for a run directory: its served ensemble, preprocessed as serve.app does."""
-    from raymotion.export.mixture import combine, temper
+    from raymotion.export.mixture import ensemble_probabilities, temper
     from raymotion.export.sessions import create_session, onnx_probabilities
     from raymotion.rundir import read_manifest
 
@@ -338,7 +338,7 @@ def run_dir_classifier(run_dir: str) -> Callable[[np.ndarray], list[str]]:
             batch = np.stack([resize_rgb(Image.fromarray(img), entry.input_size) for img in images])
             probs[name] = temper(onnx_probabilities(session, normalize(batch, entry.mean, entry.std)),
                                  **entry.calibration)
-        mixed = combine(probs, manifest.ensemble.served_weights, manifest.ensemble.temperature)
+        mixed = ensemble_probabilities(probs, manifest.ensemble)
         return [manifest.classes[i] for i in mixed.argmax(1)]
 
     return classify

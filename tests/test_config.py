@@ -3,7 +3,7 @@ when a config is built."""
 
 import pytest
 
-from raymotion.config import PRESETS, ConfigError, Preset, TrainConfig, TuneSettings
+from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings
 from raymotion.tune.__main__ import base_config, parse_args
 from raymotion.tune.spaces import default_spaces_dir, load_search_space
 
@@ -46,6 +46,8 @@ def test_a_bad_enum_value_fails_when_the_config_is_built():
         TrainConfig().replace(source="test", mode="maximum")
     with pytest.raises(ConfigError, match=r"TuneSettings.mode must be one of 'max', 'min', not 'maximise'"):
         TuneSettings(mode="maximise")
+    with pytest.raises(ConfigError, match=r"ExportConfig.ensemble_rule must be one of 'linear', 'log-linear', not 'mean'"):
+        ExportConfig(ensemble_rule="mean")
     assert TrainConfig(class_weighting="balanced", mode="min").mode == "min"
 
 

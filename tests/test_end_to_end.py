@@ -118,9 +118,14 @@ def test_run_directory_is_self_contained(run):
         degraded = record["val_degraded"]
         assert np.array(degraded["confusion"]).sum() == 60 and degraded["log_loss"] != record["val"]["log_loss"]
     assert np.array(ens["val"]["confusion"]).sum() == 60
-    # Fitted on val, so in-sample it is never worse by log loss than the best member (T only lowers it further).
+    # Fitted on val, so in-sample it is never worse by log loss than the best member, nor than its own pool
+    # before temperature (and bias): both are points of the family it was fitted over.
     best_member = min(m["val"]["log_loss"] for m in manifest["models"].values())
-    assert ens["val"]["log_loss"] <= ens["val_uncalibrated"]["log_loss"] + 1e-9 <= best_member + 2e-9
+    assert ens["val"]["log_loss"] <= min(ens["val_uncalibrated"]["log_loss"], best_member) + 1e-6
+    # The default pool, and both pools scored out of fold beside it.
+    assert ens["rule"] == "log-linear" and len(ens["bias"]) == len(CLASSES)
+    assert set(ens["rules_out_of_fold"]) == {"linear", "log-linear"}
+    assert ens["rules_out_of_fold"]["log-linear"]["accuracy"] == ens["val_out_of_fold"]["accuracy"]
     with open(os.path.join(run_dir, rundir.MANIFEST)) as f:  # the typed read loses nothing of the file
         assert json.load(f) == json.loads(json.dumps(manifest))
     with np.load(os.path.join(run_dir, "predictions", "val.npz")) as npz:
@@ -135,8 +140,8 @@ def test_run_directory_is_self_contained(run):
             assert m["temperature"] > 0 and len(m["bias"]) == len(CLASSES)
             np.testing.assert_allclose(members[n], temper(npz[f"probs_raw__{n}"].astype(np.float64), temperature=m["temperature"], bias=m["bias"]), atol=1e-5)
         # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
-        np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"]),
-                                   atol=1e-5)
+        np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"],
+                                                                   ens["bias"], ens["rule"]), atol=1e-5)
         ensemble_preds = npz["probs__ensemble"].argmax(1)
         assert (ensemble_preds == labels).mean() == pytest.approx(ens["val"]["accuracy"])
         # Mistakes come first in the thumbnails.
@@ -150,6 +155,7 @@ def test_health_and_models(served_url, run):
     models = requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()
     assert models["run"]["id"] == os.path.basename(run[0]) and models["classes"] == CLASSES
     assert models["ensemble"]["weights"] == {n: run[1]["ensemble"]["weights"][n] for n in run[1]["ensemble"]["served"]}
+    assert (models["ensemble"]["rule"], models["ensemble"]["bias"]) == (run[1]["ensemble"]["rule"], run[1]["ensemble"]["bias"])
 
 
 def _check_contract(body: dict, manifest: dict) -> None:
@@ -163,7 +169,7 @@ def _check_contract(body: dict, manifest: dict) -> None:
     # The answer is the manifest's ensemble of the served members' answers.
     ens = manifest["ensemble"]
     members = {n: np.array([list(p.values())]) for n, p in body["models"].items()}
-    expected = combine(members, {n: ens["weights"][n] for n in members}, ens["temperature"])[0]
+    expected = combine(members, {n: ens["weights"][n] for n in members}, ens["temperature"], ens["bias"], ens["rule"])[0]
     np.testing.assert_allclose(list(body["probabilities"].values()), expected, atol=1e-5)
 
 

@@ -223,3 +223,60 @@ def test_thumbnail_order_shows_confident_mistakes_first_and_keeps_room_for_corre
     mostly_wrong[:3] = np.eye(C)[labels[:3]] * 0.8 + 0.2 / C
     few = thumbnail_order(mostly_wrong, labels, 30)
     assert len(few) == 30 and sorted(few[27:].tolist()) == [0, 1, 2]
+
+
+# --- the log-linear pool -------------------------------------------------------------------------------------
+
+def test_log_linear_combine_is_the_weighted_geometric_mean_then_temperature_and_bias():
+    _, _, members = _world(5, n=50)
+    weights, temperature, bias = {"soft": 0.25, "noisy": 0.75, "sharp": 0.0}, 0.8, [0.3, -0.1, -0.2]
+    got = combine(members, weights, temperature, bias, "log-linear")
+    logits = (0.25 * np.log(members["soft"]) + 0.75 * np.log(members["noisy"])) / temperature + np.array(bias)
+    np.testing.assert_allclose(got, softmax(logits), atol=1e-12)
+    # Unnormalised weights mean the same pool; an unknown rule is refused, not guessed.
+    np.testing.assert_allclose(combine(members, {"soft": 1, "noisy": 3}, temperature, bias, "log-linear"), got)
+    with pytest.raises(ValueError, match="unknown ensemble rule"):
+        combine(members, weights, rule="median")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_log_linear_fit_is_never_worse_in_sample_than_its_best_calibrated_member(seed):
+    from raymotion.export.ensemble import calibrate_members, fit, fit_member_calibrations
+
+    _, labels, raw = _world(seed)
+    members = calibrate_members(raw, fit_member_calibrations(raw, labels))
+    fitted = fit(members, labels, rule="log-linear")
+    assert fitted.rule == "log-linear" and len(fitted.bias) == C and fitted.temperature > 0
+    values = np.array(list(fitted.weights.values()))
+    assert (values >= 0).all() and values.sum() == pytest.approx(1.0, abs=1e-9)
+    pooled = fitted.probabilities(members)
+    np.testing.assert_allclose(pooled, combine(members, fitted.weights, fitted.temperature, fitted.bias, "log-linear"))
+    # Each calibrated member alone is a point of the family fitted over (a = 1 on it, b = 0).
+    best = min(log_loss(p, labels) for p in members.values())
+    assert log_loss(pooled, labels) <= best + 1e-6
+    # The member that knows nothing is pruned, so it is not served: calibrated, it is near-uniform, and a
+    # weight on it would change nothing while costing a model call.
+    assert fitted.weights["useless"] == 0.0 and "useless" not in served_members(fitted.weights)
+
+
+def test_log_linear_beats_the_linear_pool_when_members_err_on_different_classes():
+    """Two members that each confuse a different pair of classes: in the geometric mean each one's confident
+    "not this class" vetoes the other's mistake, which the arithmetic mean only halves."""
+    from raymotion.export.ensemble import fit
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    labels = rng.integers(0, C, n)
+    z = 4.0 * np.eye(C)[labels] + rng.normal(0.0, 1.0, (n, C))
+    a, b = z.copy(), z.copy()
+    a[:, [0, 1]] = z[:, [0, 1]].mean(1, keepdims=True) + rng.normal(0.0, 0.3, (n, 2))  # a cannot tell 0 from 1
+    b[:, [1, 2]] = z[:, [1, 2]].mean(1, keepdims=True) + rng.normal(0.0, 0.3, (n, 2))  # b cannot tell 1 from 2
+    members = {"a": softmax(a), "b": softmax(b)}
+    fold = stratified_folds(labels, 5, 0)
+    out = {}
+    for rule in ("linear", "log-linear"):
+        oof = cross_fitted(members, labels, folds=5, seed=0, rule=rule)
+        out[rule] = oof["metrics"]
+        assert (oof["fold"] == fold).all()
+    assert out["log-linear"]["log_loss"] < out["linear"]["log_loss"] - 0.02
+    assert out["log-linear"]["accuracy"] > out["linear"]["accuracy"]

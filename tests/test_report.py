@@ -98,7 +98,8 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
     labels = arrays["labels"]
     member_probs = {m: arrays[f"probs__{m}"] for m in MEMBERS}
     if full:
-        weights, temperature = ensemble.fit(member_probs, labels)
+        fitted = ensemble.fit(member_probs, labels)
+        weights, temperature = fitted.weights, fitted.temperature
     else:
         weights, temperature = {m: 1 / len(MEMBERS) for m in MEMBERS}, 1.0
     raw = ensemble.combine(member_probs, weights)
@@ -129,7 +130,7 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
                              "history": history}
         models[name] = rundir.ModelEntry(**entry)
     ens = {"members": MEMBERS, "served": ensemble.served_members(weights), "weights": weights,
-           "temperature": temperature, "method": ensemble.METHOD, "combine": ensemble.COMBINE, "val": val(raw)}
+           "temperature": temperature, "method": ensemble.METHODS["linear"], "combine": ensemble.COMBINES["linear"], "val": val(raw)}
     if full:
         oof = ensemble.cross_fitted(member_probs, labels, folds=4, classes=CLASSES)
         ens.update(val=val(calibrated), val_uncalibrated=val(raw),
@@ -204,7 +205,7 @@ def test_results_table_holds_the_manifest_numbers(full_report):
         assert row[8:13] == [f"{m['val'][k]:.3f}" for k in METRICS]
         assert row[13] == f"{manifest['ensemble']['weights'][name]:.3f}"
     ens = manifest["ensemble"]
-    row = report.row(f"ensemble (fitted weights, T = {ens['temperature']:.3g})")
+    row = report.row(f"ensemble ({ens['rule']} pool, fitted weights, T = {ens['temperature']:.3g})")
     assert row[8:13] == [f"{ens['val'][k]:.3f}" for k in METRICS]
     for label, key in [("ensemble before temperature scaling", "val_uncalibrated"),
                        ("ensemble, equal weights", "val_equal_weights"), ("ensemble, out-of-fold", "val_out_of_fold")]:
@@ -269,7 +270,7 @@ def test_minimal_manifest_still_renders(tmp_path):
     # and the reliability diagram falls back to the members.
     assert figures == {"confusion_lenet.png", "confusion_mobilenet_v2.png", "ensemble_weights.png", "reliability.png"}
     assert not report.cells
-    assert report.row("ensemble (fitted weights, T = 1)")[11] == "n/a"  # no ensemble predictions to compute it from
+    assert report.row("ensemble (linear pool, fitted weights, T = 1)")[11] == "n/a"  # no ensemble predictions to compute it from
 
 
 def test_manifest_alone_renders(tmp_path):

@@ -145,15 +145,36 @@ def test_overload_is_answered_503_with_retry_after_and_nothing_else_fails(ray_se
         serve.delete("tight")
 
 
+def linear_pool_copy(run_dir: str, new_run: str) -> dict:
+    """``run_dir`` copied to ``new_run`` with its ensemble refitted as the linear pool (the rule of runs
+    written before the log-linear one, and ``--ensemble-rule linear``); its manifest as JSON."""
+    from raymotion import rundir
+    from raymotion.export import ensemble
+
+    shutil.copytree(run_dir, new_run)
+    manifest = rundir.read_manifest(new_run)
+    with np.load(os.path.join(new_run, rundir.PREDICTIONS)) as npz:
+        members = {n: npz[rundir.PredictionKeys.probs(n)].astype(np.float64) for n in manifest.ensemble.members}
+        fitted = ensemble.fit(members, npz[rundir.PredictionKeys.LABELS], rule="linear")
+    manifest.ensemble = rundir.Ensemble.model_validate({
+        **manifest.ensemble.model_dump(), "rule": "linear", "bias": None, "weights": fitted.weights,
+        "temperature": fitted.temperature, "served": ensemble.served_members(fitted.weights),
+        "method": ensemble.METHODS["linear"], "combine": ensemble.COMBINES["linear"]})
+    rundir.write_manifest(new_run, manifest)
+    return rundir.manifest_json(manifest)
+
+
 def test_deploying_a_new_run_drops_no_request(ray_session, run, faces_root, served_url, tmp_path):
-    """The run directory copied under a new name and deployed over the running app while a client keeps
-    asking: every request is answered 200, and /models switches to the new run."""
+    """The run directory copied under a new name, with the other pooling rule, and deployed over the running
+    app while a client keeps asking: every request is answered 200, /models switches to the new run, and
+    its answers are the new run's ensemble."""
     from ray import serve
 
+    from raymotion.export.mixture import combine
     from serve.app import AppArgs, build_app
 
     new_run = str(tmp_path / "next-run")
-    shutil.copytree(run[0], new_run)
+    new_manifest = linear_pool_copy(run[0], new_run)
     (one,) = _val_images(faces_root, 1)
     codes, stop = [], threading.Event()
 
@@ -175,6 +196,14 @@ def test_deploying_a_new_run_drops_no_request(ray_session, run, faces_root, serv
         while requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()["run"]["id"] != "next-run":
             assert time.monotonic() < deadline, "the new run never answered"
             time.sleep(0.5)
+        answer = _predict(served_url, one)
+        assert answer.status_code == 200 and requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()[
+            "ensemble"]["rule"] == "linear"
+        body, ens = answer.json(), new_manifest["ensemble"]
+        assert set(body["models"]) == set(ens["served"])
+        members = {n: np.array([list(p.values())]) for n, p in body["models"].items()}
+        np.testing.assert_allclose(list(body["probabilities"].values()),
+                                   combine(members, ens["weights"], ens["temperature"], rule="linear")[0], atol=1e-5)
         time.sleep(1.0)
     finally:
         stop.set()

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from raymotion.data.transforms import decode_image, normalize, resize_rgb
-from raymotion.export.mixture import combine, temper
+from raymotion.export.mixture import ensemble_probabilities, temper
 from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session
 from raymotion.rundir import Manifest, read_manifest
 from raymotion.train.metrics import softmax
@@ -71,7 +71,7 @@ class InProcessEnsemble:
             x = normalize(by_size[entry.input_size], entry.mean, entry.std)
             logits = self.sessions[name].run([OUTPUT_NAME], {INPUT_NAME: x})[0]
             per_model[name] = temper(softmax(logits.astype(np.float64)), **entry.calibration)
-        return combine(per_model, self.manifest.ensemble.served_weights, self.manifest.ensemble.temperature)
+        return ensemble_probabilities(per_model, self.manifest.ensemble)
 
 
 def time_calls(call: Callable[[], object], seconds: float, max_calls: int = 100_000, warmup: int = 5) -> list[float]:

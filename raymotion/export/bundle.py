@@ -14,8 +14,8 @@ Every member and the ensemble are also scored on "degraded val" (``val_degraded`
 ``data.pipeline.camera_degraded`` at the largest member size, then resized to each member's, as the service
 resizes a camera's face crop; the same seeded degradation in every run.
 
-The ensemble is ``raymotion.export.mixture.combine`` with the manifest's fitted weights and
-``temperature``; each member is the file in ``models.<name>.serve`` (int8 when it was accepted, else the
+The ensemble is ``raymotion.export.mixture.ensemble_probabilities``: the manifest's pooling rule, fitted
+weights, temperature and class bias; each member is the file in ``models.<name>.serve`` (int8 when it was accepted, else the
 fp32 file) and every val figure is computed from that file's outputs. The manifest is validated by
 ``raymotion.rundir.Manifest`` before it is written, so readers get exactly the fields declared there.
 """
@@ -36,6 +36,7 @@ from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.pipeline import camera_degraded
 from raymotion.data.transforms import normalize, resize_rgb
 from raymotion.export import ensemble
+from raymotion.export.mixture import RULES, ensemble_probabilities
 from raymotion.export.onnx import OPSET, export_optimized
 from raymotion.export.quantize import choose_int8, int8_image_sets
 from raymotion.export.sessions import calibrated_member_probabilities, create_session, onnx_probabilities
@@ -149,7 +150,8 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     export = export or ExportConfig()
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache)
-    member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes)
+    member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes,
+                                                        export.ensemble_rule)
     manifest = Manifest.model_validate({
         "format_version": rundir.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -190,15 +192,17 @@ def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dic
 
 
 def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_probs: dict[str, np.ndarray],
-                                 labels: np.ndarray, classes: list[str]):
-    """Members calibrated one by one (their own temperature and class bias), then mixed, then the mixture
-    tempered; every figure scored on val in-sample and out-of-fold. Fills each member's entry in
-    ``models``; returns the calibrated member probabilities and {"ensemble" record, "raw", "calibrated"}."""
+                                 labels: np.ndarray, classes: list[str], rule: str = "log-linear"):
+    """Members calibrated one by one (their own temperature and class bias), then pooled by ``rule``; every
+    figure scored on val in-sample and out-of-fold (both rules out-of-fold, the one not served as a
+    comparison). Fills each member's entry in ``models``; returns the calibrated member probabilities and
+    {"ensemble" record, "raw", "calibrated"}."""
     member_calibrations = ensemble.fit_member_calibrations(raw_member_probs, labels)
     member_probs = ensemble.calibrate_members(raw_member_probs, member_calibrations)
-    # Out-of-fold: every fold refits the members' calibrations, the weights and T on the other folds.
-    oof = ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
-                                fit_member_calibration=True)
+    # Out-of-fold: every fold refits the members' calibrations and the pool on the other folds.
+    oofs = {r: ensemble.cross_fitted(raw_member_probs, labels, folds=OUT_OF_FOLD_FOLDS, seed=0, classes=classes,
+                                     fit_member_calibration=True, rule=r) for r in RULES}
+    oof = oofs[rule]
     for name, entry in models.items():
         entry.update(member_calibrations[name])  # "temperature" and "bias" (one per class, in class order)
         entry["val"] = ensemble.scores(member_probs[name], labels, classes)
@@ -206,26 +210,29 @@ def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_p
         # "val" is in-sample (the calibration, class bias included, was fitted on these images).
         entry["val_out_of_fold"] = dict(ensemble.scores(oof["member_probs"][name], labels, classes),
                                         folds=oof["metrics"]["folds"], seed=oof["metrics"]["seed"])
-    weights, temperature = ensemble.fit(member_probs, labels)
-    raw = ensemble.combine(member_probs, weights)
-    calibrated = ensemble.combine(member_probs, weights, temperature)
+    fitted = ensemble.fit(member_probs, labels, rule=rule)
+    raw, calibrated = fitted.probabilities(member_probs, tempered=False), fitted.probabilities(member_probs)
     # The baseline: the plain mean of the members as exported (no temperatures at all).
     equal = ensemble.combine(raw_member_probs, {name: 1.0 for name in raw_member_probs})
     out_of_fold = dict(oof["metrics"], fold_weights=oof["weights"], fold_temperatures=oof["temperatures"],
                        uncalibrated=ensemble.scores(oof["probs_raw"], labels, classes))
     record = {
         "members": list(models),
-        "served": ensemble.served_members(weights),
-        "weights": weights,
-        "temperature": temperature,
-        "method": ensemble.METHOD,
-        "combine": ensemble.COMBINE,
-        # In-sample: weights and T were fitted on these very images; val_out_of_fold is the honest figure.
+        "served": ensemble.served_members(fitted.weights),
+        "weights": fitted.weights,
+        "temperature": fitted.temperature,
+        "bias": fitted.bias,
+        "rule": rule,
+        "method": ensemble.METHODS[rule],
+        "combine": ensemble.COMBINES[rule],
+        # In-sample: the pool was fitted on these very images; val_out_of_fold is the honest figure.
         "val": ensemble.scores(calibrated, labels, classes),
         "val_uncalibrated": ensemble.scores(raw, labels, classes),
         "val_equal_weights": ensemble.scores(equal, labels, classes),
         "val_out_of_fold": out_of_fold,
         "gain_out_of_fold": gain_over_best_member(models, out_of_fold),
+        "rules_out_of_fold": {r: {k: o["metrics"][k] for k in ("accuracy", "macro_f1", "log_loss")}
+                              for r, o in oofs.items()},
     }
     return member_probs, {"ensemble": record, "raw": raw, "calibrated": calibrated}
 
@@ -241,11 +248,11 @@ def degraded_val(val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[in
 def score_degraded(run_dir: str, manifest: Manifest, labels: np.ndarray,
                    val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """``val_degraded`` of every member (its served file, its clean-val calibration) and of the fitted
-    ensemble (its weights and temperature), set on the manifest."""
+    ensemble (as the manifest pools it), set on the manifest."""
     probs = calibrated_member_probabilities(run_dir, manifest.models, degraded_val(val_cache))
     for name, entry in manifest.models.items():
         entry.val_degraded = ensemble.scores(probs[name], labels, manifest.classes)
-    mixed = ensemble.combine(probs, manifest.ensemble.weights, manifest.ensemble.temperature)
+    mixed = ensemble_probabilities(probs, manifest.ensemble)
     manifest.ensemble.val_degraded = ensemble.scores(mixed, labels, manifest.classes)
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from raymotion import rundir
-from raymotion.export import ensemble
+from raymotion.export.mixture import ensemble_probabilities
 from raymotion.export.sessions import calibrated_member_probabilities
 
 
@@ -31,7 +31,7 @@ def teacher_soft_labels(teacher_dir: str, source) -> rundir.SoftLabels:
         uids = size_uids
     probs = calibrated_member_probabilities(teacher_dir, served, images)
     weights = manifest.ensemble.served_weights
-    mixed = ensemble.combine(probs, weights, manifest.ensemble.temperature)
+    mixed = ensemble_probabilities(probs, manifest.ensemble)
     return rundir.SoftLabels(classes=manifest.classes, teachers=weights, uids=uids,
                              probs=mixed.astype(np.float32))
 

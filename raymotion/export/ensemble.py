@@ -12,7 +12,14 @@ a small final correction. The bias is there for prior shift: a member trained wi
 rebalanced sample) believes in other class frequencies than val has, and no temperature can move
 probability mass between classes. (What real runs showed: README.md, "int8 and ensemble measurements".)
 
-``METHOD`` (recorded in the manifest) states the procedure step by step; here is why it is shaped so:
+Two pooling rules (``mixture``): the weighted mean of the calibrated members ("linear": greedy selection,
+then a temperature) and their weighted geometric mean ("log-linear": weights, temperature and a class bias
+fitted jointly). A member that is confidently wrong where the others are right is outvoted in the mean but
+vetoes in the geometric mean, and members that err on different classes (a class-weighted member beside
+an unweighted one) combine better in log space; the bundle records both rules' out-of-fold figures, and
+README "The ensemble's pooling rule" what runs measured.
+
+``METHODS[rule]`` (recorded in the manifest) states the procedure step by step; here is why it is shaped so:
   * Weights minimise the val log loss (NLL), not accuracy. Accuracy is piecewise constant in the weights
     and moves in steps of 1/N: on a val set of a few hundred images many weightings tie and the greedy
     choice among them is noise. Log loss is smooth, rewards a member for being right with confidence and
@@ -28,28 +35,61 @@ probability mass between classes. (What real runs showed: README.md, "int8 and e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import logsumexp
 
-from raymotion.export.mixture import EPS, combine, log_probs, temper
+from raymotion.export.mixture import EPS, RULES, Rule, combine, log_probs, temper
 from raymotion.train.metrics import classification_metrics, confusion_matrix, expected_calibration_error, softmax
 
 T_BOUNDS = (0.05, 20.0)
 ROUNDS = 50
+# The log-linear pool keeps a member only when dropping it (and refitting) would raise the val NLL by
+# more than this, per image: well under what a useful member adds (0.005-0.01 nats in runs here).
+PRUNE_NATS = 1e-3
 # A greedy step must beat the current best by more than this to count: float noise is not an improvement,
 # and a tie keeps the smaller ensemble.
 IMPROVEMENT_TOL = 1e-12
 
-METHOD = ("each member's probabilities calibrated by its own fitted temperature and class bias "
-          "(softmax(log p / T + b), L-BFGS-B on the val NLL), then "
-          f"greedy ensemble selection with replacement (Caruana et al. 2004): start from the member with the lowest "
-          f"val log loss, then {ROUNDS} rounds each add one copy of the member that lowers val log loss most; "
-          "weights = copy counts of the best prefix (ties keep fewer members); then one temperature T fitted by "
-          f"bounded scalar minimisation on log T in [{T_BOUNDS[0]}, {T_BOUNDS[1]}] of the val NLL of softmax(log(p_mix) / T). "
-          "Log loss, not accuracy, is optimised: it is smooth and proper, accuracy is reported alongside")
-COMBINE = "weighted mean of member probabilities, then temperature scaling on its log-probabilities: softmax(log(p_mix) / T)"
+CALIBRATION_STEP = ("each member's probabilities calibrated by its own fitted temperature and class bias "
+                    "(softmax(log p / T + b), L-BFGS-B on the val NLL), then ")
+OBJECTIVE = "Log loss, not accuracy, is optimised: it is smooth and proper, accuracy is reported alongside"
+METHODS = {
+    "linear": (CALIBRATION_STEP +
+               f"greedy ensemble selection with replacement (Caruana et al. 2004): start from the member with the lowest "
+               f"val log loss, then {ROUNDS} rounds each add one copy of the member that lowers val log loss most; "
+               "weights = copy counts of the best prefix (ties keep fewer members); then one temperature T fitted by "
+               f"bounded scalar minimisation on log T in [{T_BOUNDS[0]}, {T_BOUNDS[1]}] of the val NLL of "
+               "softmax(log(p_mix) / T). " + OBJECTIVE),
+    "log-linear": (CALIBRATION_STEP +
+                   "a log-linear pool softmax(sum_m a_m log q_m + b) with a_m >= 0 and a class bias b, fitted jointly by "
+                   "L-BFGS-B on the val NLL (convex) from equal weights; weights w = a / sum(a), T = 1 / sum(a); members "
+                   "at a_m = 0 are not served. " + OBJECTIVE),
+}
+COMBINES = {
+    "linear": "weighted mean of member probabilities, then temperature scaling on its log-probabilities: "
+              "softmax(log(p_mix) / T)",
+    "log-linear": "weighted geometric mean of member probabilities, renormalised, then temperature and class bias: "
+                  "softmax(sum_m w_m log q_m / T + b)",
+}
+
+
+@dataclass(frozen=True)
+class EnsembleFit:
+    """A fitted ensemble: ``combine(member_probs, weights, temperature, bias, rule)`` gives its probabilities."""
+
+    weights: dict[str, float]
+    temperature: float
+    bias: list[float] | None
+    rule: Rule
+
+    def probabilities(self, member_probs: dict[str, np.ndarray], tempered: bool = True) -> np.ndarray:
+        """The pool, then (``tempered``) its temperature and class bias; untempered: the pool alone."""
+        if not tempered:
+            return combine(member_probs, self.weights, rule=self.rule)
+        return combine(member_probs, self.weights, self.temperature, self.bias, self.rule)
 
 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -147,10 +187,64 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(log_t))
 
 
-def fit(member_probs: dict[str, np.ndarray], labels: np.ndarray, rounds: int = ROUNDS) -> tuple[dict[str, float], float]:
-    """Weights, then the temperature of the weighted mixture."""
+def _fit_pool(logps: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """(a_1..a_M, b_1..b_C) minimising the NLL of softmax(sum_m a_m logp_m + b), a >= 0, and that NLL.
+    As in ``fit_calibration`` (its one-member case) the NLL is convex, so L-BFGS-B from equal weights with
+    the exact gradient finds its minimum. ``logps``: (M, N, C)."""
+    num_members, num_classes = logps.shape[0], logps.shape[2]
+    onehot = np.eye(num_classes)[labels]
+
+    def nll_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.tensordot(theta[:num_members], logps, axes=1) + theta[num_members:]
+        resid = softmax(z) - onehot
+        grad = np.concatenate([(resid * logps).sum(axis=2).mean(axis=1), resid.mean(axis=0)])
+        return float((logsumexp(z, axis=1) - (z * onehot).sum(axis=1)).mean()), grad
+
+    start = np.concatenate([np.full(num_members, 1.0 / num_members), np.zeros(num_classes)])
+    bounds = [(0.0, 1.0 / T_BOUNDS[0])] * num_members + [(None, None)] * num_classes
+    result = minimize(nll_and_grad, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+    return result.x, float(result.fun)
+
+
+def fit_log_linear(member_probs: dict[str, np.ndarray], labels: np.ndarray) -> EnsembleFit:
+    """The log-linear pool softmax(sum_m a_m log q_m + b), a_m >= 0, minimising the val NLL (``_fit_pool``),
+    then pruned: while dropping a member (refitting the rest) costs at most ``PRUNE_NATS`` of NLL per image,
+    the cheapest one goes. A member's weight alone does not say what it adds (a calibrated member that knows
+    nothing is near-uniform, and any weight on it changes nothing), its refit without it does; and each
+    member kept is one more model to serve. Returned as weights w = a / sum(a) on the simplex, T = 1 / sum(a)
+    and the centred b: ``combine(..., rule="log-linear")`` computes the same probabilities."""
+    names = list(member_probs)
+    labels = np.asarray(labels, np.int64)
+    logps = {n: log_probs(member_probs[n]) for n in names}
+    kept = list(names)
+    theta, nll = _fit_pool(np.stack([logps[n] for n in kept]), labels)
+    while len(kept) > 1:
+        refits = [(*_fit_pool(np.stack([logps[n] for n in kept if n != drop]), labels), drop) for drop in kept]
+        best_theta, best_nll, drop = min(refits, key=lambda r: r[1])
+        if best_nll > nll + PRUNE_NATS:
+            break
+        kept.remove(drop)
+        theta, nll = best_theta, best_nll
+    a, bias = dict(zip(kept, theta[:len(kept)])), theta[len(kept):] - theta[len(kept):].mean()
+    total = float(sum(a.values()))
+    if total <= 1.0 / T_BOUNDS[1]:  # nothing but the class prior: keep the best member as it is calibrated
+        best = names[int(np.argmin([log_loss(member_probs[n], labels) for n in names]))]
+        return EnsembleFit({n: float(n == best) for n in names}, 1.0, None, "log-linear")
+    return EnsembleFit({n: float(a.get(n, 0.0) / total) for n in names}, 1.0 / total, [float(b) for b in bias],
+                       "log-linear")
+
+
+def fit(member_probs: dict[str, np.ndarray], labels: np.ndarray, rounds: int = ROUNDS,
+        rule: Rule = "linear") -> EnsembleFit:
+    """The ensemble of these (calibrated) member probabilities by ``rule``: for "linear", greedy weights,
+    then the temperature of the weighted mixture; for "log-linear", ``fit_log_linear``."""
+    if rule == "log-linear":
+        return fit_log_linear(member_probs, labels)
+    if rule != "linear":
+        raise ValueError(f"unknown ensemble rule {rule!r}; known: {RULES}")
     weights = fit_weights(member_probs, labels, rounds)
-    return weights, fit_temperature(combine(member_probs, weights), labels)
+    return EnsembleFit(weights, fit_temperature(combine(member_probs, weights), labels), None, "linear")
 
 
 def served_members(weights: dict[str, float]) -> list[str]:
@@ -189,7 +283,8 @@ def cross_fitted_calibration(probs: np.ndarray, labels: np.ndarray, folds: int =
 
 
 def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds: int = 5, seed: int = 0,
-                 classes: list[str] | None = None, rounds: int = ROUNDS, fit_member_calibration: bool = False) -> dict:
+                 classes: list[str] | None = None, rounds: int = ROUNDS, fit_member_calibration: bool = False,
+                 rule: Rule = "linear") -> dict:
     """Out-of-fold ensemble: for each of ``folds`` stratified folds fit weights + T on the others, predict it.
 
     Returns ``probs`` (N, C: every row predicted by a fit that never saw it), ``probs_raw`` (same weights,
@@ -213,14 +308,14 @@ def cross_fitted(member_probs: dict[str, np.ndarray], labels: np.ndarray, folds:
         if fit_member_calibration:
             member_cal = fit_member_calibrations({m: p[fit_rows] for m, p in member_probs.items()}, labels[fit_rows])
             fold_probs = calibrate_members(member_probs, member_cal)
-        weights, temperature = fit({m: p[fit_rows] for m, p in fold_probs.items()}, labels[fit_rows], rounds)
+        fitted = fit({m: p[fit_rows] for m, p in fold_probs.items()}, labels[fit_rows], rounds, rule)
         held_probs = {m: p[held] for m, p in fold_probs.items()}
         for m, p in held_probs.items():
             member_out[m][held] = p
-        probs[held] = combine(held_probs, weights, temperature)
-        probs_raw[held] = combine(held_probs, weights)
-        fold_weights.append(weights)
-        temperatures.append(temperature)
+        probs[held] = fitted.probabilities(held_probs)
+        probs_raw[held] = fitted.probabilities(held_probs, tempered=False)
+        fold_weights.append(fitted.weights)
+        temperatures.append(fitted.temperature)
     metrics = scores(probs, labels, classes)
     metrics.update(folds=folds, seed=seed)
     return {"probs": probs, "probs_raw": probs_raw, "member_probs": member_out, "fold": fold, "weights": fold_weights,

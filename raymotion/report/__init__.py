@@ -122,7 +122,7 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
     blanks = ["-"] * 7
     ens = run.ensemble
     oof = ens.val_out_of_fold
-    rows.append([f"ensemble (fitted weights, T = {page.fmt(ens.temperature, '.3g')})", *blanks,
+    rows.append([f"ensemble ({ens.rule} pool, fitted weights, T = {page.fmt(ens.temperature, '.3g')})", *blanks,
                  *_metric_cells(ensemble_metrics(run)), page.fmt(sum(weights.values()))])
     classes.append("emph")
     variants = [(ens.val_uncalibrated, "ensemble before temperature scaling", ENSEMBLE_RAW),
@@ -157,6 +157,10 @@ def _result_notes(run: RunData) -> list[str]:
     if gain:
         notes.append(f"The ensemble minus its best member ({gain['best_member']}), both out-of-fold: "
                      f"{gain['accuracy_points']:+.1f} points of accuracy, {gain['macro_f1_points']:+.1f} of macro-F1.")
+    if ens.rules_out_of_fold:
+        notes.append(f"Pooling rules on these members, out-of-fold (served: {ens.rule}): " + "; ".join(
+            f"{rule} acc {page.fmt(r.get('accuracy'))}, macro-F1 {page.fmt(r.get('macro_f1'))}, "
+            f"log loss {page.fmt(r.get('log_loss'))}" for rule, r in ens.rules_out_of_fold.items()) + ".")
     degraded = {name: run.manifest.models[name].val_degraded for name in run.members}
     if any(v is not None for v in degraded.values()):
         notes.append("Camera-degraded val: the same val images shifted, grey, shrunk to 20-48 px and back, blurred "

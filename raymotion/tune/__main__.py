@@ -315,8 +315,8 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
                  "minutes": f"{elapsed / 60:.1f}",
                  "weight": "-", "served": "+".join(ens["served"])})
     gain = ens.get("gain_out_of_fold")
-    gain_line = [f"ensemble - best member ({gain['best_member']}), out-of-fold: {gain['accuracy_points']:+.1f} points "
-                 f"accuracy, {gain['macro_f1_points']:+.1f} macro-F1"] if gain else []
+    gain_line = [f"ensemble ({ens.get('rule', 'linear')} pool) - best member ({gain['best_member']}), out-of-fold: "
+                 f"{gain['accuracy_points']:+.1f} points accuracy, {gain['macro_f1_points']:+.1f} macro-F1"] if gain else []
     lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *gain_line, *student_line(run_dir), "",
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
