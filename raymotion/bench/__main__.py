@@ -3,7 +3,8 @@
 ``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults.
 ``python -m raymotion.bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
 replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py).
-``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh)."""
+``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh).
+``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold."""
 
 from __future__ import annotations
 
@@ -210,6 +211,19 @@ def run_tune(args: argparse.Namespace) -> None:
     print(f"\nwrote {path}")
 
 
+def run_ensemble(args: argparse.Namespace) -> None:
+    from raymotion.bench.ensemble import EnsembleBenchConfig, run_ensemble_bench, table
+
+    result = run_ensemble_bench(EnsembleBenchConfig(run_dirs=tuple(args.run_dirs), max_members=args.max_members))
+    result["table"] = table(result)
+    print(result["table"])
+    path = args.json or os.path.join("runs", "bench", f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {path}")
+
+
 def add_tune_arguments(sub) -> None:
     p = sub.add_parser("tune", help="Optuna + ASHA vs random search run to the end: compute to reach the best result")
     p.add_argument("--data", help="data root (default ../shared/data/emotions, else generated faces)")
@@ -254,12 +268,17 @@ def main(argv: list[str] | None = None) -> None:
     add_serve_arguments(sub)
     add_cluster_arguments(sub)
     add_tune_arguments(sub)
+    ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
+    ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
+    ens.add_argument("--max-members", type=int, default=3, help="largest member set tried (every set of 2..N)")
+    ens.add_argument("--json", help="output JSON (default runs/bench/ensemble-<time>.json)")
     gpu = sub.add_parser("gpu", help="what a run trained on (device, autocast, ...) and its served files' providers")
     gpu.add_argument("run_dir", metavar="RUN_DIR")
     gpu.add_argument("--require-gpu", action="store_true", help="exit 1 unless training and serving used CUDA")
     gpu.add_argument("--json", help="also write it as JSON")
     args = parser.parse_args(argv)
-    commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve}
+    commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve,
+                "ensemble": run_ensemble}
     if args.command in commands:
         commands[args.command](args)
         return

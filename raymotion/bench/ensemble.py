@@ -1,0 +1,87 @@
+"""``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members.
+
+Reads each run's ``predictions/val.npz`` (every member's val probabilities as its served file gives them,
+before calibration), so nothing runs but the fits: runs on the same val set can be pooled across run
+directories (a member is named ``<run>:<model>``). For every set of 2 to ``max_members`` members, both
+rules (``raymotion.export.mixture``: "linear", "log-linear") are cross-fitted exactly as the bundle does
+(members' calibrations refitted per fold) and scored out of fold, beside the best member's own out-of-fold
+accuracy. The table and JSON say, per set, each rule's gain over its best member and which rule had the
+lower out-of-fold log loss.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raymotion.export.ensemble import cross_fitted, cross_fitted_calibration
+from raymotion.export.mixture import RULES
+from raymotion.rundir import PREDICTIONS, PredictionKeys
+
+
+@dataclass
+class EnsembleBenchConfig:
+    run_dirs: tuple[str, ...]
+    max_members: int = 3
+    folds: int = 5
+    seed: int = 0
+
+
+def load_members(run_dirs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``<run>:<model>`` -> raw val probabilities, and the val labels every run must share."""
+    members, labels = {}, None
+    for run_dir in run_dirs:
+        run = os.path.basename(os.path.normpath(run_dir))
+        with np.load(os.path.join(run_dir, PREDICTIONS)) as npz:
+            if labels is None:
+                labels = npz["labels"]
+            elif not np.array_equal(labels, npz["labels"]):
+                raise ValueError(f"{run_dir}: its val labels differ from {run_dirs[0]}'s (another val set)")
+            for key in npz.files:
+                if key.startswith(PredictionKeys.RAW_PREFIX):
+                    members[f"{run}:{key[len(PredictionKeys.RAW_PREFIX):]}"] = npz[key].astype(np.float64)
+    if labels is None or len(members) < 2:
+        raise ValueError(f"need at least two members across {list(run_dirs)}, found {sorted(members)}")
+    return members, labels
+
+
+def run_ensemble_bench(cfg: EnsembleBenchConfig) -> dict[str, Any]:
+    members, labels = load_members(cfg.run_dirs)
+    single = {n: float((cross_fitted_calibration(p, labels, cfg.folds, cfg.seed).argmax(1) == labels).mean())
+              for n, p in members.items()}
+    rows = []
+    for k in range(2, min(cfg.max_members, len(members)) + 1):
+        for names in itertools.combinations(members, k):
+            subset = {n: members[n] for n in names}
+            best = max(single[n] for n in names)
+            row: dict[str, Any] = {"members": list(names), "best_member_accuracy": best}
+            for rule in RULES:
+                m = cross_fitted(subset, labels, cfg.folds, cfg.seed, fit_member_calibration=True, rule=rule)["metrics"]
+                row[rule] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "log_loss": m["log_loss"],
+                             "gain_points": 100 * (m["accuracy"] - best)}
+            row["lower_log_loss"] = min(RULES, key=lambda r: row[r]["log_loss"])
+            rows.append(row)
+    wins = {rule: sum(r["lower_log_loss"] == rule for r in rows) for rule in RULES}
+    return {"benchmark": "ensemble", "run_dirs": [os.path.abspath(d) for d in cfg.run_dirs], "config": vars(cfg),
+            "val_images": int(len(labels)), "members_out_of_fold_accuracy": single, "rows": rows,
+            "lower_log_loss_count": wins,
+            "median_gain_points": {rule: float(np.median([r[rule]["gain_points"] for r in rows])) for rule in RULES}}
+
+
+def table(result: dict[str, Any]) -> str:
+    head = f"{'members':<70} {'best':>6} " + " ".join(f"{r + ' acc':>15} {'gain':>6} {'log loss':>8}" for r in RULES)
+    lines = [head, "-" * len(head)]
+    for row in result["rows"]:
+        cells = " ".join(f"{row[r]['accuracy']:>15.4f} {row[r]['gain_points']:>+6.2f} {row[r]['log_loss']:>8.4f}"
+                         for r in RULES)
+        lines.append(f"{', '.join(row['members']):<70.70} {row['best_member_accuracy']:>6.4f} {cells}")
+    wins, gains = result["lower_log_loss_count"], result["median_gain_points"]
+    lines.append("lower out-of-fold log loss: " + ", ".join(f"{r} in {wins[r]}" for r in RULES)
+                 + f" of {len(result['rows'])} sets; median gain over the best member: "
+                 + ", ".join(f"{r} {gains[r]:+.2f} points" for r in RULES)
+                 + f" ({result['val_images']} val images, out of fold)")
+    return "\n".join(lines)
