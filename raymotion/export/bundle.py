@@ -329,7 +329,8 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
     ens = manifest.ensemble
     weights = " ".join(f"{n}={ens.weights[n]:.2f}" for n in ens.members)
     rows.append(("ensemble", "-", "-", fmt(ens.val, "accuracy"), fmt(ens.val, "macro_f1"), fmt(ens.val, "ece"),
-                 fmt(ens.val_degraded or {}, "accuracy"), f"weights {weights}, T={ens.temperature:.3f} (fitted on val: in-sample)"))
+                 fmt(ens.val_degraded or {}, "accuracy"),
+                 f"{ens.rule} pool, weights {weights}, T={ens.temperature:.3f} (fitted on val: in-sample)"))
     if ens.val_equal_weights is not None:
         v = ens.val_equal_weights
         rows.append(("ensemble (equal)", "-", "-", fmt(v, "accuracy"), fmt(v, "macro_f1"), fmt(v, "ece"), "-",
