@@ -46,8 +46,8 @@ from raymotion.train.metrics import classification_metrics, confusion_matrix, ex
 
 T_BOUNDS = (0.05, 20.0)
 ROUNDS = 50
-# The log-linear pool keeps a member only when dropping it (and refitting) would raise the val NLL by
-# more than this, per image: well under what a useful member adds (0.005-0.01 nats in runs here).
+# The log-linear pool drops members while its val NLL stays within this of the pool of them all, per image:
+# well under what a useful member adds (0.005-0.01 nats in runs here), and each member kept is served.
 PRUNE_NATS = 1e-3
 # A greedy step must beat the current best by more than this to count: float noise is not an improvement,
 # and a tie keeps the smaller ensemble.
@@ -65,8 +65,9 @@ METHODS = {
                "softmax(log(p_mix) / T). " + OBJECTIVE),
     "log-linear": (CALIBRATION_STEP +
                    "a log-linear pool softmax(sum_m a_m log q_m + b) with a_m >= 0 and a class bias b, fitted jointly by "
-                   "L-BFGS-B on the val NLL (convex) from equal weights; weights w = a / sum(a), T = 1 / sum(a); members "
-                   "at a_m = 0 are not served. " + OBJECTIVE),
+                   "L-BFGS-B on the val NLL (convex) from equal weights; then members dropped (and the rest refitted) "
+                   f"while the val NLL stays within {PRUNE_NATS} nats per image of the pool of them all; weights "
+                   "w = a / sum(a), T = 1 / sum(a); members at w = 0 are not served. " + OBJECTIVE),
 }
 COMBINES = {
     "linear": "weighted mean of member probabilities, then temperature scaling on its log-probabilities: "
@@ -209,8 +210,8 @@ def _fit_pool(logps: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]
 
 def fit_log_linear(member_probs: dict[str, np.ndarray], labels: np.ndarray) -> EnsembleFit:
     """The log-linear pool softmax(sum_m a_m log q_m + b), a_m >= 0, minimising the val NLL (``_fit_pool``),
-    then pruned: while dropping a member (refitting the rest) costs at most ``PRUNE_NATS`` of NLL per image,
-    the cheapest one goes. A member's weight alone does not say what it adds (a calibrated member that knows
+    then pruned: while the pool without one more member (refitted) stays within ``PRUNE_NATS`` of NLL per
+    image of the pool of them all, the member whose loss costs least goes. A member's weight alone does not say what it adds (a calibrated member that knows
     nothing is near-uniform, and any weight on it changes nothing), its refit without it does; and each
     member kept is one more model to serve. Returned as weights w = a / sum(a) on the simplex, T = 1 / sum(a)
     and the centred b: ``combine(..., rule="log-linear")`` computes the same probabilities."""
@@ -218,14 +219,14 @@ def fit_log_linear(member_probs: dict[str, np.ndarray], labels: np.ndarray) -> E
     labels = np.asarray(labels, np.int64)
     logps = {n: log_probs(member_probs[n]) for n in names}
     kept = list(names)
-    theta, nll = _fit_pool(np.stack([logps[n] for n in kept]), labels)
+    theta, full_nll = _fit_pool(np.stack([logps[n] for n in kept]), labels)
     while len(kept) > 1:
         refits = [(*_fit_pool(np.stack([logps[n] for n in kept if n != drop]), labels), drop) for drop in kept]
         best_theta, best_nll, drop = min(refits, key=lambda r: r[1])
-        if best_nll > nll + PRUNE_NATS:
+        if best_nll > full_nll + PRUNE_NATS:  # against the full pool: small drops must not add up
             break
         kept.remove(drop)
-        theta, nll = best_theta, best_nll
+        theta = best_theta
     a, bias = dict(zip(kept, theta[:len(kept)])), theta[len(kept):] - theta[len(kept):].mean()
     total = float(sum(a.values()))
     if total <= 1.0 / T_BOUNDS[1]:  # nothing but the class prior: keep the best member as it is calibrated
