@@ -47,6 +47,9 @@ def test_bench_ensemble_scores_both_rules_on_every_member_set_across_runs(tmp_pa
     assert full["log-linear"]["accuracy"] == expected["accuracy"]
     assert sum(result["lower_log_loss_count"].values()) == 4
     assert "lower out-of-fold log loss" in capsys.readouterr().out
+    # Sets of one size only: the run's members all together.
+    main(["ensemble", a, b, "--min-members", "3", "--max-members", "3", "--json", str(out)])
+    assert [r["members"] for r in json.loads(out.read_text())["rows"]] == [full["members"]]
 
 
 def test_bench_ensemble_refuses_runs_scored_on_different_val_sets(tmp_path):

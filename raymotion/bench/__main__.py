@@ -214,7 +214,8 @@ def run_tune(args: argparse.Namespace) -> None:
 def run_ensemble(args: argparse.Namespace) -> None:
     from raymotion.bench.ensemble import EnsembleBenchConfig, run_ensemble_bench, table
 
-    result = run_ensemble_bench(EnsembleBenchConfig(run_dirs=tuple(args.run_dirs), max_members=args.max_members))
+    result = run_ensemble_bench(EnsembleBenchConfig(run_dirs=tuple(args.run_dirs), min_members=args.min_members,
+                                                    max_members=args.max_members))
     result["table"] = table(result)
     print(result["table"])
     path = args.json or os.path.join("runs", "bench", f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     add_tune_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
-    ens.add_argument("--max-members", type=int, default=3, help="largest member set tried (every set of 2..N)")
+    ens.add_argument("--min-members", type=int, default=2, help="smallest member set tried")
+    ens.add_argument("--max-members", type=int, default=3, help="largest member set tried (every set in between)")
     ens.add_argument("--json", help="output JSON (default runs/bench/ensemble-<time>.json)")
     gpu = sub.add_parser("gpu", help="what a run trained on (device, autocast, ...) and its served files' providers")
     gpu.add_argument("run_dir", metavar="RUN_DIR")

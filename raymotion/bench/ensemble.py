@@ -2,7 +2,8 @@
 
 Reads each run's ``predictions/val.npz`` (every member's val probabilities as its served file gives them,
 before calibration), so nothing runs but the fits: runs on the same val set can be pooled across run
-directories (a member is named ``<run>:<model>``). For every set of 2 to ``max_members`` members, both
+directories (a member is named ``<run>:<model>``). For every set of ``min_members`` to ``max_members``
+members (``--min-members 7 --max-members 7`` on a full run: its seven members only), both
 rules (``raymotion.export.mixture``: "linear", "log-linear") are cross-fitted exactly as the bundle does
 (members' calibrations refitted per fold) and scored out of fold, beside the best member's own out-of-fold
 accuracy. The table and JSON say, per set, each rule's gain over its best member and which rule had the
@@ -26,6 +27,7 @@ from raymotion.rundir import PREDICTIONS, PredictionKeys
 @dataclass
 class EnsembleBenchConfig:
     run_dirs: tuple[str, ...]
+    min_members: int = 2
     max_members: int = 3
     folds: int = 5
     seed: int = 0
@@ -54,7 +56,7 @@ def run_ensemble_bench(cfg: EnsembleBenchConfig) -> dict[str, Any]:
     single = {n: float((cross_fitted_calibration(p, labels, cfg.folds, cfg.seed).argmax(1) == labels).mean())
               for n, p in members.items()}
     rows = []
-    for k in range(2, min(cfg.max_members, len(members)) + 1):
+    for k in range(max(2, cfg.min_members), min(cfg.max_members, len(members)) + 1):
         for names in itertools.combinations(members, k):
             subset = {n: members[n] for n in names}
             best = max(single[n] for n in names)
