@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from raymotion import rundir
-from raymotion.config import ExportConfig
+from raymotion.config import EnsembleRule, ExportConfig
 from raymotion.data import is_generated
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.pipeline import camera_degraded
@@ -192,7 +192,8 @@ def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dic
 
 
 def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_probs: dict[str, np.ndarray],
-                                 labels: np.ndarray, classes: list[str], rule: str = "log-linear"):
+                                 labels: np.ndarray, classes: list[str],
+                                 rule: EnsembleRule = ExportConfig.ensemble_rule):
     """Members calibrated one by one (their own temperature and class bias), then pooled by ``rule``; every
     figure scored on val in-sample and out-of-fold (both rules out-of-fold, the one not served as a
     comparison). Fills each member's entry in ``models``; returns the calibrated member probabilities and
