@@ -272,6 +272,10 @@ class TuneSettings:
     # Tune's own retries of a trial that errors (after Train's restarts, TrainConfig.max_failures, ran
     # out); each retry continues from the trial's latest checkpoint.
     trial_max_failures: int = 1
+    # A trial of one Train worker trains in the trial's own process (train.loop.TrialSession): Ray Train's
+    # controller, worker group and dataset actors are each a new process, started one after another before
+    # the first batch, per trial. False: a worker group of one, as with more workers.
+    one_worker_in_trial: bool = True
 
     def __post_init__(self) -> None:
         check_literals(self)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 import torch.nn as nn
 
@@ -195,22 +197,77 @@ class WorkerRun:
     scaler: torch.amp.GradScaler
     rank: int
     world: int
+    session: "Session"  # where the run reports, resumes and gets its data
 
 
-def setup_worker(loop_config: dict[str, Any]) -> tuple[WorkerRun, nn.Module]:
+class TrainWorkerSession:
+    """A Ray Train worker's view of its run: rank and world, device, dataset shards, reports and the
+    checkpoint to resume, all Ray Train's own."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.local_world = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """On the device, and in DDP when the group has more than one worker."""
+        return ray.train.torch.prepare_model(model)
+
+    def dataset(self, name: str) -> ray.data.DataIterator:
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    def checkpoint(self):
+        return ray.train.get_checkpoint()
+
+
+class TrialSession:
+    """A Tune trial that trains in its own process, as the only worker (tune.experiment.run_trial): the same
+    loop without Train's controller, worker group and dataset actors, each of which is a new process per
+    trial. Tune keeps its reports and checkpoints, and continues it from the latest after a fault."""
+
+    rank, world, local_world = 0, 1, 1
+
+    def __init__(self, datasets: dict[str, ray.data.Dataset], use_gpu: bool):
+        self.datasets, self.use_gpu = datasets, use_gpu
+
+    def device(self) -> torch.device:
+        # Tune gives the trial's actor its GPU alone (CUDA_VISIBLE_DEVICES): it is device 0 here.
+        return torch.device("cuda", 0) if self.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device())
+
+    def dataset(self, name: str) -> ray.data.DataIterator:
+        return self.datasets[name].iterator()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    def checkpoint(self):
+        return ray.tune.get_checkpoint()
+
+
+Session = TrainWorkerSession | TrialSession
+
+
+def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerRun, nn.Module]:
     """Threads and seeds, the model (unwrapped), the loss and what the epochs share."""
     cfg = TrainConfig(**loop_config["train"])
     spec = get_model_spec(cfg.model)
-    ctx = ray.train.get_context()
-    torch.set_num_threads(resolve_torch_threads(cfg.torch_threads, ctx.get_local_world_size()))
+    torch.set_num_threads(resolve_torch_threads(cfg.torch_threads, session.local_world))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     classes: list[str] = loop_config["classes"]
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
     pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
-    device = select_device(cfg, ray.train.torch.get_device())
+    device = select_device(cfg, session.device())
     amp = amp_settings(cfg, device)
-    world = ctx.get_world_size()
+    world = session.world
     steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches_per_epoch)
@@ -220,7 +277,7 @@ def setup_worker(loop_config: dict[str, Any]) -> tuple[WorkerRun, nn.Module]:
                                   weight=torch.tensor(weights, device=device) if weights else None)
     run = WorkerRun(cfg, classes, device, amp, torch.tensor(spec.mean, dtype=torch.float32, device=device),
                     torch.tensor(spec.std, dtype=torch.float32, device=device), pretrained, steps_per_epoch, loss_fn,
-                    torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), ctx.get_world_rank(), world)
+                    torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), session.rank, world, session)
     return run, model
 
 
@@ -232,7 +289,7 @@ def start_phase(run: WorkerRun, model: nn.Module, phase: tuple[str, int, float])
     module = unwrap(model)
     if run.pretrained:
         set_backbone_frozen(module, run.cfg.model, frozen=name == "head")
-    model = maybe_compile(ray.train.torch.prepare_model(module), run.cfg)
+    model = maybe_compile(run.session.prepare_model(module), run.cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=run.cfg.weight_decay)
     total = run.steps_per_epoch * epochs
@@ -278,15 +335,15 @@ def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], trai
     by the run's metric, and the latest (what a restarted worker continues from)."""
     spec = get_model_spec(run.cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        checkpoint_dir = None
         if run.rank == 0:
             save_checkpoint(tmp, unwrap(model), {
                 "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
                 "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
                 "train_config": run.cfg.to_dict(), "metrics": metrics, "runtime": runtime_record(run),
             }, train_state)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+            checkpoint_dir = tmp
+        run.session.report(metrics, checkpoint_dir)
 
 
 def runtime_record(run: WorkerRun) -> dict[str, Any]:
@@ -307,10 +364,11 @@ class Resumed:
     train_state: dict[str, Any]
 
 
-def resume_point() -> Resumed | None:
+def resume_point(session: Session) -> Resumed | None:
     """The run's latest checkpoint, when Train restarts this worker group (a worker died, the trial was
-    resumed by Tune): Train hands every worker the same one."""
-    checkpoint = ray.train.get_checkpoint()
+    resumed by Tune; Train hands every worker the same one) or Tune continues a trial that trains in its own
+    process."""
+    checkpoint = session.checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
@@ -331,16 +389,18 @@ def start_figures(loop_config: dict[str, Any], loop_started_at: float, first_bat
     return figures
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any], session: Session | None = None) -> None:
     """loop_config: {"train": TrainConfig as dict, "classes": [...], "train_rows": int,
-    "class_weights": [...] or None, optionally "started_at": the caller's time.time()}."""
+    "class_weights": [...] or None, optionally "started_at": the caller's time.time()}.
+    ``session``: None in a Ray Train worker (Train's own); a TrialSession in a Tune trial's own process."""
     loop_started_at = time.time()
-    run, model = setup_worker(loop_config)
+    session = session or TrainWorkerSession()
+    run, model = setup_worker(loop_config, session)
     cfg = run.cfg
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard, val_shard = session.dataset("train"), session.dataset("val")
     phase_of_epoch = [p for p in transfer_phases(cfg, run.pretrained) for _ in range(p[1])]
     stopper, phase = EarlyStopping(cfg.early_stopping_patience, cfg.mode), None
-    resumed = resume_point()
+    resumed = resume_point(session)
     if resumed:
         model.load_state_dict(resumed.model_state)
         stopper.load_state_dict(resumed.train_state["early_stopping"])

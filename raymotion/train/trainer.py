@@ -47,6 +47,24 @@ def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
                                    placement_strategy=cfg.placement_strategy)
 
 
+def worker_datasets(cfg: TrainConfig, *, classes: list[str], cached: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
+    """What the loop iterates: the augmented train stream, and val as cached."""
+    quiet_progress()
+    return {
+        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation,
+                              teacher_by_uid=teacher_by_uid(cfg, classes), distill_alpha=cfg.distill_alpha),
+        # As cached: evaluation draws nothing and the loop standardises on its device.
+        "val": cached["val"],
+    }
+
+
+def loop_config_of(cfg: TrainConfig, *, classes: list[str], class_counts: list[int] | None,
+                   cached: dict[str, ray.data.Dataset], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """train.loop.train_loop_per_worker's argument."""
+    return {"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
+            "class_weights": class_weights(cfg, class_counts), **(extra or {})}
+
+
 def build_trainer(
     cfg: TrainConfig,
     *,
@@ -60,21 +78,15 @@ def build_trainer(
     loop_config_extra: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
-    quiet_progress()
-    datasets = {
-        "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation,
-                              teacher_by_uid=teacher_by_uid(cfg, classes), distill_alpha=cfg.distill_alpha),
-        # As cached: evaluation draws nothing and the loop standardises on its device.
-        "val": cached["val"],
-    }
+    datasets = worker_datasets(cfg, classes=classes, cached=cached)
     # Train replaces a dataset's execution options by its defaults; the train stream's preserve_order is
     # what makes its batches reproducible, so it is passed on.
     train_options = ray.train.DataConfig.default_ingest_options()
     train_options.preserve_order = datasets["train"].context.execution_options.preserve_order
     return TorchTrainer(
         train_loop,
-        train_loop_config={"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
-                           "class_weights": class_weights(cfg, class_counts), **(loop_config_extra or {})},
+        train_loop_config=loop_config_of(cfg, classes=classes, class_counts=class_counts, cached=cached,
+                                         extra=loop_config_extra),
         scaling_config=scaling_config(cfg),
         datasets=datasets,
         # Only the training set is sharded; each worker may evaluate the whole val set.

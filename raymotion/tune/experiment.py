@@ -1,13 +1,16 @@
-"""One Tune experiment per model: Optuna proposes, ASHA stops bad trials early, Ray Train trains.
+"""One Tune experiment per model: Optuna proposes, ASHA stops bad trials early, each trial trains.
 
-Ray Train V2 pattern: each trial is a small function trainable that builds and fits a TorchTrainer;
-``TuneReportCallback`` forwards every ``ray.train.report`` (with its checkpoint path) to Tune.
+Each trial is a small function trainable. With more than one worker it builds and fits a TorchTrainer
+(Ray Train V2's pattern; ``TuneReportCallback`` forwards every ``ray.train.report``, with its checkpoint
+path, to Tune). With one worker it runs the same loop itself (train.loop.TrialSession), reporting to Tune
+directly: Train's actors would each be one more process to start per trial.
 
 Faults, from the inside out: a dead Train worker restarts its group from the trial's latest checkpoint
-(TrainConfig.max_failures; the loop resumes it); a trial that still errors is retried by Tune
-(TuneSettings.trial_max_failures), and the retry's TorchTrainer, built with the same name and storage,
-again continues from that checkpoint; an experiment whose driver died is continued by ``Tuner.restore``
-(finished trials kept, unfinished ones continued, Optuna's and ASHA's state restored).
+(TrainConfig.max_failures; the loop resumes it); a trial that still errors, or whose own process died, is
+retried by Tune (TuneSettings.trial_max_failures) from that checkpoint (the retry's TorchTrainer, built with
+the same name and storage, finds it; a trial that trains itself gets it from Tune); an experiment whose
+driver died is continued by ``Tuner.restore`` (finished trials kept, unfinished ones continued, Optuna's and
+ASHA's state restored).
 """
 
 from __future__ import annotations
@@ -31,19 +34,41 @@ from ray.tune.search.optuna import OptunaSearch
 from raymotion.config import TrainConfig, TuneSettings
 from raymotion.rundir import TuneResult, trials_path
 from raymotion.train.checkpoint import TRAIN_STATE_FILE
-from raymotion.train.trainer import build_trainer
+from raymotion.train.loop import TrialSession, train_loop_per_worker
+from raymotion.train.trainer import build_trainer, loop_config_of, worker_datasets
+from raymotion.tune.resources import TRIAL_CPUS
 from raymotion.tune.spaces import SearchSpace, load_search_space
 
+
+def trains_in_trial(cfg: TrainConfig, settings: TuneSettings) -> bool:
+    return cfg.num_workers == 1 and settings.one_worker_in_trial
+
+
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
-              cached: dict[str, ray.data.Dataset], storage_path: str) -> None:
-    """The Tune trainable: one TorchTrainer run with this trial's hyperparameters."""
+              cached: dict[str, ray.data.Dataset], storage_path: str, in_trial: bool) -> None:
+    """The Tune trainable: this trial's hyperparameters trained by a TorchTrainer, or, for one worker
+    (``in_trial``), by the same loop in this process."""
     cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
-    trial_id = tune.get_context().get_trial_id()
     # When the trial's own code starts: the loop measures its fixed start (workers, data, first batch) from it.
+    extra = {"started_at": time.time()}
+    if in_trial:
+        datasets = worker_datasets(cfg, classes=classes, cached=cached)
+        train_loop_per_worker(loop_config_of(cfg, classes=classes, class_counts=class_counts, cached=cached,
+                                             extra=extra), TrialSession(datasets, use_gpu=cfg.use_gpu))
+        return
+    trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
                             name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()],
-                            loop_config_extra={"started_at": time.time()})
+                            loop_config_extra=extra)
     trainer.fit()
+
+
+def trial_resources(cfg: TrainConfig, in_trial: bool) -> dict[str, float]:
+    """What a trial's own actor asks Tune for: a sliver to drive its Train workers (they request their own
+    resources), or, when it trains itself, one worker's."""
+    if not in_trial:
+        return {"cpu": TRIAL_CPUS}
+    return {"cpu": TRIAL_CPUS + cfg.cpus_per_worker, **({"gpu": cfg.gpus_per_worker} if cfg.use_gpu else {})}
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +81,11 @@ def trial_history(result) -> list[dict[str, Any]]:
     if result.metrics_dataframe is None:
         return []
     by_epoch = {row.get("epoch", i): _clean(row) for i, row in enumerate(result.metrics_dataframe.to_dict("records"))}
+    # A trial that trained in its own process reported its checkpoints to Tune, which kept them (the best
+    # and the latest): their paths go where TuneReportCallback puts a Train run's.
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if metrics.get("epoch") in by_epoch:
+            by_epoch[metrics["epoch"]].setdefault(CHECKPOINT_PATH_KEY, checkpoint.path)
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -111,6 +141,10 @@ def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneS
                                     max_concurrent_trials=settings.max_concurrent_trials),
         run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
                                   callbacks=list(callbacks),
+                                  # For trials that train in their own process, as Train keeps a run's.
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=1, checkpoint_score_attribute=settings.metric,
+                                      checkpoint_score_order=settings.mode),
                                   failure_config=tune.FailureConfig(max_failures=settings.trial_max_failures)),
     )
 
@@ -170,11 +204,11 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
     storage_path = os.path.join(run_dir, "tune")
+    in_trial = trains_in_trial(base, settings)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
-                             storage_path=storage_path),
-        # The trial itself only drives; Train workers request their own CPUs.
-        {"cpu": 0.1},
+                             storage_path=storage_path, in_trial=in_trial),
+        trial_resources(base, in_trial),
     )
     tuner = make_tuner(trainable, space, base, settings, storage_path, callbacks)
     started = time.perf_counter()

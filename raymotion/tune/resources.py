@@ -19,7 +19,7 @@ import ray
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import STREAM_TASK_CPUS
 
-TRIAL_CPUS = 0.1  # the Tune function trainable only drives its TorchTrainer
+TRIAL_CPUS = 0.1  # the Tune function trainable's own share (its Train workers, or its one worker, on top)
 MIN_WORKER_CPUS = 0.5  # below this a Train worker is not worth starting: stop and say why instead
 SETTLE_SECONDS = 15.0  # a finished trial's worker group takes a few seconds to hand its CPUs back
 
