@@ -4,9 +4,12 @@ run of the tune command on it, served on 127.0.0.1 (shared by the end-to-end, AP
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -17,6 +20,28 @@ from raymotion.data.synthetic import make_synthetic_faces
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Tests must not join a cluster the developer left running (make run): always a fresh local one.
 os.environ.pop("RAY_ADDRESS", None)
+
+
+# The 3-node cluster check (tests/test_multinode.py), started beside the session: {"proc", "out", "deadline"}.
+CLUSTER_CHECK: dict = {}
+CLUSTER_CHECK_TIMEOUT_S = 900
+
+
+def pytest_collection_finish(session):
+    if any(item.path.name == "test_multinode.py" for item in session.items):
+        from test_multinode import start_cluster_check
+
+        out = tempfile.mkdtemp(prefix="raymotion-cluster-")
+        CLUSTER_CHECK.update(out=out, proc=start_cluster_check(out),
+                             deadline=time.monotonic() + CLUSTER_CHECK_TIMEOUT_S)
+
+
+def pytest_sessionfinish(session):
+    if CLUSTER_CHECK:
+        if CLUSTER_CHECK["proc"].poll() is None:  # the session was cut short
+            CLUSTER_CHECK["proc"].kill()
+            CLUSTER_CHECK["proc"].wait(30)
+        shutil.rmtree(CLUSTER_CHECK["out"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@ Train workers and Serve replicas on distinct nodes, read from Ray's State API; a
 (the trial resumes from its last checkpoint and completes); a Serve replica's node removed under load (the
 service keeps answering); the spread run against the same run packed on one node.
 
-The cluster runs once, in a subprocess of its own: it must not touch the session's shared Ray
-(conftest.ray_session, and the app served on it), and its own nodes are Ray processes that pytest's
-process must not become a driver of. Each test reads a part of the JSON report it writes."""
+The cluster runs once, in a subprocess of its own, started when the session has collected this module
+(conftest.pytest_collection_finish): it must not touch the session's shared Ray (conftest.ray_session, and
+the app served on it), and its own nodes are Ray processes that pytest's process must not become a driver
+of. Each test reads a part of the JSON report it writes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,17 +22,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4  # the node goes after epoch 1: three more leave the removal time to land mid-trial
 
 
-@pytest.fixture(scope="module")
-def cluster_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cluster")
+def start_cluster_check(out: str) -> subprocess.Popen:
+    """The check as a subprocess, output to a file: conftest starts it as soon as the session has collected
+    this module, so that it runs beside the tests before it (it is a Ray of its own, in a process of its
+    own, and spends much of its time waiting for nodes and replicas to come and go)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "raymotion.bench", "cluster", "--out", str(out),
-                           "--epochs", str(EPOCHS)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    with open(out / "cluster.json") as f:
+    log = open(os.path.join(out, "cluster.log"), "w")
+    return subprocess.Popen([sys.executable, "-m", "raymotion.bench", "cluster", "--out", out, "--epochs", str(EPOCHS)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def cluster_report(request):
+    from conftest import CLUSTER_CHECK
+
+    out, proc = CLUSTER_CHECK["out"], CLUSTER_CHECK["proc"]
+    proc.wait(timeout=max(1.0, CLUSTER_CHECK["deadline"] - time.monotonic()))
+    with open(os.path.join(out, "cluster.log")) as f:
+        log = f.read()
+    assert proc.returncode == 0, log[-6000:]
+    with open(os.path.join(out, "cluster.json")) as f:
         report = json.load(f)
-    report["out"] = str(out)
+    report["out"] = out
     return report
 
 
