@@ -1,6 +1,8 @@
 """``python -m raymotion.tune`` killed with SIGKILL mid-run (not a polite stop), then ``--resume``: the run
 finishes, with every trial counted once and the trial finished before the kill not run again."""
 
+import glob
+import json
 import os
 import signal
 import subprocess
@@ -29,15 +31,35 @@ def run_until(command: list[str], marker: str, timeout_s: float) -> tuple[subpro
     return proc, lines
 
 
+def wait_for_snapshot_of(experiment_dir: str, trials: int, timeout_s: float) -> bool:
+    """Until Tune's experiment snapshot in the run directory lists ``trials`` trials. Tune writes it at each
+    trial checkpoint (and every 10 s or more): a trial started after the last snapshot is unknown to a
+    restore, which starts it again from nothing, with a new id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")):
+            try:
+                with open(path) as f:
+                    if len(json.load(f)["trial_data"]) >= trials:
+                        return True
+            except (OSError, ValueError, KeyError):  # being written
+                pass
+        time.sleep(0.05)
+    return False
+
+
 def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, faces_root, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     run_dir = str(tmp_path / "run")
     # With a distilled single student: the stage after the ensemble, which the resumed run reaches.
     first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "2",
-                         "--epochs", "2", "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir)
-    # Killed once trial 1 has finished and trial 2 has reported an epoch: one finished trial, one midway.
-    proc, lines = run_until(first, "trial 2/2 epoch 1/2", timeout_s=300)
-    assert any("trial 2/2 epoch 1/2" in line for line in lines), "".join(lines[-40:])
+                         "--epochs", "4", "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir)
+    # Killed once trial 1 has finished and trial 2 has reported an epoch (with its checkpoint) that Tune's
+    # snapshot knows of: one finished trial, one midway.
+    proc, lines = run_until(first, "trial 2/2 epoch 1/4", timeout_s=300)
+    assert any("trial 2/2 epoch 1/4" in line for line in lines), "".join(lines[-40:])
+    experiment = os.path.join(run_dir, "tune", "tune-lenet")
+    assert wait_for_snapshot_of(experiment, trials=2, timeout_s=60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert read_tune_result(run_dir, "lenet") is None  # the search had not finished
@@ -51,10 +73,10 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     trials = pd.read_csv(trials_path(run_dir, "lenet", ".csv"))
     assert result.trials == 2 and len(trials) == 2 and trials["trial_id"].is_unique
     assert (trials["stop_reason"] != "error").all()
+    assert trials["restarted"].sum() == 1  # the midway trial, continued from its checkpoint
     # No epoch is trained twice: the finished trial is not run again, the midway one continues from its
     # checkpoint's next epoch (a restart from scratch would report its epoch 1 a second time).
     assert any("trial 1/2 done" in line for line in lines)
-    experiment = os.path.join(run_dir, "tune", "tune-lenet")
     reported = [pd.read_csv(os.path.join(experiment, d, "progress.csv"))["epoch"] for d in sorted(os.listdir(experiment))
                 if os.path.exists(os.path.join(experiment, d, "progress.csv"))]
     assert len(reported) == 2
