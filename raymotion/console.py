@@ -44,6 +44,11 @@ NOISE = (
           "Tune's banner per model (its TensorBoard hint names a folder in Ray's temp dir: use `tensorboard "
           "--logdir RUN_DIR` instead) and Optuna's study-created INFO line"),
     Noise(re.compile(r"^\[torch\.onnx\] "), "torch.onnx's exporter steps, four per exported model"),
+    Noise(re.compile(r"Experiment state snapshotting has been triggered multiple times|^You may want to consider "
+                     r"increasing the `CheckpointConfig\(num_to_keep\)`|^You can suppress this warning by setting the "
+                     r"environment variable TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC"),
+          "Tune snapshots the experiment at every checkpoint of a trial that trains in its own process (what a "
+          "restore knows of it) and warns, in three lines, when that happens often; the snapshot is a few kB"),
 )
 # Written through each pipe at exit: when the reader sees it, everything written before it is out.
 DRAINED = b"\x00raymotion-console-drained\x00\n"

@@ -22,6 +22,12 @@ NOISY = [
     "\x1b[36m(RayTrainWorker pid=9486)\x1b[0m Reporting training result 1: TrainingReport(checkpoint=...)",
     "\u256d\u2500\u2500\u2500\u256e",
     "[torch.onnx] Translate the graph into ONNX... \u2705",
+    "2026-12-02 16:20:35,895\tWARNING experiment_state.py:209 -- Experiment state snapshotting has been triggered "
+    "multiple times in the last 5.0 seconds and may become a bottleneck.",
+    "You may want to consider increasing the `CheckpointConfig(num_to_keep)` or decreasing the frequency of saving "
+    "checkpoints.",
+    "You can suppress this warning by setting the environment variable "
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S to a smaller value than the current threshold (5.0).",
 ]
 KEPT = [
     "[lenet] trial 1/2 epoch 1/2 full: 127 img/s, val acc 0.3400 macro-F1 0.2658",

@@ -14,6 +14,7 @@ import pandas as pd
 from raymotion.rundir import read_manifest, read_soft_labels, read_tune_result, trials_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 6  # per trial: trial 2 is still running when a snapshot of it midway is on disk
 
 
 def tune_command(address: str, *args: str) -> list[str]:
@@ -31,20 +32,23 @@ def run_until(command: list[str], marker: str, timeout_s: float) -> tuple[subpro
     return proc, lines
 
 
-def wait_for_snapshot_of(experiment_dir: str, trials: int, timeout_s: float) -> bool:
-    """Until Tune's experiment snapshot in the run directory lists ``trials`` trials. Tune writes it at each
-    trial checkpoint (and every 10 s or more): a trial started after the last snapshot is unknown to a
-    restore, which starts it again from nothing, with a new id."""
+def snapshot_has_a_midway_trial(experiment_dir: str, epochs: int, timeout_s: float) -> bool:
+    """Until Tune's experiment snapshot in the run directory holds two trials: one finished after its last
+    epoch, one running whose last result (and the checkpoint reported with it) is of an earlier epoch. Tune
+    writes the snapshot at each trial checkpoint (and every 10 s or more): what a restore knows of each trial."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for path in glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")):
             try:
                 with open(path) as f:
-                    if len(json.load(f)["trial_data"]) >= trials:
-                        return True
+                    trials = json.load(f)["trial_data"]
+                seen = sorted((json.loads(trial)["status"], (json.loads(meta).get("last_result") or {}).get("epoch") or 0)
+                              for trial, meta in trials)
             except (OSError, ValueError, KeyError):  # being written
-                pass
-        time.sleep(0.05)
+                continue
+            if len(seen) == 2 and seen[0][0] == "RUNNING" and 1 <= seen[0][1] < epochs and seen[1] == ("TERMINATED", epochs):
+                return True
+        time.sleep(0.02)
     return False
 
 
@@ -53,13 +57,17 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     run_dir = str(tmp_path / "run")
     # With a distilled single student: the stage after the ensemble, which the resumed run reaches.
     first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "2",
-                         "--epochs", "4", "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir)
+                         "--epochs", str(EPOCHS), "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir,
+                         # With this seed ASHA lets trial 2 go on past epoch 1 (it stops it there with seeds 0, 1
+                         # and 3): its continuation from the checkpoint is what is checked.
+                         "--seed", "2")
     # Killed once trial 1 has finished and trial 2 has reported an epoch (with its checkpoint) that Tune's
     # snapshot knows of: one finished trial, one midway.
-    proc, lines = run_until(first, "trial 2/2 epoch 1/4", timeout_s=300)
-    assert any("trial 2/2 epoch 1/4" in line for line in lines), "".join(lines[-40:])
+    marker = f"trial 2/2 epoch 1/{EPOCHS}"
+    proc, lines = run_until(first, marker, timeout_s=300)
+    assert any(marker in line for line in lines), "".join(lines[-40:])
     experiment = os.path.join(run_dir, "tune", "tune-lenet")
-    assert wait_for_snapshot_of(experiment, trials=2, timeout_s=60)
+    assert snapshot_has_a_midway_trial(experiment, EPOCHS, timeout_s=60), "no snapshot of trial 2 midway"
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert read_tune_result(run_dir, "lenet") is None  # the search had not finished
