@@ -28,7 +28,7 @@ CLUSTER_CHECK_TIMEOUT_S = 900
 
 
 def pytest_collection_finish(session):
-    if any(item.path.name == "test_multinode.py" for item in session.items):
+    if not session.config.option.collectonly and any(item.path.name == "test_multinode.py" for item in session.items):
         from test_multinode import start_cluster_check
 
         out = tempfile.mkdtemp(prefix="raymotion-cluster-")

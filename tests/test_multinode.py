@@ -27,13 +27,13 @@ def start_cluster_check(out: str) -> subprocess.Popen:
     this module, so that it runs beside the tests before it (it is a Ray of its own, in a process of its
     own, and spends much of its time waiting for nodes and replicas to come and go)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
-    log = open(os.path.join(out, "cluster.log"), "w")
-    return subprocess.Popen([sys.executable, "-m", "raymotion.bench", "cluster", "--out", out, "--epochs", str(EPOCHS)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    with open(os.path.join(out, "cluster.log"), "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "raymotion.bench", "cluster", "--out", out,
+                                 "--epochs", str(EPOCHS)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
-def cluster_report(request):
+def cluster_report():
     from conftest import CLUSTER_CHECK
 
     out, proc = CLUSTER_CHECK["out"], CLUSTER_CHECK["proc"]
