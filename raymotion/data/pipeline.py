@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+from ray.data.dataset import MaterializedDataset  # not exported by ray.data
 
 from raymotion.config import Augmentation
 from raymotion.data.augment import augment_batch, degrade_batch
@@ -42,6 +43,16 @@ def data_task_concurrency() -> int:
     so the cap mainly bounds worker processes and their memory.
     """
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def stream_task_concurrency(ds: ray.data.Dataset) -> int:
+    """data_task_concurrency, and no more than the blocks of a materialized ``ds``: a task takes a block,
+    so a cap above their count only idles (and Ray warns of it every epoch, e.g. on a small data set that
+    decoding packed into one block)."""
+    cap = data_task_concurrency()
+    if isinstance(ds, MaterializedDataset):
+        cap = min(cap, max(1, ds.num_blocks()))
+    return cap
 
 
 def quiet_progress() -> None:
@@ -256,5 +267,5 @@ def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int,
                        distill_alpha=distill_alpha),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
-        compute=ray.data.TaskPoolStrategy(size=data_task_concurrency()),
+        compute=ray.data.TaskPoolStrategy(size=stream_task_concurrency(cached_train)),
     )
