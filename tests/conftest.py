@@ -67,6 +67,30 @@ def faces_root(tmp_path_factory) -> str:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """``exported(name)``: a registered model (3 classes, its packaged weights if any, eval mode), its ONNX
+    file and the exporter used; each exported once per session (an export takes seconds to tens of them),
+    for the tests that check what the file computes."""
+    import torch
+
+    from raymotion.export.onnx import export_onnx
+    from raymotion.models import create_model, get_model_spec
+
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            spec = get_model_spec(name)
+            torch.manual_seed(0)
+            model = create_model(name, num_classes=3, pretrained=spec.pretrained_weights is not None).eval()
+            path = str(tmp_path_factory.mktemp("onnx") / f"{name}.onnx")
+            cache[name] = model, path, export_onnx(model, path, spec.input_size)
+        return cache[name]
+
+    return get
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,11 +105,12 @@ def cli_run(ray_session, faces_root, tmp_path_factory):
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run(
         [sys.executable, "-m", "raymotion.tune", "--address", address, "--data", faces_root,
-         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "3",
-         "--out", str(out),
+         # Two epochs (MobileNetV2: its head, then all of it) at 64 px: the least that trains both phases.
+         "--models", "lenet,mobilenet_v2", "--preset", "smoke", "--num-samples", "2", "--epochs", "2",
+         "--set", "input_size=64", "--out", str(out),
          # int8 served whatever this CPU measures (it loses to fp32 without VNNI), so that the int8 path
          # through the bundle and Serve runs on every machine.
-         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100", "--int8-latency-seconds", "2"],
+         "--int8-max-latency-ratio", "inf", "--int8-tolerance", "100", "--int8-latency-seconds", "1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return str(out), proc.stdout

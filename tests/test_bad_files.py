@@ -1,5 +1,5 @@
 """A class folder seeded with every kind of bad file: the colour ones are converted, the broken ones
-skipped and counted, and training still completes."""
+skipped and counted, and a tune of them still completes."""
 
 import io
 import os
@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from raymotion.config import TrainConfig
+from raymotion.config import TrainConfig, TuneSettings
 from raymotion.data import index_image_folders
 from raymotion.data.pipeline import load_cached
-from raymotion.train.trainer import build_trainer, class_weights
+from raymotion.train.trainer import class_weights
+from raymotion.tune.experiment import tune_model
 
 
 def _save(path, img, fmt, **kw):
@@ -48,11 +49,13 @@ def test_bad_files_are_converted_or_skipped_and_counted(ray_session, faces_root,
                                                                           "truncated.jpg"]
     assert "skipped 4 unreadable file(s)" in report.summary()
     assert cached["train"].count() == 304  # 300 faces + 4 converted
+    # Trained as the tune command trains it: one trial, its one worker in the trial's process.
     cfg = TrainConfig(model="lenet", input_size=32, epochs=1, batch_size=32, class_weighting="balanced")
     counts = [folders.counts("train")[c] for c in folders.classes]
-    result = build_trainer(cfg, classes=folders.classes, class_counts=counts, cached=cached,
-                           storage_path=str(tmp_path / "train"), name="bad-files").fit()
-    assert result.error is None and result.metrics["epoch"] == 1
+    result = tune_model(cfg, classes=folders.classes, class_counts=counts, cached=cached,
+                        settings=TuneSettings(num_samples=1), run_dir=str(tmp_path / "run"))
+    assert result.trials == 1 and result.failed == 0 and result.metrics["epoch"] == 1
+    assert os.path.isfile(os.path.join(result.checkpoint_path, "model.pt"))
 
 
 def test_balanced_class_weights():

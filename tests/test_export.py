@@ -15,11 +15,9 @@ from raymotion.models import create_model, get_model_spec
 
 
 @pytest.mark.parametrize("name", ["lenet", "mobilenet_v2"])
-def test_onnx_agrees_with_torch_on_real_images(name, faces_root, tmp_path):
+def test_onnx_agrees_with_torch_on_real_images(name, faces_root, exported):
     spec = get_model_spec(name)
-    model = create_model(name, num_classes=3, pretrained=True).eval()
-    path = str(tmp_path / f"{name}.onnx")
-    export_onnx(model, path, spec.input_size)
+    model, path, _ = exported(name)
     session = create_session(path)
     folders = index_image_folders(faces_root)
     images, kept = load_images(list(folders.val.paths[:24]), spec.input_size)

@@ -269,12 +269,9 @@ def test_frozen_backbone_trains_only_the_head(name):
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_onnx_export_matches_torch(name, tmp_path):
-    spec = get_model_spec(name)
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=3, pretrained=spec.pretrained_weights is not None).eval()
-    path = str(tmp_path / f"{name}.onnx")
-    assert export_onnx(model, path, spec.input_size) == "dynamo"
+def test_onnx_export_matches_torch(name, exported):
+    model, path, exporter = exported(name)
+    assert exporter == "dynamo"
     session = create_session(path, intra_op_threads=2)
     x = random_images(name, 5)  # batch 5: not the export example's 2, so the batch axis must be dynamic
     assert parity_max_abs_diff(model, session, x) <= PARITY_TOLERANCE

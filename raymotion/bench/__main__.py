@@ -44,7 +44,7 @@ def run_data(args: argparse.Namespace) -> dict:
               f"dataloader {dl_r['images_per_s']:.1f} img/s (first batch {dl_r['startup_s']:.1f}s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepare_parquet(root, tmp, args.size)
-        alone = bench_pipeline_alone(folders, ParquetCache.open(tmp), args.size)
+        alone = bench_pipeline_alone(folders, ParquetCache.open(tmp), args.size, repeats=args.passes)
     med = lambda key, field: statistics.median(r[key][field] for r in rounds)  # noqa: E731
     summary = {
         "ray_images_per_s": med("ray", "images_per_s"), "dataloader_images_per_s": med("dataloader", "images_per_s"),
@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--warmup", type=int, default=8)
     data.add_argument("--rounds", type=int, default=3, help="alternating (ray, dataloader) rounds; medians reported")
     data.add_argument("--data-workers", type=int, default=1, help="DataLoader workers (= CPUs Ray Data gets here)")
+    data.add_argument("--passes", type=int, default=3, help="pipeline-alone passes per source (alternating); medians reported")
     data.add_argument("--address")
     data.add_argument("--out", default="runs/bench")
     add_serve_arguments(sub)
