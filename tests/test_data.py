@@ -1,5 +1,6 @@
 import io
 import os
+import time
 import warnings
 
 import cv2
@@ -328,3 +329,28 @@ def test_distilled_stream_trains_against_label_and_teacher_by_uid(ray_session, f
     holes[5] = np.nan
     with pytest.raises(ValueError, match="no teacher probabilities"):
         distilled_targets(np.array([0, 1]), holes[4:6], 0.5)
+
+
+def test_a_materialize_waits_for_a_free_cpu_within_its_bound(ray_session):
+    """Before each materialize the pipeline waits (bounded) until the cluster shows a free CPU: a lagging
+    resource view right after the previous execution otherwise makes Ray Data warn that the job will hang."""
+    import ray
+
+    from raymotion.data.pipeline import wait_for_a_free_cpu
+
+    @ray.remote
+    class Holder:
+        def ready(self):
+            return True
+
+    assert wait_for_a_free_cpu(timeout_s=30)
+    holder = Holder.options(num_cpus=ray.available_resources()["CPU"]).remote()  # every free CPU
+    ray.get(holder.ready.remote(), timeout=60)
+    try:
+        deadline = time.monotonic() + 30  # until the resource view shows them held
+        while ray.available_resources().get("CPU") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not wait_for_a_free_cpu(timeout_s=0.3)
+    finally:
+        ray.kill(holder)
+    assert wait_for_a_free_cpu(timeout_s=30)

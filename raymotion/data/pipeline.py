@@ -8,6 +8,7 @@ that, lazily, so it is drawn anew every epoch.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -55,6 +56,27 @@ def stream_task_concurrency(ds: ray.data.Dataset) -> int:
     return cap
 
 
+# Back to back, one execution's tasks still show as holding the CPUs for a moment after they finished (the
+# cluster's resource view lags), and Ray Data then warns in the terminal that the next "will hang". A bound:
+# on a cluster that is really full the wait ends and Ray's warning stands.
+FREE_CPU_WAIT_S = 5.0
+
+
+def wait_for_a_free_cpu(timeout_s: float = FREE_CPU_WAIT_S) -> bool:
+    """True once the cluster shows a free CPU (at once, mostly); False after ``timeout_s`` without one."""
+    deadline = time.monotonic() + timeout_s
+    while not ray.available_resources().get("CPU"):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
+    wait_for_a_free_cpu()
+    return ds.materialize()
+
+
 def quiet_progress() -> None:
     """No per-operator progress bars: they flood job logs. Ray Train copies this context to its workers."""
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -88,7 +110,7 @@ class DecodeReport:
                          + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())))
             lines += [f"  {p}" for p in self.skipped_paths[:max_paths]]
         if self.converted:
-            lines.append(f"converted to RGB: " + ", ".join(f"{n} {k}" for k, n in sorted(self.converted.items())))
+            lines.append("converted to RGB: " + ", ".join(f"{n} {k}" for k, n in sorted(self.converted.items())))
         return "\n".join(lines)
 
 
@@ -130,8 +152,8 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
     # blocks; without this, batches are near single-class and BatchNorm models collapse.
     random.Random(shuffle_seed).shuffle(rows)
     num_blocks = max(2, -(-len(rows) // ROWS_PER_BLOCK))
-    decoded = ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
-        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK).materialize()
+    decoded = materialize(ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
+        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK))
     report = DecodeReport()
     # An explicit projection UDF: Ray's select_columns on this materialized plan lost the column here.
     status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS)
@@ -144,7 +166,7 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
             report.kept_labels[int(label)] += 1
             if kind != "rgb":
                 report.converted[kind] += 1
-    good = decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS).materialize()
+    good = materialize(decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS))
     return good, report
 
 
@@ -164,7 +186,7 @@ def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[st
             ds = source.read(split)
             if source.size != size:  # a cache at another size: resize once, never decode JPEGs
                 ds = ds.map_batches(_resize_batch, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK)
-            cached[split] = ds.materialize()
+            cached[split] = materialize(ds)
         report = DecodeReport()
         skipped = source.meta.get("skipped", {})
         report.skipped.update(skipped.get("skipped", {}))
