@@ -138,7 +138,9 @@ def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneS
         param_space=space.param_space,
         tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, search_alg=search_algorithm(settings, space),
                                     scheduler=trial_scheduler(settings, base.epochs), num_samples=settings.num_samples,
-                                    max_concurrent_trials=settings.max_concurrent_trials),
+                                    # The random generator limits itself (search_algorithm); given it
+                                    # here too, Tune warns on every run that it ignores it.
+                                    max_concurrent_trials=settings.max_concurrent_trials if settings.search == "optuna" else None),
         run_config=tune.RunConfig(storage_path=storage_path, name=f"tune-{base.model}", verbose=0,
                                   callbacks=list(callbacks),
                                   # For trials that train in their own process, as Train keeps a run's.
