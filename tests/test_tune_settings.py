@@ -1,19 +1,24 @@
 """How TuneSettings become Tune's searcher and scheduler (no trials run here: tests/test_tune_resume.py and
 the session's end-to-end run do that)."""
 
+import json
+import os
+
 import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from raymotion.config import ConfigError, TuneSettings
-from raymotion.tune.experiment import search_algorithm, trial_scheduler
+from raymotion.tune.experiment import SnapshotCountedSearch, search_algorithm, trial_scheduler
 from raymotion.tune.spaces import load_search_space
 
 
 def test_each_search_and_scheduler_setting_selects_its_tune_class():
     space = load_search_space("lenet")
-    assert isinstance(search_algorithm(TuneSettings(search="optuna"), space), OptunaSearch)
+    optuna = search_algorithm(TuneSettings(search="optuna", max_concurrent_trials=3), space)
+    assert isinstance(optuna, SnapshotCountedSearch) and isinstance(optuna.searcher, ConcurrencyLimiter)
+    assert optuna.searcher.max_concurrent == 3 and isinstance(optuna.searcher.searcher, OptunaSearch)
     assert isinstance(search_algorithm(TuneSettings(search="random"), space), BasicVariantGenerator)
     assert isinstance(trial_scheduler(TuneSettings(scheduler="fifo"), 5), FIFOScheduler)
     asha = trial_scheduler(TuneSettings(scheduler="asha", grace_period=2, reduction_factor=3), 5)
@@ -28,3 +33,21 @@ def test_random_search_runs_no_more_trials_at_once_than_the_settings_allow():
     once unless it is told itself (on 2 CPUs that was ten Train controllers waiting for one CPU each)."""
     generator = search_algorithm(TuneSettings(search="random", max_concurrent_trials=1), load_search_space("lenet"))
     assert generator.max_concurrent == 1
+
+
+def test_a_restored_search_counts_every_trial_of_the_snapshot(tmp_path):
+    """A driver killed while Tune copied its snapshot: the trials file holds 2 trials, the search state file
+    (written beside it, copied on its own) still counts 1. The restored search must count 2, or the resumed
+    run suggests a third trial of num_samples=2 (what CI saw)."""
+    settings, space = TuneSettings(search="optuna", num_samples=2), load_search_space("lenet")
+    session = "2026-01-01_00-00-00"
+    killed = search_algorithm(settings, space)
+    killed.set_search_properties(settings.metric, settings.mode, space.param_space)
+    killed.set_state({**killed.get_state(), "counter": 1, "total_samples": 2})
+    killed.save_to_dir(str(tmp_path), session)
+    with open(os.path.join(tmp_path, f"experiment_state-{session}.json"), "w") as f:
+        json.dump({"trial_data": [["{}", "{}"], ["{}", "{}"]]}, f)
+
+    restored = search_algorithm(settings, space)
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.get_state()["counter"] == 2 and restored.is_finished()
