@@ -70,3 +70,34 @@ def test_session_options_compute_the_same_and_gpu_devices_fall_back(faces_root, 
         assert np.allclose(onnx_probabilities(create_session(path, device=device), x), reference, atol=1e-6)
     with pytest.raises(ValueError):
         session_providers("tpu")
+
+
+def test_a_checkpoint_exported_earlier_in_the_run_is_not_exported_again(faces_root, tmp_path):
+    """A teacher is exported for its soft labels, then comes to the final export: the same weights are not
+    exported a second time; other weights are."""
+    import torch
+
+    from raymotion.export.bundle import export_member_once
+    from raymotion.train.checkpoint import save_checkpoint
+
+    spec = get_model_spec("lenet")
+    images, _ = load_images(list(index_image_folders(faces_root).val.paths[:8]), 32)
+    checkpoint, run_dir = str(tmp_path / "checkpoints" / "lenet"), str(tmp_path / "run")
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        save_checkpoint(checkpoint, create_model("lenet", num_classes=3).eval(),
+                        {"model": "lenet", "classes": ["angry", "happy", "sad"], "input_size": 32,
+                         "mean": list(spec.mean), "std": list(spec.std), "epoch": 1, "metrics": {}, "train_config": {}})
+
+    save(0)
+    exported: dict = {}
+    first, first_probs = export_member_once(checkpoint, run_dir, images, False, exported)
+    path = os.path.join(run_dir, first["file"])
+    written = os.stat(path).st_mtime_ns
+    again, again_probs = export_member_once(checkpoint, run_dir, images, False, exported)
+    assert os.stat(path).st_mtime_ns == written and again == first
+    np.testing.assert_array_equal(again_probs, first_probs)
+    save(1)  # new weights under the same name: exported anew
+    other, _ = export_member_once(checkpoint, run_dir, images, False, exported)
+    assert os.stat(path).st_mtime_ns != written and other["sha256"] != first["sha256"]

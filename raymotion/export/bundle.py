@@ -22,6 +22,7 @@ fp32 file) and every val figure is computed from that file's outputs. The manife
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
@@ -85,6 +86,29 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
     return entry, probs
 
 
+# A run's members already exported by this process (the teachers, exported for their soft labels before the
+# final export): (ONNX file, checkpoint weights' sha256, flip TTA) -> (fp32 entry, val probabilities).
+ExportedMembers = dict[tuple[str, str, bool], tuple[dict[str, Any], np.ndarray]]
+
+
+def export_member_once(checkpoint_dir: str, run_dir: str, val_images: np.ndarray, flip_tta: bool,
+                       exported: ExportedMembers | None) -> tuple[dict[str, Any], np.ndarray]:
+    """export_member, unless ``exported`` holds this checkpoint's export to this run's file, still on disk as
+    written: the same weights give the same file and val probabilities (a teacher is exported for its soft
+    labels, then again in the final export)."""
+    if exported is None:
+        return export_member(checkpoint_dir, run_dir, val_images, flip_tta=flip_tta)
+    weights = sha256_file(os.path.join(checkpoint_dir, rundir.CHECKPOINT_MODEL))
+    key = (os.path.abspath(run_dir), weights, flip_tta)
+    if key in exported:
+        entry, probs = exported[key]
+        if os.path.exists(os.path.join(run_dir, entry["file"])) and sha256_file(os.path.join(run_dir, entry["file"])) == entry["sha256"]:
+            return copy.deepcopy(entry), probs
+    entry, probs = export_member(checkpoint_dir, run_dir, val_images, flip_tta=flip_tta)
+    exported[key] = copy.deepcopy(entry), probs
+    return entry, probs
+
+
 def _relative_record(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """choose_int8's record with run-relative "file"s in place of absolute "path"s (the bundle can move)."""
     out = {}
@@ -139,17 +163,19 @@ def data_record(source) -> dict[str, Any]:
 
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
                      extra: dict[str, dict[str, Any]] | None = None,
-                     export: ExportConfig | None = None) -> dict[str, Any]:
+                     export: ExportConfig | None = None, exported: ExportedMembers | None = None) -> dict[str, Any]:
     """Export every checkpoint (and its int8 candidates), fit the ensemble's weights and temperature on
     val, score everything on val, write the manifest and ``predictions/val.npz``.
 
     ``source``: the run's data (ImageFolders or ParquetCache: ``classes``, ``counts``, ``arrays``).
     Member probabilities, and so the ensemble's fit and every val figure, come from the file each member
-    serves (``models.<name>.serve``), so that the manifest describes what Serve answers.
+    serves (``models.<name>.serve``), so that the manifest describes what Serve answers. ``exported``: the
+    members this process exported already (export_member_once), filled.
     """
     export = export or ExportConfig()
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache)
+    models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache,
+                                                          exported)
     member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes,
                                                         export.ensemble_rule)
     manifest = Manifest.model_validate({
@@ -169,7 +195,8 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
 
 
 def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dict[str, dict[str, Any]],
-                   export: ExportConfig, val_cache: dict[int, tuple[np.ndarray, np.ndarray]]):
+                   export: ExportConfig, val_cache: dict[int, tuple[np.ndarray, np.ndarray]],
+                   exported: ExportedMembers | None = None):
     """Each checkpoint to ONNX, its served file chosen (fp32 or int8); returns the manifest entries, the
     served files' val probabilities and the val labels. ``val_cache``: val arrays by input size, filled."""
     models, raw_member_probs, labels = {}, {}, None
@@ -182,7 +209,7 @@ def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dic
         if labels is not None and not np.array_equal(labels, size_labels):
             raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
         labels = size_labels
-        entry, probs = export_member(checkpoint_dir, run_dir, images, flip_tta=export.flip_tta)
+        entry, probs = export_member_once(checkpoint_dir, run_dir, images, export.flip_tta, exported)
         entry.update(extra.get(name, {}))
         x = normalize(images, entry["mean"], entry["std"])
         val_probs = {"fp32": probs}

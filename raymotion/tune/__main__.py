@@ -138,6 +138,7 @@ class RunContext:
     clock: RunClock
     cached_by_size: dict = field(default_factory=dict)  # input size -> cached splits (load_cached)
     owns_ray: bool = False  # this process started its own Ray (it dies with it)
+    exported: dict = field(default_factory=dict)  # export.bundle.ExportedMembers: the teachers, exported once
 
     def cached(self, size: int):
         if size not in self.cached_by_size:
@@ -191,7 +192,8 @@ def export_stage(ctx: RunContext, run_dir: str, checkpoints: dict[str, str], ext
                  what: str) -> dict:
     print(f"\nexporting {what} ({', '.join(checkpoints)}): ONNX, int8 candidates, calibration, ensemble", flush=True)
     started = time.perf_counter()
-    manifest = build_run_bundle(run_dir, checkpoints, ctx.source, extra, ExportConfig.from_arguments(ctx.args))
+    manifest = build_run_bundle(run_dir, checkpoints, ctx.source, extra, ExportConfig.from_arguments(ctx.args),
+                                exported=ctx.exported)
     print(f"\n{results_table(manifest)}\n\nexport took {format_minutes(time.perf_counter() - started)}", flush=True)
     return manifest
 
@@ -205,7 +207,8 @@ def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], 
             print(f"\nexporting the teachers ({', '.join(teachers[0])}) for their soft labels", flush=True)
             checkpoints, extra = teachers
             build_run_bundle(ctx.run_dir, checkpoints, ctx.source, extra,
-                             dataclasses.replace(ExportConfig.from_arguments(ctx.args), int8=False))
+                             dataclasses.replace(ExportConfig.from_arguments(ctx.args), int8=False),
+                             exported=ctx.exported)
         print(f"soft labels: the {stage} ensemble on the training images -> {path}", flush=True)
         cached_soft_labels(ctx.run_dir, ctx.source, path)
     return path
