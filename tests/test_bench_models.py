@@ -63,7 +63,7 @@ def test_bench_models_command_on_a_tiny_run(faces_root, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "raymotion.bench", "models", str(run_dir), "--iters", "5", "--json", str(out),
-         "--int8-range-images", "48", "--max-seconds", "2", "--rounds", "1", "--int8-max-latency-ratio", "inf",
+         "--int8-range-images", "48", "--max-seconds", "0.5", "--rounds", "1", "--int8-max-latency-ratio", "inf",
          "--tolerance", "100"],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
