@@ -87,7 +87,7 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
 
 
 # A run's members already exported by this process (the teachers, exported for their soft labels before the
-# final export): (ONNX file, checkpoint weights' sha256, flip TTA) -> (fp32 entry, val probabilities).
+# final export): (run directory, checkpoint weights' sha256, flip TTA) -> (fp32 entry, val probabilities).
 ExportedMembers = dict[tuple[str, str, bool], tuple[dict[str, Any], np.ndarray]]
 
 
@@ -102,7 +102,8 @@ def export_member_once(checkpoint_dir: str, run_dir: str, val_images: np.ndarray
     key = (os.path.abspath(run_dir), weights, flip_tta)
     if key in exported:
         entry, probs = exported[key]
-        if os.path.exists(os.path.join(run_dir, entry["file"])) and sha256_file(os.path.join(run_dir, entry["file"])) == entry["sha256"]:
+        path = os.path.join(run_dir, entry["file"])
+        if os.path.exists(path) and sha256_file(path) == entry["sha256"]:  # not overwritten since
             return copy.deepcopy(entry), probs
     entry, probs = export_member(checkpoint_dir, run_dir, val_images, flip_tta=flip_tta)
     exported[key] = copy.deepcopy(entry), probs
