@@ -344,13 +344,22 @@ def test_a_materialize_waits_for_a_free_cpu_within_its_bound(ray_session):
             return True
 
     assert wait_for_a_free_cpu(timeout_s=30)
-    holder = Holder.options(num_cpus=ray.available_resources()["CPU"]).remote()  # every free CPU
-    ray.get(holder.ready.remote(), timeout=60)
+    # Holders take every free CPU, and every CPU that the session's other actors release meanwhile (one freed
+    # between the take and the wait made the wait right to see it): the wait must then give up.
+    holders, gave_up = [], False
     try:
-        deadline = time.monotonic() + 30  # until the resource view shows them held
-        while ray.available_resources().get("CPU") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not wait_for_a_free_cpu(timeout_s=0.3)
+        deadline = time.monotonic() + 30
+        while not gave_up and time.monotonic() < deadline:
+            free = ray.available_resources().get("CPU", 0.0)
+            if free:
+                holders.append(Holder.options(num_cpus=free).remote())
+                ray.get(holders[-1].ready.remote(), timeout=60)
+                while ray.available_resources().get("CPU", 0.0) == free and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the resource view lags the placement
+            else:  # the resource view shows every CPU held
+                gave_up = not wait_for_a_free_cpu(timeout_s=0.3)
+        assert gave_up, "the wait saw a free CPU while holders had them all"
     finally:
-        ray.kill(holder)
+        for holder in holders:
+            ray.kill(holder)
     assert wait_for_a_free_cpu(timeout_s=30)
