@@ -107,8 +107,8 @@ def test_serve_keeps_answering_when_a_replica_node_is_removed(cluster_report):
     lost = serve["removed_node_id"]
     assert lost != head
     assert any(r["node_id"] == lost and r["class_name"].endswith(":model_lenet") for r in serve["replicas_before"])
-    # Requests sent after the removal are all answered; of those in flight at that moment (2 clients),
-    # at most those may fail.
+    # Requests sent once the node's processes were gone are all answered; of those in flight while they were
+    # killed (2 clients), at most those may fail (a CI run once had one 500 from the proxy among them).
     after = serve["after_removal"]
     assert after["requests"] > 0 and after["errors"] == 0, after
     assert serve["load"]["errors"] <= 2, serve["load"]

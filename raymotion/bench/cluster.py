@@ -247,8 +247,12 @@ def serve_under_node_loss(cfg: ClusterCheckConfig, cluster: LocalCluster, run_di
 
     def remove_later():
         time.sleep(cfg.serve_load_seconds / 3)
-        out["removed_node_id"], out["removed_at_s"] = victims[0], time.perf_counter() - load_started
+        out["removed_node_id"], out["removal_started_s"] = victims[0], time.perf_counter() - load_started
         cluster.remove(victims[0])
+        # remove returns once the node's processes are dead. Requests in flight while they were killed can fail
+        # (the head's proxy may have handed one to the dying ingress replica: Serve answers that with a 500);
+        # every request sent from here on must be answered.
+        out["removed_at_s"] = time.perf_counter() - load_started
 
     remover = threading.Thread(target=remove_later, daemon=True)
     load_started = time.perf_counter()
