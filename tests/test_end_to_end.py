@@ -176,8 +176,9 @@ def _check_contract(body: dict, manifest: dict) -> None:
 def test_predict_over_http_matches_the_offline_ensemble(served_url, run, faces_root):
     """Every val image, posted as a user posts a photo, gets the answer export-time evaluation gave it
     (predictions/val.npz, in val order: class folders, then file names): serving decodes, resizes, runs and
-    pools exactly as the offline ensemble did. (How well a 2-epoch run learns varies from run to run; that
-    training learns is tests/test_train.py's check.)"""
+    pools exactly as the offline ensemble did. (No accuracy floor: the session's 2-epoch run on generated
+    faces scores 0.43-0.60, by chance above or below any floor; how well training learns is measured on the
+    real data by the tune command's summary and the bench commands, not asserted here.)"""
     with np.load(os.path.join(run[0], rundir.PREDICTIONS)) as npz:
         offline, labels = npz["probs__ensemble"].astype(np.float64), npz["labels"]
     served = []

@@ -26,7 +26,7 @@ from raymotion.console import filter_terminal
 from raymotion.data import DataError, is_generated, open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.data.synthetic import GENERATED_NOTE
-from raymotion.export.bundle import build_run_bundle, results_table
+from raymotion.export.bundle import ExportedMembers, build_run_bundle, results_table
 from raymotion.export.distill import cached_soft_labels
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
@@ -138,7 +138,7 @@ class RunContext:
     clock: RunClock
     cached_by_size: dict = field(default_factory=dict)  # input size -> cached splits (load_cached)
     owns_ray: bool = False  # this process started its own Ray (it dies with it)
-    exported: dict = field(default_factory=dict)  # export.bundle.ExportedMembers: the teachers, exported once
+    exported: ExportedMembers = field(default_factory=dict)  # the teachers, exported once (export_member_once)
 
     def cached(self, size: int):
         if size not in self.cached_by_size:
