@@ -242,6 +242,10 @@ def test_standardize_on_the_train_device_matches_the_export_and_serve_normalize(
     out = standardize(torch.from_numpy(images), torch.tensor(mean), torch.tensor(std))
     assert out.shape == (4, 3, 9, 7) and out.dtype == torch.float32 and out.is_contiguous()
     np.testing.assert_allclose(out.numpy(), normalize(images, mean, std), atol=1e-5)
+    # The same numbers laid out NHWC in memory (TrainConfig.channels_last).
+    nhwc = standardize(torch.from_numpy(images), torch.tensor(mean), torch.tensor(std), channels_last=True)
+    assert nhwc.shape == (4, 3, 9, 7) and nhwc.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(nhwc.numpy(), normalize(images, mean, std), atol=1e-5)
 
 
 def test_ray_data_pipeline_streams_labelled_normalized_batches(ray_session, faces_root):

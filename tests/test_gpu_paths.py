@@ -75,13 +75,56 @@ def test_mixed_precision_is_bf16_where_the_gpu_has_it_else_fp16_with_a_grad_scal
     assert amp_settings(amp, CUDA, bf16_supported=False) == (True, torch.float16, True)
     assert amp_settings(TrainConfig(amp=True, amp_dtype="fp16"), CUDA, bf16_supported=True) == (True, torch.float16, True)
     assert amp_settings(TrainConfig(amp=True, amp_dtype="bf16"), CUDA, bf16_supported=False) == (True, torch.bfloat16, False)
-    # Off unless asked, and never on the CPU.
+    # Off unless asked.
     assert amp_settings(TrainConfig(), CUDA, bf16_supported=True).enabled is False
-    off = amp_settings(amp, CPU)
+    assert amp_settings(TrainConfig(), CPU, bf16_supported=True).enabled is False
+
+
+def test_on_the_cpu_auto_mixed_precision_is_bf16_only_where_the_cpu_computes_it():
+    """Emulated bf16 is slower than float32, so "auto" leaves a CPU without bf16 hardware in float32; the
+    forced type is used as asked, whatever the CPU (how a test reaches the bf16 path on any machine)."""
+    amp = TrainConfig(amp=True)
+    assert amp_settings(amp, CPU, bf16_supported=True) == (True, torch.bfloat16, False)
+    off = amp_settings(amp, CPU, bf16_supported=False)
     assert (off.enabled, off.dtype, off.grad_scaler) == (False, None, False)
     with off.autocast(CPU):
         x = torch.ones(2, 2) @ torch.ones(2, 2)
     assert x.dtype == torch.float32
+    forced = amp_settings(TrainConfig(amp=True, amp_dtype="bf16"), CPU, bf16_supported=False)
+    assert forced == (True, torch.bfloat16, False)
+    with forced.autocast(CPU):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.bfloat16
+
+
+def test_a_bf16_step_on_the_cpu_trains_float32_weights_in_channels_last():
+    """One optimizer step as the train loop takes it with amp forced to bf16 and channels_last on: the
+    forward runs in bf16, the weights and their gradients stay float32 (checkpoints and ONNX export read
+    float32), and the loss falls on a batch it sees four times."""
+    from raymotion.models import create_model
+    from raymotion.train.loop import standardize
+
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=3).to(memory_format=torch.channels_last)
+    amp = amp_settings(TrainConfig(amp=True, amp_dtype="bf16"), CPU)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    x = standardize(images, torch.full((3,), 0.5), torch.full((3,), 0.5), channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    labels = torch.arange(8) % 3
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(4):
+        with amp.autocast(CPU):
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+        assert logits.dtype == torch.bfloat16
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in model.parameters())
+    assert losses[-1] < losses[0]
 
 
 def test_batches_are_pinned_only_on_cuda_and_prefetched_as_configured():

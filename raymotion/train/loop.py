@@ -27,13 +27,16 @@ from raymotion.train.checkpoint import load_train_state, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
-def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC batch (on the train device) -> float32 NCHW standardised per channel: the model input.
+def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                channels_last: bool = False) -> torch.Tensor:
+    """uint8 NHWC batch (on the train device) -> float32 NCHW standardised per channel: the model input,
+    laid out NHWC in memory when ``channels_last`` (as the batch already is: no transpose then).
 
     The torch twin of ``data.transforms.normalize`` (which export and Serve use), done where the model
     runs so that the batches in flight stay uint8. ``mean``/``std``: float tensors of shape (3,) on that
     device."""
-    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=layout)
     return x.mul_(1.0 / 255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
 
 
@@ -82,15 +85,23 @@ def select_device(cfg: TrainConfig, assigned: torch.device) -> torch.device:
     return assigned
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16, AMX), as oneDNN sees it. Without
+    it, torch emulates bf16 and autocast would be slower than float32."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def amp_settings(cfg: TrainConfig, device: torch.device, bf16_supported: bool | None = None) -> AmpSettings:
-    """Mixed precision only on CUDA and only when ``cfg.amp``: bf16 (no scaler) when asked or, for "auto",
-    when the GPU supports it (``bf16_supported``, default: ask torch); else fp16 with a GradScaler. CPU
-    training stays float32."""
-    if not (cfg.amp and device.type == "cuda"):
+    """Mixed precision only when ``cfg.amp``. "bf16"/"fp16" are used as asked (fp16 with a GradScaler);
+    "auto" picks bf16 where the device computes it (``bf16_supported``, default: ask torch about this GPU
+    or CPU), else fp16 on CUDA and float32 (off) on the CPU."""
+    if not cfg.amp or device.type not in ("cuda", "cpu"):
         return AmpSettings(False, None, False)
     if cfg.amp_dtype == "auto":
         if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported()
+            bf16_supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_computes_bf16()
+        if not bf16_supported and device.type == "cpu":
+            return AmpSettings(False, None, False)
         dtype = torch.bfloat16 if bf16_supported else torch.float16
     else:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]
@@ -111,13 +122,13 @@ def maybe_compile(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: AmpSettings,
-             mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+             mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> dict[str, float]:
     """``batches``: uint8 NHWC images and labels; ``mean``/``std`` (3,) on ``device`` standardise them."""
     model.eval()
     logits, labels = [], []
     for batch in batches:
         with amp.autocast(device):
-            out = model(standardize(batch["image"].to(device, non_blocking=True), mean, std))
+            out = model(standardize(batch["image"].to(device, non_blocking=True), mean, std, channels_last))
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
     if not logits:
@@ -264,6 +275,8 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
     np.random.seed(cfg.seed)
     classes: list[str] = loop_config["classes"]
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
     device = select_device(cfg, session.device())
     amp = amp_settings(cfg, device)
@@ -312,7 +325,8 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
         if step >= run.steps_per_epoch:
             break
         first_batch_at = first_batch_at or time.time()
-        images, labels, target = standardize(batch["image"], run.mean, run.std), batch["label"], batch["target"]
+        images = standardize(batch["image"], run.mean, run.std, run.cfg.channels_last)
+        labels, target = batch["label"], batch["target"]
         with run.amp.autocast(run.device):
             logits = model(images)
             loss = run.loss_fn(logits, target)
@@ -352,7 +366,8 @@ def runtime_record(run: WorkerRun) -> dict[str, Any]:
     loader = {k: v for k, v in iterator_options(run.cfg, run.device).items() if k != "device"}
     return {"device": str(run.device), "gpu": gpu, "torch": torch.__version__,
             "autocast": str(run.amp.dtype).removeprefix("torch.") if run.amp.enabled else "off",
-            "grad_scaler": run.amp.grad_scaler, "torch_compile": run.cfg.torch_compile, **loader,
+            "grad_scaler": run.amp.grad_scaler, "channels_last": run.cfg.channels_last,
+            "torch_compile": run.cfg.torch_compile, **loader,
             "workers": run.world, "torch_threads": torch.get_num_threads()}
 
 
@@ -427,7 +442,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: Session | None =
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.
         val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), run.device, run.classes, run.amp,
-                       run.mean, run.std)
+                       run.mean, run.std, run.cfg.channels_last)
         metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
                         "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
                         # The epoch this worker group restarted from (0: never restarted): the trial's
