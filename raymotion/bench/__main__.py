@@ -4,7 +4,8 @@
 ``python -m raymotion.bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
 replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py).
 ``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh).
-``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold."""
+``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold.
+``python -m raymotion.bench train-step``: training steps per second in float32, channels_last and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -225,6 +226,36 @@ def run_ensemble(args: argparse.Namespace) -> None:
     print(f"\nwrote {path}")
 
 
+def run_train_step(args: argparse.Namespace) -> None:
+    from raymotion.bench.train_step import TrainStepBenchConfig, run_train_step_bench, table
+
+    cfg = TrainStepBenchConfig(models=tuple(args.models.split(",")),
+                               sizes=tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (),
+                               batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                               rounds=args.rounds, threads=args.threads)
+    result = run_train_step_bench(cfg, log=lambda line: print(line, flush=True))
+    result["table"] = table(result)
+    print("\n" + result["table"])
+    path = args.json or os.path.join("runs", "bench", f"train-step-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+def add_train_step_arguments(sub) -> None:
+    p = sub.add_parser("train-step", help="training steps per second: float32 vs channels_last vs bf16 autocast")
+    p.add_argument("--models", default="lenet,resnet34,mobilenet_v2,efficientnet_lite0,vit,hf_vit",
+                   help="comma-separated registry names")
+    p.add_argument("--sizes", default="", help="comma-separated input sizes per model (0 or missing: its default)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant and round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (every variant once each); medians reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all usable cores)")
+    p.add_argument("--json", help="output JSON (default runs/bench/train-step-<time>.json)")
+
+
 def add_tune_arguments(sub) -> None:
     p = sub.add_parser("tune", help="Optuna + ASHA vs random search run to the end: compute to reach the best result")
     p.add_argument("--data", help="data root (default ../shared/data/emotions, else generated faces)")
@@ -270,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     add_serve_arguments(sub)
     add_cluster_arguments(sub)
     add_tune_arguments(sub)
+    add_train_step_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
     ens.add_argument("--min-members", type=int, default=2, help="smallest member set tried")
@@ -281,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument("--json", help="also write it as JSON")
     args = parser.parse_args(argv)
     commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve,
-                "ensemble": run_ensemble}
+                "ensemble": run_ensemble, "train-step": run_train_step}
     if args.command in commands:
         commands[args.command](args)
         return
