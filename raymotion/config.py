@@ -156,6 +156,10 @@ class TrainConfig:
     # "" = labels only.
     soft_labels: str = ""
     distill_alpha: float = 0.5
+    # A raymotion checkpoint directory (model.pt + meta.json) of this same model and classes: training
+    # starts from its weights rather than from ``pretrained``'s (the distilled student starts from the run's
+    # own member of its model, see Preset.student_from_member). "" = none.
+    init_checkpoint: str = ""
     # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
     class_weighting: ClassWeighting = "none"
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
@@ -303,6 +307,10 @@ class Preset:
     students: tuple[str, ...] = ()
     student: str | None = None
     student_overrides: dict[str, Any] = field(default_factory=dict)
+    # The student starts from the run's trained member of its own model (TrainConfig.init_checkpoint),
+    # when the run has one, instead of from ImageNet: it then begins at that member's accuracy and spends
+    # its epochs moving toward the ensemble rather than learning the faces again.
+    student_from_member: bool = False
 
     def __post_init__(self) -> None:
         # At definition: a misspelt override fails when the preset is written, not when its model runs.
@@ -316,10 +324,10 @@ PRESETS: dict[str, Preset] = {
     # strength and different make-up, so that their ensemble beats each (one strong member and a weak one
     # ensemble to the strong one: the weak one gets weight 0). EfficientNet-Lite0 trains with balanced class
     # weights, a second, differently biased view of the minority classes, at 96 px (about half MobileNetV2's
-    # speed here). bf16 autocast where the CPU has it (amp "auto"). LeNet learns from nothing but these faces, so its mistakes are least like the ImageNet
+    # speed here). LeNet learns from nothing but these faces, so its mistakes are least like the ImageNet
     # models': added to the pair, it lifted the out-of-fold gain over the best member from +0.75 to +1.44
     # points on stored predictions, +0.7 in its first real run (README, "The ensemble's pooling rule"), for
-    # about 2 minutes of training.
+    # about 2 minutes of training. amp: bf16 autocast where the CPU computes bf16 (amp_dtype "auto").
     "quick": Preset(
         name="quick",
         models=("mobilenet_v2", "efficientnet_lite0", "lenet"),
@@ -347,7 +355,8 @@ PRESETS: dict[str, Preset] = {
         samples={"lenet": 2},
         students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
-        student_overrides={"epochs": 5, "input_size": 128, "distill_alpha": 0.8, "label_smoothing": 0.0},
+        student_from_member=True,
+        student_overrides={"epochs": 3, "input_size": 128, "lr": 2e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7, "amp": True},
             "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},

@@ -156,3 +156,39 @@ def test_local_ray_hands_train_its_short_poll(ray_session):
         return {k: os.environ.get(k) for k in keys}
 
     assert ray.get(read_env.remote(list(TRAIN_POLL_ENV))) == TRAIN_POLL_ENV
+
+
+def test_a_model_started_from_a_run_checkpoint_has_its_weights_and_fine_tunes_whole(tmp_path):
+    """TrainConfig.init_checkpoint (the distilled student's start from the run's own member): the model
+    holds the checkpoint's weights, not ImageNet's, and has no head-only phase (its head is trained); a
+    checkpoint of another model or other classes is refused by name."""
+    import torch
+
+    from raymotion.models import create_model, get_model_spec
+    from raymotion.train.checkpoint import save_checkpoint
+    from raymotion.train.loop import TrialSession, setup_worker, transfer_phases
+
+    classes, spec = ["angry", "happy", "sad"], get_model_spec("mobilenet_v2")
+    torch.manual_seed(5)
+    member = create_model("mobilenet_v2", num_classes=3, pretrained=False)
+    checkpoint = str(tmp_path / "checkpoints" / "mobilenet_v2")
+    save_checkpoint(checkpoint, member, {"model": "mobilenet_v2", "classes": classes, "input_size": 32,
+                                         "mean": list(spec.mean), "std": list(spec.std), "epoch": 3,
+                                         "metrics": {}, "train_config": {}})
+
+    def setup(cfg: TrainConfig, run_classes=classes):
+        return setup_worker({"train": cfg.to_dict(), "classes": run_classes, "train_rows": 64},
+                            TrialSession({}, use_gpu=False))
+
+    run, model = setup(TrainConfig(model="mobilenet_v2", epochs=3, head_epochs=1, init_checkpoint=checkpoint))
+    expected = member.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+    assert run.pretrained is False and transfer_phases(run.cfg, run.pretrained) == [("full", 3, run.cfg.lr)]
+    # Without it, the same config starts from ImageNet with its head phase.
+    fresh, fresh_model = setup(TrainConfig(model="mobilenet_v2", epochs=3, head_epochs=1))
+    assert fresh.pretrained is True and transfer_phases(fresh.cfg, fresh.pretrained)[0][0] == "head"
+    assert not torch.equal(fresh_model.state_dict()["features.0.0.weight"], expected["features.0.0.weight"])
+    with pytest.raises(ValueError, match="not a lenet"):
+        setup(TrainConfig(model="lenet", init_checkpoint=checkpoint))
+    with pytest.raises(ValueError, match="classes"):
+        setup(TrainConfig(model="mobilenet_v2", init_checkpoint=checkpoint), ["calm", "happy", "sad"])

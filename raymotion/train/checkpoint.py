@@ -48,3 +48,14 @@ def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
     state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval(), meta.model_dump(exclude_none=True)
+
+
+def load_initial_weights(model: nn.Module, directory: str, model_name: str, classes: list[str]) -> None:
+    """Load a checkpoint's weights into ``model`` (TrainConfig.init_checkpoint), strictly, after checking
+    that it is the same model and classes: a mismatch fails here by name, not as a shape error."""
+    meta = rundir.read_checkpoint_meta(directory)
+    if meta.model != model_name or list(meta.classes) != list(classes):
+        raise ValueError(f"init_checkpoint {directory}: a {meta.model} of classes {meta.classes}, "
+                         f"not a {model_name} of classes {classes}")
+    state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
-from raymotion.train.checkpoint import load_train_state, save_checkpoint
+from raymotion.train.checkpoint import load_initial_weights, load_train_state, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
@@ -274,10 +274,15 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     classes: list[str] = loop_config["classes"]
-    model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
+    model = create_model(cfg.model, num_classes=len(classes), pretrained=False if cfg.init_checkpoint else cfg.pretrained)
+    if cfg.init_checkpoint:
+        load_initial_weights(model, cfg.init_checkpoint, cfg.model, classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pretrained = bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str)
+    # Whether a head-only phase applies: ImageNet features under a new head. A model that starts from one
+    # of our own checkpoints has its head trained already, so it fine-tunes whole from the first epoch.
+    pretrained = not cfg.init_checkpoint and (
+        bool(cfg.pretrained) and spec.pretrained_weights is not None or isinstance(cfg.pretrained, str))
     device = select_device(cfg, session.device())
     amp = amp_settings(cfg, device)
     world = session.world

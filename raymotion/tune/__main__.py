@@ -214,10 +214,14 @@ def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], 
     return path
 
 
-def student_stage(ctx: RunContext, base: TrainConfig) -> dict:
+def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None) -> dict:
     """The distilled single student: ``base.model`` trained against the final ensemble's soft labels into
-    a run directory of its own (RUN_DIR/student), servable alone."""
+    a run directory of its own (RUN_DIR/student), servable alone; from ``member_checkpoint`` (the run's
+    member of that model) when the preset says ``student_from_member``."""
     base = base.replace(source="the distilled student", soft_labels=soft_labels_of(ctx, "ensemble", None))
+    if ctx.preset.student_from_member and member_checkpoint:
+        base = base.replace(source="the distilled student", init_checkpoint=member_checkpoint)
+        print(f"the student {base.model} starts from the run's member: {member_checkpoint}", flush=True)
     student_dir = os.path.join(ctx.run_dir, STUDENT_DIR)
     label = f"student:{base.model}"
     checkpoints, extra = tune_stage(ctx, {base.model: base}, {base.model: 1}, student_dir, {base.model: label})
@@ -281,7 +285,7 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     checkpoints = {m: checkpoints[m] for m in models}  # the manifest's (and report's) order is the user's
     manifest = export_stage(ctx, ctx.run_dir, checkpoints, extra, what="every model")
     if student:
-        student_stage(ctx, student)
+        student_stage(ctx, student, checkpoints.get(student.model))
     ctx.cached_by_size.clear()
     print(f"report: {write_report(ctx.run_dir)}", flush=True)
     return ctx.run_dir, manifest, ctx.owns_ray
