@@ -75,3 +75,17 @@ def test_a_student_config_reads_its_soft_labels_by_uid_and_refuses_other_classes
     assert teacher_by_uid(TrainConfig(), manifest["classes"]) is None
     with pytest.raises(ConfigError, match="classes"):
         teacher_by_uid(TrainConfig(soft_labels=path), ["happy", "sad", "angry"])
+
+
+def test_the_single_student_starts_from_the_runs_member_only_where_the_preset_says_so():
+    """Preset.student_from_member: the full preset's student starts from the run's trained member of its
+    model; a preset without it, or a run without that member, starts the student from ImageNet."""
+    from raymotion.config import PRESETS, Preset, TrainConfig
+    from raymotion.tune.__main__ import student_config
+
+    base = TrainConfig(model="mobilenet_v2")
+    full = student_config(base, PRESETS["full"], "distill/ensemble.npz", "runs/r/checkpoints/mobilenet_v2")
+    assert (full.soft_labels, full.init_checkpoint) == ("distill/ensemble.npz", "runs/r/checkpoints/mobilenet_v2")
+    assert student_config(base, PRESETS["full"], "s.npz", None).init_checkpoint == ""
+    plain = student_config(base, Preset(name="plain", student="mobilenet_v2"), "s.npz", "ck")
+    assert (plain.soft_labels, plain.init_checkpoint) == ("s.npz", "")

@@ -214,14 +214,22 @@ def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], 
     return path
 
 
+def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_checkpoint: str | None) -> TrainConfig:
+    """The distilled student's config: ``base`` against the final ensemble's ``soft_labels``, starting from
+    ``member_checkpoint`` (the run's member of the same model, if any) when the preset says
+    ``student_from_member``."""
+    changes: dict = {"soft_labels": soft_labels}
+    if preset.student_from_member and member_checkpoint:
+        changes["init_checkpoint"] = member_checkpoint
+    return base.replace(source="the distilled student", **changes)
+
+
 def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None) -> dict:
-    """The distilled single student: ``base.model`` trained against the final ensemble's soft labels into
-    a run directory of its own (RUN_DIR/student), servable alone; from ``member_checkpoint`` (the run's
-    member of that model) when the preset says ``student_from_member``."""
-    base = base.replace(source="the distilled student", soft_labels=soft_labels_of(ctx, "ensemble", None))
-    if ctx.preset.student_from_member and member_checkpoint:
-        base = base.replace(source="the distilled student", init_checkpoint=member_checkpoint)
-        print(f"the student {base.model} starts from the run's member: {member_checkpoint}", flush=True)
+    """The distilled single student: trained (``student_config``) into a run directory of its own
+    (RUN_DIR/student), servable alone."""
+    base = student_config(base, ctx.preset, soft_labels_of(ctx, "ensemble", None), member_checkpoint)
+    if base.init_checkpoint:
+        print(f"the student {base.model} starts from the run's member: {base.init_checkpoint}", flush=True)
     student_dir = os.path.join(ctx.run_dir, STUDENT_DIR)
     label = f"student:{base.model}"
     checkpoints, extra = tune_stage(ctx, {base.model: base}, {base.model: 1}, student_dir, {base.model: label})
