@@ -20,6 +20,14 @@ import time
 from raymotion.data import index_image_folders, resolve_data_root
 
 
+def write_result(result: dict, path: str, default=None) -> None:
+    """A benchmark's JSON at ``path`` (its folder made), and where it went."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=default)
+    print(f"\nwrote {path}")
+
+
 def run_data(args: argparse.Namespace) -> dict:
     from raymotion.data.__main__ import prepare_parquet
     from raymotion.data.parquet import ParquetCache
@@ -132,10 +140,7 @@ def run_serve(args: argparse.Namespace) -> None:
     result["table"] = table(result)
     print("\n" + result["table"])
     path = args.json or os.path.join(args.run_dir, "bench", f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {path}")
+    write_result(result, path)
 
 
 def add_serve_arguments(sub) -> None:
@@ -206,10 +211,7 @@ def run_tune(args: argparse.Namespace) -> None:
     result["table"] = table(result)
     print("\n" + result["table"])
     path = args.json or os.path.join("runs", "bench", f"tune-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    print(f"\nwrote {path}")
+    write_result(result, path, default=str)
 
 
 def run_ensemble(args: argparse.Namespace) -> None:
@@ -220,10 +222,7 @@ def run_ensemble(args: argparse.Namespace) -> None:
     result["table"] = table(result)
     print(result["table"])
     path = args.json or os.path.join("runs", "bench", f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {path}")
+    write_result(result, path)
 
 
 def run_train_step(args: argparse.Namespace) -> None:
@@ -237,10 +236,7 @@ def run_train_step(args: argparse.Namespace) -> None:
     result["table"] = table(result)
     print("\n" + result["table"])
     path = args.json or os.path.join("runs", "bench", f"train-step-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {path}")
+    write_result(result, path)
 
 
 def add_train_step_arguments(sub) -> None:
@@ -317,12 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in commands:
         commands[args.command](args)
         return
-    result = run_data(args)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"data-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"\nwrote {path}")
+    write_result(run_data(args), os.path.join(args.out, f"data-{time.strftime('%Y%m%d-%H%M%S')}.json"))
 
 
 if __name__ == "__main__":
