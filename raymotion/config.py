@@ -356,7 +356,7 @@ PRESETS: dict[str, Preset] = {
         students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
         student_from_member=True,
-        student_overrides={"epochs": 3, "input_size": 128, "lr": 2e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
+        student_overrides={"epochs": 3, "input_size": 128, "lr": 1e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7, "amp": True},
             "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
