@@ -344,10 +344,11 @@ PRESETS: dict[str, Preset] = {
     # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then train against
     # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
     # MobileNetV2 student is distilled from the whole ensemble into RUN_DIR/student (one model's latency).
-    # Split to fit 100 minutes on a 2-CPU machine with bf16 in hardware (amp "auto": bf16 autocast and
-    # channels_last, about 2.4x float32's speed there for MobileNetV2 at 128 px): the budget goes to input
-    # size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.879 at 128 in earlier runs)
-    # and to epochs for the distilled students. See README for what a run measured and how it was split.
+    # The budget goes to input size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.866
+    # at 128) and to epochs for the distilled students. A run took 56 of its 100 minutes on a 2-CPU machine
+    # with bf16 in hardware (README); a CPU without it gets channels_last's speed-up alone (bench
+    # train-step: about 1.1-1.8x float32 instead of 1.6-2.5x), for which the rest is left (an estimate:
+    # no such machine was measured).
     "full": Preset(
         name="full",
         models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
