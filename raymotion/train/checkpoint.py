@@ -36,8 +36,7 @@ def load_train_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str,
     path = os.path.join(directory, TRAIN_STATE_FILE)
     if not os.path.exists(path):
         return None
-    model_state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
-    return model_state, torch.load(path, map_location="cpu", weights_only=True)
+    return read_model_state(directory), torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -45,9 +44,13 @@ def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
     as its JSON (validated by rundir.CheckpointMeta)."""
     meta = rundir.read_checkpoint_meta(directory)
     model = create_model(meta.model, num_classes=len(meta.classes), pretrained=False)
-    state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_model_state(directory), strict=True)
     return model.eval(), meta.model_dump(exclude_none=True)
+
+
+def read_model_state(directory: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's model state dict, on the CPU."""
+    return torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
 
 
 def load_initial_weights(model: nn.Module, directory: str, model_name: str, classes: list[str]) -> None:
@@ -57,5 +60,4 @@ def load_initial_weights(model: nn.Module, directory: str, model_name: str, clas
     if meta.model != model_name or list(meta.classes) != list(classes):
         raise ValueError(f"init_checkpoint {directory}: a {meta.model} of classes {meta.classes}, "
                          f"not a {model_name} of classes {classes}")
-    state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_model_state(directory), strict=True)
