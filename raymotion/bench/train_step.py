@@ -57,8 +57,7 @@ class VariantRunner:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.amp = amp_settings(cfg, torch.device("cpu"))
         generator = torch.Generator().manual_seed(seed)
-        images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=generator)
-        self.batch = images
+        self.batch = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=generator)
         self.mean, self.std = torch.tensor(spec.mean), torch.tensor(spec.std)
         self.channels_last = cfg.channels_last
         self.labels = torch.arange(batch_size) % 3
