@@ -346,10 +346,11 @@ PRESETS: dict[str, Preset] = {
     # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
     # MobileNetV2 student is distilled from the whole ensemble into RUN_DIR/student (one model's latency).
     # The budget goes to input size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.866
-    # at 128) and to epochs for the distilled students. A run took 56 of its 100 minutes on a 2-CPU machine
-    # with bf16 in hardware (README); a CPU without it gets channels_last's speed-up alone (bench
-    # train-step: about 1.1-1.8x float32 instead of 1.6-2.5x), for which the rest is left (an estimate:
-    # no such machine was measured).
+    # at 128) and to epochs: at two thirds of these epochs a run took 56 of its 100 minutes on a 2-CPU
+    # machine with bf16 in hardware, and every member was still improving at its last epoch, so the epochs
+    # rose by about half (the README has the run's minutes). A CPU without bf16 gets channels_last's
+    # speed-up alone (bench train-step: about 1.1-1.8x float32 instead of 1.6-2.5x): on such a machine the
+    # full preset can run past 100 minutes (an estimate: no such machine was measured).
     "full": Preset(
         name="full",
         models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
@@ -361,13 +362,13 @@ PRESETS: dict[str, Preset] = {
         student_overrides={"epochs": 3, "input_size": 128, "lr": 1e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7, "amp": True},
-            "lenet": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
-            "resnet34": {"epochs": 8, "input_size": 64, "label_smoothing": 0.0},
-            "mobilenet_v2": {"epochs": 8, "input_size": 128, "head_epochs": 1},
-            "efficientnet_lite0": {"epochs": 7, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
-            "efficientnet_lite2": {"epochs": 4, "input_size": 112, "head_epochs": 1},
-            "vit": {"epochs": 6, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
-            "hf_vit": {"epochs": 6, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
+            "lenet": {"epochs": 12, "input_size": 64, "label_smoothing": 0.0},
+            "resnet34": {"epochs": 12, "input_size": 64, "label_smoothing": 0.0},
+            "mobilenet_v2": {"epochs": 12, "input_size": 128, "head_epochs": 1},
+            "efficientnet_lite0": {"epochs": 11, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
+            "efficientnet_lite2": {"epochs": 6, "input_size": 112, "head_epochs": 1},
+            "vit": {"epochs": 10, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
+            "hf_vit": {"epochs": 10, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
         },
     ),
     # Smoke runs (tests): one tiny epoch shape everywhere; LeNet distilled when a teacher runs beside it.
