@@ -156,6 +156,13 @@ class TrainConfig:
     # "" = labels only.
     soft_labels: str = ""
     distill_alpha: float = 0.5
+    # Online distillation, instead of soft_labels: raymotion checkpoint directories (same classes) of
+    # teachers that score every training batch as the student sees it, augmented and mixed, each at its own
+    # input size; their geometric mean takes soft_labels' place in the target (weight distill_alpha). A
+    # teacher that sees the same view as the student, every epoch a new one, teaches what it knows about that
+    # view ("patient and consistent", Beyer et al. 2022); soft labels of the training images as stored are
+    # the teachers' memory of images they were trained on, close to the labels themselves. () = none.
+    teacher_checkpoints: tuple[str, ...] = ()
     # A raymotion checkpoint directory (model.pt + meta.json) of this same model and classes: training
     # starts from its weights rather than from ``pretrained``'s (the distilled student starts from the run's
     # own member of its model, see Preset.student_from_member). "" = none.
@@ -196,6 +203,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_literals(self)
+        self.teacher_checkpoints = tuple(self.teacher_checkpoints)  # a list, as configs travel as JSON
+        if self.soft_labels and self.teacher_checkpoints:
+            raise ConfigError("TrainConfig: soft_labels (stored) and teacher_checkpoints (online) are two ways to "
+                              "distil; give one")
         if isinstance(self.augmentation, dict):  # from to_dict(), as configs travel to workers
             check_keys(Augmentation, self.augmentation, "TrainConfig.augmentation")
             self.augmentation = Augmentation(**self.augmentation)
@@ -311,6 +322,9 @@ class Preset:
     # when the run has one, instead of from ImageNet: it then begins at that member's accuracy and spends
     # its epochs moving toward the ensemble rather than learning the faces again.
     student_from_member: bool = False
+    # The students learn from the teachers online (TrainConfig.teacher_checkpoints: every teacher scores each
+    # augmented batch) rather than from their ensemble's stored soft labels of the training images.
+    online_teachers: bool = False
 
     def __post_init__(self) -> None:
         # At definition: a misspelt override fails when the preset is written, not when its model runs.

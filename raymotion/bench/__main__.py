@@ -5,7 +5,8 @@
 replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py).
 ``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh).
 ``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold.
-``python -m raymotion.bench train-step``: training steps per second in float32, channels_last and bf16 autocast."""
+``python -m raymotion.bench train-step``: training steps per second in float32, channels_last and bf16 autocast.
+``python -m raymotion.bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers."""
 
 from __future__ import annotations
 
@@ -239,6 +240,30 @@ def run_train_step(args: argparse.Namespace) -> None:
     write_result(result, path)
 
 
+def run_distill(args: argparse.Namespace) -> None:
+    from raymotion.bench.distill import DistillBenchConfig, run_distill_bench, table
+    from raymotion.runtime import init_ray
+
+    cfg = DistillBenchConfig(run_dir=args.run_dir, model=args.model, epochs=args.epochs,
+                             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), data=args.data)
+    init_ray(args.address)
+    result = run_distill_bench(cfg, log=lambda line: print(line, flush=True))
+    result["table"] = table(result)
+    print("\n" + result["table"])
+    write_result(result, args.json or os.path.join("runs", "bench", f"distill-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+
+
+def add_distill_arguments(sub) -> None:
+    p = sub.add_parser("distill", help="a run's distilled member again: stored soft labels vs online teachers")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a distilled member")
+    p.add_argument("--model", default="vit", help="the member to train again")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--variants", default="stored,online", help="comma-separated, of labels, stored, online")
+    p.add_argument("--data", help="data root (default: the run's)")
+    p.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
+    p.add_argument("--json", help="output JSON (default runs/bench/distill-<time>.json)")
+
+
 def add_train_step_arguments(sub) -> None:
     p = sub.add_parser("train-step", help="training steps per second: float32 vs channels_last vs bf16 autocast")
     p.add_argument("--models", default="lenet,resnet34,mobilenet_v2,efficientnet_lite0,vit,hf_vit",
@@ -298,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     add_cluster_arguments(sub)
     add_tune_arguments(sub)
     add_train_step_arguments(sub)
+    add_distill_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
     ens.add_argument("--min-members", type=int, default=2, help="smallest member set tried")
@@ -309,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument("--json", help="also write it as JSON")
     args = parser.parse_args(argv)
     commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve,
-                "ensemble": run_ensemble, "train-step": run_train_step}
+                "ensemble": run_ensemble, "train-step": run_train_step, "distill": run_distill}
     if args.command in commands:
         commands[args.command](args)
         return

@@ -23,7 +23,7 @@ import torch.nn as nn
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
-from raymotion.train.checkpoint import load_initial_weights, load_train_state, save_checkpoint
+from raymotion.train.checkpoint import load_checkpoint, load_initial_weights, load_train_state, save_checkpoint
 from raymotion.train.metrics import classification_metrics
 
 
@@ -120,6 +120,51 @@ def maybe_compile(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     return torch.compile(model) if cfg.torch_compile else model
 
 
+class Teacher(NamedTuple):
+    """An online-distillation teacher (TrainConfig.teacher_checkpoints), frozen on the train device."""
+
+    model: nn.Module
+    input_size: int
+    mean: torch.Tensor  # (3,) on the device: the teacher's own standardisation, which may not be the student's
+    std: torch.Tensor
+
+
+def load_teachers(directories: Iterable[str], classes: list[str], device: torch.device,
+                  channels_last: bool) -> list[Teacher]:
+    """The checkpoints in ``directories`` as frozen teachers, in eval mode; one of other classes is refused
+    by name."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    teachers = []
+    for directory in directories:
+        model, meta = load_checkpoint(directory)
+        if list(meta["classes"]) != list(classes):
+            raise ValueError(f"teacher {directory}: a {meta['model']} of classes {meta['classes']}, "
+                             f"not of this run's classes {classes}")
+        model.requires_grad_(False)
+        teachers.append(Teacher(model.to(device, memory_format=layout), int(meta["input_size"]),
+                                torch.tensor(meta["mean"], dtype=torch.float32, device=device),
+                                torch.tensor(meta["std"], dtype=torch.float32, device=device)))
+    return teachers
+
+
+@torch.no_grad()
+def teacher_probabilities(teachers: list[Teacher], images: torch.Tensor, amp: AmpSettings, device: torch.device,
+                          channels_last: bool = False) -> torch.Tensor:
+    """(N, C) float32: the teachers' normalised geometric mean (the ensemble's default pooling) on ``images``,
+    the uint8 NHWC batch as the student sees it; each teacher gets it standardised its own way and resized
+    to its own input size (bilinear, antialiased), as it was trained."""
+    log_probs = []
+    for teacher in teachers:
+        x = standardize(images, teacher.mean, teacher.std, channels_last)
+        if tuple(x.shape[-2:]) != (teacher.input_size, teacher.input_size):
+            x = nn.functional.interpolate(x, size=(teacher.input_size, teacher.input_size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+        with amp.autocast(device):
+            logits = teacher.model(x)
+        log_probs.append(logits.float().log_softmax(1))
+    return torch.stack(log_probs).mean(0).softmax(1)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: AmpSettings,
              mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> dict[str, float]:
@@ -209,6 +254,7 @@ class WorkerRun:
     rank: int
     world: int
     session: "Session"  # where the run reports, resumes and gets its data
+    teachers: list[Teacher]  # online distillation's (TrainConfig.teacher_checkpoints); [] = none
 
 
 class TrainWorkerSession:
@@ -295,7 +341,8 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
                                   weight=torch.tensor(weights, device=device) if weights else None)
     run = WorkerRun(cfg, classes, device, amp, torch.tensor(spec.mean, dtype=torch.float32, device=device),
                     torch.tensor(spec.std, dtype=torch.float32, device=device), pretrained, steps_per_epoch, loss_fn,
-                    torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), session.rank, world, session)
+                    torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), session.rank, world, session,
+                    load_teachers(cfg.teacher_checkpoints, classes, device, cfg.channels_last))
     return run, model
 
 
@@ -332,6 +379,10 @@ def train_one_epoch(run: WorkerRun, model: nn.Module, optimizer: torch.optim.Opt
         first_batch_at = first_batch_at or time.time()
         images = standardize(batch["image"], run.mean, run.std, run.cfg.channels_last)
         labels, target = batch["label"], batch["target"]
+        if run.teachers:
+            alpha = run.cfg.distill_alpha
+            target = (1 - alpha) * target + alpha * teacher_probabilities(run.teachers, batch["image"], run.amp,
+                                                                          run.device, run.cfg.channels_last)
         with run.amp.autocast(run.device):
             logits = model(images)
             loss = run.loss_fn(logits, target)

@@ -150,7 +150,12 @@ class RunContext:
 def tune_one(label: str, base: TrainConfig, settings, ctx: RunContext, run_dir: str):
     """One model's search (continued if this run started it), recorded in <run_dir>/trials/<model>.json.
     ``label``: the model's name in progress lines ("student:<model>" for the distilled student)."""
-    distilled = f"; distilled from {base.soft_labels} (alpha {base.distill_alpha})" if base.soft_labels else ""
+    distilled = ""
+    if base.soft_labels:
+        distilled = f"; distilled from {base.soft_labels} (alpha {base.distill_alpha})"
+    elif base.teacher_checkpoints:
+        teachers = ", ".join(os.path.basename(path) for path in base.teacher_checkpoints)
+        distilled = f"; distilled online from {teachers} (alpha {base.distill_alpha})"
     print(f"\ntuning {label}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
           f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
           f"class weighting: {base.class_weighting}{distilled} | {ctx.clock.status()}", flush=True)
@@ -212,6 +217,19 @@ def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], 
         print(f"soft labels: the {stage} ensemble on the training images -> {path}", flush=True)
         cached_soft_labels(ctx.run_dir, ctx.source, path)
     return path
+
+
+def distilled_configs(ctx: RunContext, bases: dict[str, TrainConfig], checkpoints: dict[str, str],
+                      extra: dict[str, dict]) -> dict[str, TrainConfig]:
+    """The students' configs, against the teachers (``checkpoints``, their tune records ``extra``): online
+    when the preset says ``online_teachers`` (every teacher scores each batch), else their ensemble's
+    stored soft labels (exported and computed first)."""
+    if ctx.preset.online_teachers:
+        teachers = tuple(checkpoints.values())
+        print(f"\nthe students learn from the teachers online: {', '.join(checkpoints)}", flush=True)
+        return {m: base.replace(source="distillation", teacher_checkpoints=teachers) for m, base in bases.items()}
+    path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
+    return {m: base.replace(source="distillation", soft_labels=path) for m, base in bases.items()}
 
 
 def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_checkpoint: str | None) -> TrainConfig:
@@ -286,8 +304,7 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     ctx.clock.plans.update(plans)
     checkpoints, extra = tune_stage(ctx, {m: bases[m] for m in teachers}, trials, ctx.run_dir)
     if students:
-        path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
-        distilled = {m: bases[m].replace(source="distillation", soft_labels=path) for m in students}
+        distilled = distilled_configs(ctx, {m: bases[m] for m in students}, checkpoints, extra)
         more = tune_stage(ctx, distilled, trials, ctx.run_dir)
         checkpoints, extra = {**checkpoints, **more[0]}, {**extra, **more[1]}
     checkpoints = {m: checkpoints[m] for m in models}  # the manifest's (and report's) order is the user's
