@@ -325,6 +325,8 @@ class Preset:
     # The students learn from the teachers online (TrainConfig.teacher_checkpoints: every teacher scores each
     # augmented batch) rather than from their ensemble's stored soft labels of the training images.
     online_teachers: bool = False
+    # The same for the single ``student``: the final ensemble's served members teach it online.
+    student_online_teachers: bool = False
 
     def __post_init__(self) -> None:
         # At definition: a misspelt override fails when the preset is written, not when its model runs.

@@ -105,3 +105,16 @@ def test_a_preset_with_online_teachers_gives_its_students_the_teachers_checkpoin
     configs = distilled_configs(ctx, {"lenet": TrainConfig(model="lenet")}, checkpoints, {})
     assert configs["lenet"].teacher_checkpoints == tuple(checkpoints.values())
     assert configs["lenet"].soft_labels == ""
+
+
+def test_the_single_student_learns_online_from_the_served_members_where_the_preset_says_so():
+    from raymotion.config import Preset
+    from raymotion.tune.__main__ import student_config
+
+    served = ("/r/checkpoints/mobilenet_v2", "/r/checkpoints/efficientnet_lite0")
+    base = TrainConfig(model="mobilenet_v2")
+    online = student_config(base, Preset(name="o", student="mobilenet_v2", student_online_teachers=True), "",
+                            "/r/checkpoints/mobilenet_v2", served)
+    assert (online.teacher_checkpoints, online.soft_labels) == (served, "")
+    stored = student_config(base, Preset(name="s", student="mobilenet_v2"), "e.npz", None, served)
+    assert (stored.teacher_checkpoints, stored.soft_labels) == ((), "e.npz")

@@ -232,20 +232,26 @@ def distilled_configs(ctx: RunContext, bases: dict[str, TrainConfig], checkpoint
     return {m: base.replace(source="distillation", soft_labels=path) for m, base in bases.items()}
 
 
-def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_checkpoint: str | None) -> TrainConfig:
-    """The distilled student's config: ``base`` against the final ensemble's ``soft_labels``, starting from
-    ``member_checkpoint`` (the run's member of the same model, if any) when the preset says
+def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_checkpoint: str | None,
+                   teachers: tuple[str, ...] = ()) -> TrainConfig:
+    """The distilled student's config: ``base`` against the final ensemble's ``soft_labels``, or online
+    against ``teachers`` (the served members' checkpoints) when the preset says ``student_online_teachers``;
+    starting from ``member_checkpoint`` (the run's member of the same model, if any) when it says
     ``student_from_member``."""
-    changes: dict = {"soft_labels": soft_labels}
+    changes: dict = ({"teacher_checkpoints": tuple(teachers)} if preset.student_online_teachers
+                     else {"soft_labels": soft_labels})
     if preset.student_from_member and member_checkpoint:
         changes["init_checkpoint"] = member_checkpoint
     return base.replace(source="the distilled student", **changes)
 
 
-def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None) -> dict:
+def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None,
+                  teachers: tuple[str, ...] = ()) -> dict:
     """The distilled single student: trained (``student_config``) into a run directory of its own
-    (RUN_DIR/student), servable alone."""
-    base = student_config(base, ctx.preset, soft_labels_of(ctx, "ensemble", None), member_checkpoint)
+    (RUN_DIR/student), servable alone. ``teachers``: the served members' checkpoints."""
+    online = ctx.preset.student_online_teachers
+    base = student_config(base, ctx.preset, "" if online else soft_labels_of(ctx, "ensemble", None),
+                          member_checkpoint, teachers)
     if base.init_checkpoint:
         print(f"the student {base.model} starts from the run's member: {base.init_checkpoint}", flush=True)
     student_dir = os.path.join(ctx.run_dir, STUDENT_DIR)
@@ -310,7 +316,8 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     checkpoints = {m: checkpoints[m] for m in models}  # the manifest's (and report's) order is the user's
     manifest = export_stage(ctx, ctx.run_dir, checkpoints, extra, what="every model")
     if student:
-        student_stage(ctx, student, checkpoints.get(student.model))
+        student_stage(ctx, student, checkpoints.get(student.model),
+                      tuple(checkpoints[m] for m in manifest["ensemble"]["served"]))
     ctx.cached_by_size.clear()
     print(f"report: {write_report(ctx.run_dir)}", flush=True)
     return ctx.run_dir, manifest, ctx.owns_ray
