@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -203,7 +204,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_literals(self)
-        self.teacher_checkpoints = tuple(self.teacher_checkpoints)  # a list, as configs travel as JSON
+        # Absolute where the config is made (the driver): Train workers and Tune trials run elsewhere. A tuple
+        # again after the JSON that configs travel as.
+        self.teacher_checkpoints = tuple(os.path.abspath(path) for path in self.teacher_checkpoints)
+        self.init_checkpoint = os.path.abspath(self.init_checkpoint) if self.init_checkpoint else ""
         if self.soft_labels and self.teacher_checkpoints:
             raise ConfigError("TrainConfig: soft_labels (stored) and teacher_checkpoints (online) are two ways to "
                               "distil; give one")

@@ -1,6 +1,8 @@
 """Online distillation (TrainConfig.teacher_checkpoints): teachers score each batch as the student sees it,
 at their own input size and standardisation, and the student learns their view rather than the labels."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -88,8 +90,11 @@ def test_online_teachers_are_refused_beside_stored_soft_labels_and_with_other_cl
     save_teacher(checkpoint, says=0, classes=["calm", "happy", "sad"])
     with pytest.raises(ValueError, match="not of this run's classes"):
         setup(TrainConfig(model="lenet", teacher_checkpoints=(checkpoint,)), rows=64)
-    # As configs travel to workers (JSON): a list comes back a tuple.
-    assert TrainConfig(teacher_checkpoints=["a", "b"]).teacher_checkpoints == ("a", "b")
+    # As configs travel to workers (JSON): a list comes back a tuple; and absolute, where it was made: a
+    # Train worker's working directory is not the driver's.
+    cfg = TrainConfig(teacher_checkpoints=["runs/r/checkpoints/a", "/b"], init_checkpoint="runs/r/checkpoints/c")
+    assert cfg.teacher_checkpoints == (os.path.abspath("runs/r/checkpoints/a"), "/b")
+    assert cfg.init_checkpoint == os.path.abspath("runs/r/checkpoints/c") and TrainConfig().init_checkpoint == ""
 
 
 def test_a_preset_with_online_teachers_gives_its_students_the_teachers_checkpoints():
