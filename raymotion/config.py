@@ -364,7 +364,9 @@ PRESETS: dict[str, Preset] = {
     # CNNs (MobileNetV2, EfficientNet-Lite0 and -Lite2) train first and are the teachers; LeNet and ResNet34
     # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then train against
     # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
-    # MobileNetV2 student is distilled from the whole ensemble into RUN_DIR/student (one model's latency).
+    # MobileNetV2 student, started from the run's own MobileNetV2, learns online from the ensemble's served
+    # members into RUN_DIR/student (one model's latency; online rather than stored soft labels: README,
+    # "Online teachers").
     # The budget goes to input size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.866
     # at 128) and to epochs: at two thirds of these epochs a run took 56 of its 100 minutes on a 2-CPU
     # machine with bf16 in hardware, and every member was still improving at its last epoch, so the epochs
@@ -379,6 +381,7 @@ PRESETS: dict[str, Preset] = {
         students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
         student_from_member=True,
+        student_online_teachers=True,
         student_overrides={"epochs": 3, "input_size": 128, "lr": 1e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={
             "*": {"early_stopping_patience": 3, "distill_alpha": 0.7, "amp": True},

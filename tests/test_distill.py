@@ -84,8 +84,9 @@ def test_the_single_student_starts_from_the_runs_member_only_where_the_preset_sa
     from raymotion.tune.__main__ import student_config
 
     base = TrainConfig(model="mobilenet_v2")
-    full = student_config(base, PRESETS["full"], "distill/ensemble.npz", "runs/r/checkpoints/mobilenet_v2")
-    assert (full.soft_labels, full.init_checkpoint) == ("distill/ensemble.npz", os.path.abspath("runs/r/checkpoints/mobilenet_v2"))
+    full = student_config(base, PRESETS["full"], "", "runs/r/checkpoints/mobilenet_v2", ("/r/checkpoints/a",))
+    assert full.init_checkpoint == os.path.abspath("runs/r/checkpoints/mobilenet_v2")
+    assert (full.soft_labels, full.teacher_checkpoints) == ("", ("/r/checkpoints/a",))  # online, from the served
     assert student_config(base, PRESETS["full"], "s.npz", None).init_checkpoint == ""
     plain = student_config(base, Preset(name="plain", student="mobilenet_v2"), "s.npz", "ck")
     assert (plain.soft_labels, plain.init_checkpoint) == ("s.npz", "")
