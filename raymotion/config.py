@@ -201,6 +201,9 @@ class TrainConfig:
     pin_memory: bool = True
     # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
     torch_threads: int = 0
+    # Keys a preset or --set chose (tune's base_config): the search space leaves them as they are and Tune
+    # searches the rest. Without this a searched key's start point silently replaced the chosen value.
+    pinned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_literals(self)
@@ -208,6 +211,8 @@ class TrainConfig:
         # again after the JSON that configs travel as.
         self.teacher_checkpoints = tuple(os.path.abspath(path) for path in self.teacher_checkpoints)
         self.init_checkpoint = os.path.abspath(self.init_checkpoint) if self.init_checkpoint else ""
+        self.pinned = tuple(self.pinned)
+        check_train_keys(self.pinned, "TrainConfig.pinned")
         if self.soft_labels and self.teacher_checkpoints:
             raise ConfigError("TrainConfig: soft_labels (stored) and teacher_checkpoints (online) are two ways to "
                               "distil; give one")

@@ -82,3 +82,16 @@ def test_the_train_command_takes_set_pairs_and_bool_flags_take_no_forms():
     off = ExportConfig.from_arguments(parser.parse_args(["--no-int8", "--no-flip-tta"]))
     assert (off.int8, off.flip_tta) == (False, False)
     assert parse_args(["--serve"]).serve and not parse_args([]).serve
+
+
+def test_what_a_preset_or_the_cli_sets_is_pinned_and_tune_does_not_search_it():
+    # The full preset's student sets lr 1e-4: the MobileNetV2 space's start point (5e-4) replaced it, silently.
+    student = base_config("mobilenet_v2", parse_args(["--preset", "full"]), PRESETS["full"], student=True)
+    assert student.lr == 1e-4 and {"lr", "epochs", "input_size", "distill_alpha"} <= set(student.pinned)
+    space = load_search_space("mobilenet_v2", pinned=student.pinned)
+    assert "lr" not in space.param_space and "lr" not in space.start[0] and "weight_decay" in space.param_space
+    cli = base_config("lenet", parse_args(["--set", "rotation_deg=3", "--epochs", "2"]), PRESETS["quick"])
+    assert {"rotation_deg", "epochs"} <= set(cli.pinned) and "lr" not in cli.pinned
+    assert "rotation_deg" not in load_search_space("lenet", pinned=cli.pinned).param_space
+    with pytest.raises(ConfigError, match="TrainConfig.pinned"):
+        TrainConfig(pinned=("learning_rate",))

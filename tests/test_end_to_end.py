@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 
@@ -72,6 +73,18 @@ def test_tensorboard_reads_every_trials_scalars(run):
             # One point per epoch, at steps 1, 2, ...: the curve of that trial.
             assert [e.step for e in accuracy] == list(range(1, len(accuracy) + 1)) and accuracy
             assert all(0.0 <= e.value <= 1.0 for e in accuracy)
+
+
+def test_the_trials_search_only_what_the_preset_and_the_cli_left_open(run):
+    # The smoke preset sets batch_size 16 and the command --epochs 2, input_size 64: every trial trains with
+    # them, and the trials table has no column for them; lr stays searched (two trials, two values).
+    run_dir = run[0]
+    for model in ("lenet", "mobilenet_v2"):
+        trials = pd.read_csv(rundir.trials_path(run_dir, model, ".csv"))
+        assert not {"config/batch_size", "config/epochs", "config/input_size"} & set(trials.columns), list(trials.columns)
+        assert len(trials) == 2 and trials["config/lr"].nunique() == 2
+        config = rundir.read_tune_result(run_dir, model).config
+        assert (config["batch_size"], config["epochs"], config["input_size"]) == (16, 2, 64)
 
 
 def test_run_directory_is_self_contained(run):

@@ -43,3 +43,12 @@ def test_the_head_phase_is_searched_only_for_a_model_that_starts_from_its_weight
     from_scratch = load_search_space("m", str(tmp_path), pretrained=False)
     assert set(with_weights.param_space) == {"lr", "head_epochs"} and with_weights.start == [{"lr": 1e-3, "head_epochs": 1}]
     assert set(from_scratch.param_space) == {"lr"} and from_scratch.start == [{"lr": 1e-3}]
+
+
+def test_pinned_keys_leave_the_space_and_its_start_point(tmp_path):
+    (tmp_path / "m.yaml").write_text("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  batch_size: {choice: [32, 64]}\n"
+                                     "start:\n  lr: 1.0e-3\n  batch_size: 32\n")
+    space = load_search_space("m", str(tmp_path), pinned=("lr", "epochs"))
+    assert set(space.param_space) == {"batch_size"} and space.start == [{"batch_size": 32}]
+    # Every key pinned: an empty space, which Tune runs as the base config alone.
+    assert load_search_space("m", str(tmp_path), pinned=("lr", "batch_size")).param_space == {}

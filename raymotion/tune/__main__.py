@@ -99,16 +99,17 @@ def resolve_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[
 
 def base_config(model: str, args: argparse.Namespace, preset: Preset, student: bool = False) -> TrainConfig:
     """The preset's config of ``model`` (``student``: with the preset's student_overrides), then --set and
-    --epochs, which apply to every model."""
+    --epochs, which apply to every model. Each key they set is pinned: the search space does not search it."""
     base = TrainConfig(model=model, seed=args.seed, num_workers=args.workers,
                        use_gpu=args.device == "cuda", amp=args.device == "cuda")
-    base = base.replace(source=f"preset {preset.name!r}, overrides of model {model!r}", **preset_overrides(preset, model))
-    if student:
-        base = base.replace(source=f"preset {preset.name!r}, student_overrides", **preset.student_overrides)
-    base = base.replace(source="--set", **parse_set_pairs(args.overrides))
-    if args.epochs:
-        base = base.replace(source="--epochs", epochs=args.epochs)
-    return base.replace(source="the model's input size", input_size=input_size_of(base))
+    layers = [(f"preset {preset.name!r}, overrides of model {model!r}", preset_overrides(preset, model)),
+              (f"preset {preset.name!r}, student_overrides", preset.student_overrides if student else {}),
+              ("--set", parse_set_pairs(args.overrides)),
+              ("--epochs", {"epochs": args.epochs} if args.epochs else {})]
+    for source, changes in layers:
+        base = base.replace(source=source, **changes)
+    pinned = sorted({key for _, changes in layers for key in changes})
+    return base.replace(source="the model's input size", input_size=input_size_of(base), pinned=tuple(pinned))
 
 
 def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int) -> ModelPlan:

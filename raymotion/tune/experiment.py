@@ -135,7 +135,7 @@ class SnapshotCountedSearch(SearchGenerator):
 def search_algorithm(settings: TuneSettings, space: SearchSpace):
     """Optuna's TPE or Tune's random sampling, both seeded, both starting at the space's start point, each
     limited to max_concurrent_trials itself (Tune applies that setting only to a bare Searcher)."""
-    if settings.search == "optuna":
+    if settings.search == "optuna" and space.param_space:  # every key pinned: nothing for Optuna to search
         optuna = OptunaSearch(points_to_evaluate=space.start or None, seed=settings.seed)
         return SnapshotCountedSearch(ConcurrencyLimiter(optuna, max_concurrent=settings.max_concurrent_trials))
     return BasicVariantGenerator(points_to_evaluate=space.start or None, random_state=settings.seed,
@@ -225,7 +225,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     if one was started); write the trials table; return the best epoch of the best trial.
     ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on.
     ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune)."""
-    space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained))
+    space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained), pinned=base.pinned)
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
     storage_path = os.path.join(run_dir, "tune")

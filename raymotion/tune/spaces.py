@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from ray import tune
@@ -82,9 +82,11 @@ def domain(path: str, key: str, spec: Any) -> Any:
         raise ConfigError(f"search space {path}: {key}: bad {kind} arguments {args!r} ({err})") from None
 
 
-def load_search_space(model: str, spaces_dir: str | None = None, pretrained: bool = True) -> SearchSpace:
+def load_search_space(model: str, spaces_dir: str | None = None, pretrained: bool = True,
+                      pinned: Iterable[str] = ()) -> SearchSpace:
     """Every key is checked when the file is read: a misspelt one fails naming the file and the key.
-    ``pretrained``: whether the model starts from packaged weights (else ``when_pretrained`` is dropped)."""
+    ``pretrained``: whether the model starts from packaged weights (else ``when_pretrained`` is dropped).
+    ``pinned``: keys chosen elsewhere (TrainConfig.pinned), left out of the space and its start point."""
     path = os.path.join(spaces_dir or default_spaces_dir(), f"{model}.yaml")
     doc = read_space_file(path)
     for name in SECTIONS:
@@ -97,5 +99,7 @@ def load_search_space(model: str, spaces_dir: str | None = None, pretrained: boo
     # Optuna's first point must name searched keys only; a start key outside the space is a typo or a leftover.
     if set(start) - set(spec_of):
         raise ConfigError(f"search space {path}: start key(s) {sorted(set(start) - set(spec_of))} are not in its space")
+    spec_of = {k: v for k, v in spec_of.items() if k not in set(pinned)}
+    start = {k: v for k, v in start.items() if k in spec_of}
     space = {key: domain(path, key, spec) for key, spec in spec_of.items()}
     return SearchSpace(space, [start] if start else [])
