@@ -331,9 +331,10 @@ class Preset:
     # when the run has one, instead of from ImageNet: it then begins at that member's accuracy and spends
     # its epochs moving toward the ensemble rather than learning the faces again.
     student_from_member: bool = False
-    # The students learn from the teachers online (TrainConfig.teacher_checkpoints: every teacher scores each
-    # augmented batch) rather than from their ensemble's stored soft labels of the training images.
-    online_teachers: bool = False
+    # These students learn from the teachers online (TrainConfig.teacher_checkpoints: every teacher scores each
+    # augmented batch) rather than from their ensemble's stored soft labels of the training images; online
+    # costs each of their epochs the teachers' forward passes.
+    online_teachers: tuple[str, ...] = ()
     # The same for the single ``student``: the final ensemble's served members teach it online.
     student_online_teachers: bool = False
 
@@ -342,6 +343,9 @@ class Preset:
         for model, overrides in self.train_overrides.items():
             check_train_keys(overrides, f"preset {self.name!r}, overrides of model {model!r}")
         check_train_keys(self.student_overrides, f"preset {self.name!r}, student_overrides")
+        if set(self.online_teachers) - set(self.students):
+            raise ConfigError(f"preset {self.name!r}: online_teachers {sorted(set(self.online_teachers) - set(self.students))} "
+                              f"are not among its students {list(self.students)}")
 
 
 PRESETS: dict[str, Preset] = {
@@ -367,8 +371,11 @@ PRESETS: dict[str, Preset] = {
     ),
     # Every model, one trial each at the search space's start point, early stopping. The packaged-pretrained
     # CNNs (MobileNetV2, EfficientNet-Lite0 and -Lite2) train first and are the teachers; LeNet and ResNet34
-    # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then train against
-    # the teachers' soft labels (DeiT's recipe of a CNN teacher for a ViT, on our hybrids); last, a
+    # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then learn from the
+    # teachers (DeiT's recipe of a CNN teacher for a ViT, on our hybrids): ResNet34 and the ViTs online, every
+    # teacher scoring each augmented batch (on the ViT +3.3 points at equal epochs, for 1.65x its minutes:
+    # README, "Online teachers"), LeNet against their stored soft labels (online, the teachers' passes would
+    # cost several times its own, for a member the ensemble has never weighted); last, a
     # MobileNetV2 student, started from the run's own MobileNetV2, learns online from the ensemble's served
     # members into RUN_DIR/student (one model's latency; online rather than stored soft labels: README,
     # "Online teachers").
@@ -386,6 +393,7 @@ PRESETS: dict[str, Preset] = {
         students=("lenet", "resnet34", "vit", "hf_vit"),
         student="mobilenet_v2",
         student_from_member=True,
+        online_teachers=("resnet34", "vit", "hf_vit"),
         student_online_teachers=True,
         student_overrides={"epochs": 3, "input_size": 128, "lr": 1e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
         train_overrides={

@@ -97,19 +97,28 @@ def test_online_teachers_are_refused_beside_stored_soft_labels_and_with_other_cl
     assert cfg.init_checkpoint == os.path.abspath("runs/r/checkpoints/c") and TrainConfig().init_checkpoint == ""
 
 
-def test_a_preset_with_online_teachers_gives_its_students_the_teachers_checkpoints():
-    """tune's distilled_configs: Preset.online_teachers hands the students every teacher's checkpoint
-    (and no stored soft labels, which are then never computed)."""
+def test_a_preset_with_online_teachers_gives_those_students_the_teachers_checkpoints(tmp_path):
+    """tune's distilled_configs: the students in Preset.online_teachers get every teacher's checkpoint and no
+    stored soft labels; the others get the stored ones (here a cached file, so none is computed)."""
     from types import SimpleNamespace
 
-    from raymotion.config import Preset
+    from raymotion.config import ConfigError, Preset
     from raymotion.tune.__main__ import distilled_configs
 
-    ctx = SimpleNamespace(preset=Preset(name="online", students=("lenet",), online_teachers=True))
+    from raymotion.rundir import soft_labels_path
+
+    soft_labels = soft_labels_path(str(tmp_path), "teachers")
+    os.makedirs(os.path.dirname(soft_labels))
+    open(soft_labels, "wb").close()
+    ctx = SimpleNamespace(preset=Preset(name="online", students=("lenet", "vit"), online_teachers=("vit",)),
+                          run_dir=str(tmp_path))
     checkpoints = {"mobilenet_v2": "/r/checkpoints/mobilenet_v2", "efficientnet_lite0": "/r/checkpoints/efficientnet_lite0"}
-    configs = distilled_configs(ctx, {"lenet": TrainConfig(model="lenet")}, checkpoints, {})
-    assert configs["lenet"].teacher_checkpoints == tuple(checkpoints.values())
-    assert configs["lenet"].soft_labels == ""
+    configs = distilled_configs(ctx, {m: TrainConfig(model=m) for m in ("lenet", "vit")}, checkpoints, {})
+    assert list(configs) == ["lenet", "vit"]
+    assert (configs["vit"].teacher_checkpoints, configs["vit"].soft_labels) == (tuple(checkpoints.values()), "")
+    assert (configs["lenet"].teacher_checkpoints, configs["lenet"].soft_labels) == ((), soft_labels)
+    with pytest.raises(ConfigError, match=r"online_teachers \['resnet34'\] are not among its students"):
+        Preset(name="bad", students=("lenet",), online_teachers=("resnet34",))
 
 
 def test_the_single_student_learns_online_from_the_served_members_where_the_preset_says_so():

@@ -223,14 +223,19 @@ def soft_labels_of(ctx: RunContext, stage: str, teachers: tuple[dict[str, str], 
 def distilled_configs(ctx: RunContext, bases: dict[str, TrainConfig], checkpoints: dict[str, str],
                       extra: dict[str, dict]) -> dict[str, TrainConfig]:
     """The students' configs, against the teachers (``checkpoints``, their tune records ``extra``): online
-    when the preset says ``online_teachers`` (every teacher scores each batch), else their ensemble's
-    stored soft labels (exported and computed first)."""
-    if ctx.preset.online_teachers:
+    for those the preset names in ``online_teachers`` (every teacher scores each batch), else against their
+    ensemble's stored soft labels (exported and computed first, only when a student needs them)."""
+    online = [m for m in bases if m in ctx.preset.online_teachers]
+    configs = {}
+    if online:
         teachers = tuple(checkpoints.values())
-        print(f"\nthe students learn from the teachers online: {', '.join(checkpoints)}", flush=True)
-        return {m: base.replace(source="distillation", teacher_checkpoints=teachers) for m, base in bases.items()}
-    path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
-    return {m: base.replace(source="distillation", soft_labels=path) for m, base in bases.items()}
+        print(f"\n{', '.join(online)} learn from the teachers online: {', '.join(checkpoints)}", flush=True)
+        configs = {m: bases[m].replace(source="distillation", teacher_checkpoints=teachers) for m in online}
+    stored = [m for m in bases if m not in online]
+    if stored:
+        path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
+        configs.update({m: bases[m].replace(source="distillation", soft_labels=path) for m in stored})
+    return {m: configs[m] for m in bases}
 
 
 def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_checkpoint: str | None,
