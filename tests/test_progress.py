@@ -44,6 +44,27 @@ def test_a_data_bound_model_bounds_the_prediction_from_below():
     assert clock.seconds_per_epoch("c") == pytest.approx(10.0)
 
 
+def test_an_online_student_is_planned_with_its_teachers_passes():
+    # d: a's own FLOPs, and online teachers of 2x a's FLOPs per training image (forward only): its epochs do
+    # a's 350 units of work plus 200, at a's compute rate.
+    online = ModelPlan("d", trials=1, epochs=1, train_images=100, val_images=50, flops_per_image=10**6,
+                       teacher_flops_per_image=2 * 10**6)
+    clock = RunClock(dict(PLANS, d=online))
+    clock.observe_epoch("a", "t1", 1, seconds=10.0)
+    assert clock.seconds_per_epoch("d") == pytest.approx(10.0 * (350 + 200) / 350)
+
+
+def test_the_tune_command_plans_each_online_students_teachers():
+    from raymotion.config import TrainConfig
+    from raymotion.models import count_flops, create_model
+    from raymotion.tune.__main__ import plan_model
+
+    teacher = TrainConfig(model="mobilenet_v2", input_size=64)
+    student = plan_model(TrainConfig(model="lenet", input_size=64), 1, 320, 64, teachers=[teacher, teacher])
+    assert student.teacher_flops_per_image == 2 * count_flops(create_model("mobilenet_v2", pretrained=False), 64)
+    assert plan_model(TrainConfig(model="lenet", input_size=64), 1, 320, 64).teacher_flops_per_image == 0
+
+
 def test_epoch_lines_name_model_trial_epoch_phase_and_best():
     lines = []
     clock = RunClock(dict(PLANS))

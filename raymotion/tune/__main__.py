@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 import ray
@@ -112,14 +112,17 @@ def base_config(model: str, args: argparse.Namespace, preset: Preset, student: b
     return base.replace(source="the model's input size", input_size=input_size_of(base), pinned=tuple(pinned))
 
 
-def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int) -> ModelPlan:
-    """What the time-left estimate needs of a model before it starts (FLOPs from its untrained graph)."""
+def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int,
+               teachers: Sequence[TrainConfig] = ()) -> ModelPlan:
+    """What the time-left estimate needs of a model before it starts (FLOPs from its untrained graph, and
+    from its online ``teachers``' graphs at their input sizes)."""
     per_step = base.batch_size * base.num_workers
     steps = max(1, train_images // per_step)
     if base.max_batches_per_epoch:
         steps = min(steps, base.max_batches_per_epoch)
     flops = count_flops(create_model(base.model, pretrained=False), base.input_size)
-    return ModelPlan(base.model, trials, base.epochs, steps * per_step, val_images, flops)
+    teacher_flops = sum(count_flops(create_model(t.model, pretrained=False), t.input_size) for t in teachers)
+    return ModelPlan(base.model, trials, base.epochs, steps * per_step, val_images, flops, teacher_flops)
 
 
 def data_banner(root: str) -> str:
@@ -309,10 +312,15 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
         students, teachers = [], models
     student = bases_student(args, preset)
     counts = {split: sum(ctx.source.counts(split).values()) for split in ("train", "val")}
-    plans = {m: plan_model(bases[m], trials[m], counts["train"], counts["val"]) for m in models}
+    # Online teachers' passes are part of a student's epochs (the single student's teachers are the final
+    # ensemble's served members, unknown yet: planned as every teacher).
+    teacher_bases = [bases[m] for m in teachers]
+    plans = {m: plan_model(bases[m], trials[m], counts["train"], counts["val"],
+                           teacher_bases if m in students and m in preset.online_teachers else ()) for m in models}
     if student:
         plans[f"student:{student.model}"] = dataclasses.replace(
-            plan_model(student, 1, counts["train"], counts["val"]), name=f"student:{student.model}")
+            plan_model(student, 1, counts["train"], counts["val"],
+                       teacher_bases if preset.student_online_teachers else ()), name=f"student:{student.model}")
     ctx.clock.plans.update(plans)
     checkpoints, extra = tune_stage(ctx, {m: bases[m] for m in teachers}, trials, ctx.run_dir)
     if students:

@@ -26,11 +26,14 @@ class ModelPlan:
     train_images: int  # per epoch (after max_batches_per_epoch)
     val_images: int
     flops_per_image: int  # forward pass, one image
+    teacher_flops_per_image: int = 0  # online teachers' forward passes, one training image (all teachers)
 
     @property
     def work_per_epoch(self) -> float:
-        """FLOPs of one epoch: forward + backward (about 3x forward) on train, forward on val."""
-        return self.flops_per_image * (3.0 * self.train_images + self.val_images)
+        """FLOPs of one epoch: forward + backward (about 3x forward) on train, forward on val, and the online
+        teachers' forward passes on train."""
+        return self.flops_per_image * (3.0 * self.train_images + self.val_images) + \
+            self.teacher_flops_per_image * self.train_images
 
 
 @dataclass
