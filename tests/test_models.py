@@ -232,6 +232,20 @@ def test_hf_vit_is_a_transformers_vit_over_the_stem_and_loads_its_save_pretraine
         create_model("hf_vit", pretrained=str(tmp_path / "no_such_dir"))
 
 
+def test_an_hf_vit_checkpoint_is_written_without_a_progress_bar(tmp_path, capfd):
+    """transformers draws a "Writing model shards" bar on stderr per save_pretrained: one terminal line per
+    epoch of the tune command. Its global switch is left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    model = create_model("hf_vit", num_classes=3, pretrained=False)
+    assert hf_logging.is_progress_bar_enabled()
+    model.save_pretrained(str(tmp_path / "transformers"))
+    captured = capfd.readouterr()
+    assert (tmp_path / "transformers" / "config.json").exists()
+    assert "Writing model shards" not in captured.err + captured.out, captured.err
+    assert hf_logging.is_progress_bar_enabled()
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_split_head_parameters(name):
     model = create_model(name, num_classes=3, pretrained=False)

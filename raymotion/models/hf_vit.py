@@ -39,8 +39,17 @@ class HFViT(nn.Module):
         return self.model(pixel_values=features, interpolate_pos_encoding=interpolate).logits
 
     def save_pretrained(self, directory: str) -> None:
-        """The transformer as transformers writes it (config.json + safetensors)."""
-        self.model.save_pretrained(directory)
+        """The transformer as transformers writes it (config.json + safetensors), without its progress bar:
+        a checkpoint is written every epoch, and each bar would be a line of the tune command's terminal."""
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model.save_pretrained(directory)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
 
 def hybrid_vit_config(num_classes: int):
