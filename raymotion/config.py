@@ -382,9 +382,10 @@ PRESETS: dict[str, Preset] = {
     # The budget goes to input size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.866
     # at 128) and to epochs: at two thirds of these epochs a run took 56 of its 100 minutes on a 2-CPU
     # machine with bf16 in hardware, and every member was still improving at its last epoch, so the epochs
-    # rose by about half (the README has the runs' minutes and figures). A CPU without bf16 gets channels_last's
-    # speed-up alone (bench train-step: about 1.1-1.8x float32 instead of 1.6-2.5x): on such a machine the
-    # full preset can run past 100 minutes (an estimate: no such machine was measured).
+    # rose by about half (the README has the runs' minutes and figures). The online students then took most of
+    # what was left: 94 of the 100 minutes on that machine. A CPU without bf16 gets channels_last's speed-up
+    # alone (bench train-step: about 1.1-1.8x float32 instead of 1.6-2.5x): on such a machine the full preset
+    # runs past 100 minutes (an estimate: no such machine was measured).
     "full": Preset(
         name="full",
         models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
