@@ -49,6 +49,9 @@ NOISE = (
                      r"environment variable TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC"),
           "Tune snapshots the experiment at every checkpoint of a trial that trains in its own process (what a "
           "restore knows of it) and warns, in three lines, when that happens often; the snapshot is a few kB"),
+    Noise(re.compile(r"^WARNING:root:Axis 1 is out-of-range for weight '[^']+' with rank 1$"),
+          "onnxruntime's static quantizer, once per LayerNorm weight of each ViT candidate (54 lines in a full run): "
+          "a rank-1 weight has no axis 1 to quantize per channel and is quantized per tensor, as a vector should be"),
 )
 # Written through each pipe at exit: when the reader sees it, everything written before it is out.
 DRAINED = b"\x00raymotion-console-drained\x00\n"

@@ -28,12 +28,14 @@ NOISY = [
     "checkpoints.",
     "You can suppress this warning by setting the environment variable "
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S to a smaller value than the current threshold (5.0).",
+    "WARNING:root:Axis 1 is out-of-range for weight 'model.model.vit.layers.0.layernorm_before.weight' with rank 1",
 ]
 KEPT = [
     "[lenet] trial 1/2 epoch 1/2 full: 127 img/s, val acc 0.3400 macro-F1 0.2658",
     "\x1b[36m(RayTrainWorker pid=9486)\x1b[0m RuntimeError: CUDA out of memory",
     "2026-12-01 22:55:40,091\tWARNING worker.py:1 -- a real warning of Ray's",
     "    an indented line after a kept one (a traceback's) stays",
+    "WARNING:root:Axis 1 is out-of-range for weight 'conv.weight' with rank 2",
 ]
 
 
