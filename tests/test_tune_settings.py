@@ -11,7 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raymotion.config import ConfigError, TuneSettings
 from raymotion.tune.experiment import SnapshotCountedSearch, search_algorithm, trial_scheduler
-from raymotion.tune.spaces import load_search_space
+from raymotion.tune.spaces import SearchSpace, load_search_space
 
 
 def test_each_search_and_scheduler_setting_selects_its_tune_class():
@@ -26,6 +26,15 @@ def test_each_search_and_scheduler_setting_selects_its_tune_class():
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "epoch" and asha._max_t == 5
     with pytest.raises(ConfigError, match="search"):
         TuneSettings(search="grid")
+
+
+def test_a_space_with_every_key_pinned_runs_the_base_config_not_optuna():
+    """OptunaSearch cannot suggest from an empty space (a RuntimeError: "no search space has been defined");
+    with every searched key pinned (by a preset or --set) the trials are
+    the base config, through Tune's generator."""
+    space = SearchSpace({}, [])
+    generator = search_algorithm(TuneSettings(search="optuna", max_concurrent_trials=1), space)
+    assert isinstance(generator, BasicVariantGenerator) and generator.max_concurrent == 1
 
 
 def test_random_search_runs_no_more_trials_at_once_than_the_settings_allow():
