@@ -411,7 +411,9 @@ PRESETS: dict[str, Preset] = {
     # Smoke runs (tests): one tiny epoch shape everywhere; LeNet distilled when a teacher runs beside it.
     "smoke": Preset(
         name="smoke",
-        tune=TuneSettings(num_samples=2),
+        # ASHA stops no trial before its third epoch: what a test sees of a trial's first epochs (a run killed
+        # and resumed midway) must not hang on how one CPU's numerics rank two trials after one epoch.
+        tune=TuneSettings(num_samples=2, grace_period=3),
         students=("lenet",),
         train_overrides={"*": {"epochs": 2, "batch_size": 16}},
     ),

@@ -58,9 +58,8 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     # With a distilled single student: the stage after the ensemble, which the resumed run reaches.
     first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "2",
                          "--epochs", str(EPOCHS), "--set", "input_size=32", "--no-int8", "--student", "lenet", "--out", run_dir,
-                         # With this seed ASHA lets trial 2 go on past epoch 1 (it stops it there with seeds 0, 2,
-                         # 3 and 5 since the smoke preset's batch_size is pinned, d005430): its continuation from the
-                         # checkpoint is what is checked.
+                         # The smoke preset's ASHA grace period (3 epochs) lets trial 2 go on past epoch 1 whatever
+                         # its first epoch scores: its continuation from the checkpoint is what is checked.
                          "--seed", "1")
     # Killed once trial 1 has finished and trial 2 has reported an epoch (with its checkpoint) that Tune's
     # snapshot knows of: one finished trial, one midway.
