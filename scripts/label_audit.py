@@ -1,0 +1,59 @@
+"""Score a blind reading of val images against their labels and a run's ensemble.
+
+    python scripts/label_audit.py scripts/label_audit/full-8.tsv
+
+The TSV (see the header of the one committed) holds, per image: its label, the ensemble's answer and a
+reader's forced-choice reading made without seeing either. The sample is half the ensemble's errors and
+half the rest, so each half's shares are weighted back by the ensemble's val accuracy (``--accuracy``,
+default: runs/full-8's) to estimate what a reader's agreement with the labels is over all of val, and how
+high a model could go if it fixed exactly the errors where the reader sides with the label.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+
+from scipy.stats import binomtest
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        lines = [line for line in f if not line.startswith("#")]
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
+def share(rows: list[dict[str, str]], column: str) -> tuple[int, int, tuple[float, float]]:
+    k = sum(r["reading"] == r[column] for r in rows)
+    ci = binomtest(k, len(rows)).proportion_ci(confidence_level=0.95, method="wilson")
+    return k, len(rows), (ci.low, ci.high)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ratings", help="TSV: label, ensemble, reading, certainty per image")
+    parser.add_argument("--accuracy", type=float, default=0.8957,
+                        help="the ensemble's val accuracy, to weight the two halves back (default: runs/full-8's)")
+    args = parser.parse_args()
+    rows = read_rows(args.ratings)
+    wrong = [r for r in rows if r["label"] != r["ensemble"]]
+    right = [r for r in rows if r["label"] == r["ensemble"]]
+    print(f"{'images':<34}{'n':>4}  reading = label        reading = ensemble")
+    for name, group in [("ensemble wrong", wrong), ("ensemble right", right),
+                        ("ensemble wrong, reader sure", [r for r in wrong if r["certainty"] == "sure"]),
+                        ("ensemble right, reader sure", [r for r in right if r["certainty"] == "sure"])]:
+        cells = []
+        for column in ("label", "ensemble"):
+            k, n, (low, high) = share(group, column)
+            cells.append(f"{k:>3} ({k / n:.2f}, {low:.2f}-{high:.2f})")
+        print(f"{name:<34}{len(group):>4}  " + "   ".join(cells))
+    acc = args.accuracy
+    k_wrong, n_wrong, (low, high) = share(wrong, "label")
+    k_right, n_right, _ = share(right, "label")
+    print(f"\nreader vs labels over all val (halves weighted by accuracy {acc:.4f}): "
+          f"{acc * k_right / n_right + (1 - acc) * k_wrong / n_wrong:.3f}")
+    print(f"ensemble + every error where the reader sides with the label: {acc + (1 - acc) * k_wrong / n_wrong:.3f} "
+          f"(95% interval {acc + (1 - acc) * low:.3f}-{acc + (1 - acc) * high:.3f})")
+
+
+if __name__ == "__main__":
+    main()
