@@ -13,7 +13,7 @@ PLANS = {"a": ModelPlan("a", trials=2, epochs=3, train_images=100, val_images=50
 
 def test_no_estimate_before_the_first_epoch():
     clock = RunClock(dict(PLANS))
-    assert clock.seconds_left() is None and "known after the first epoch" in clock.status()
+    assert clock.seconds_left() is None and "known after the first full epoch" in clock.status()
 
 
 def test_estimate_uses_a_models_own_epochs_and_predicts_the_others_by_flops():
@@ -26,6 +26,27 @@ def test_estimate_uses_a_models_own_epochs_and_predicts_the_others_by_flops():
     assert clock.remaining_epochs("a") == (2 + 3, 1) and clock.remaining_epochs("b") == (2, 1)
     overhead = clock.start_overheads[0]
     assert clock.seconds_left() == pytest.approx(5 * 10.0 + 1 * overhead + 2 * 40.0 + 1 * overhead)
+
+
+def test_head_only_epochs_count_as_done_but_give_no_rate():
+    # A pretrained model's head-only epoch is much faster than a full one: taken as a full epoch, it would
+    # make the model's own epochs and every prediction from its FLOPs rate far too short.
+    clock = RunClock(dict(PLANS))
+    clock.observe_epoch("a", "t1", 1, seconds=1.0, head_only=True)
+    assert clock.remaining_epochs("a") == (2 + 3, 1)
+    assert clock.seconds_per_epoch("a") is None and clock.seconds_left() is None
+    clock.observe_epoch("a", "t1", 2, seconds=10.0)
+    assert clock.seconds_per_epoch("a") == 10.0 and clock.seconds_per_epoch("b") == pytest.approx(40.0)
+
+
+def test_epoch_lines_pass_the_head_only_flag_to_the_clock():
+    clock = RunClock(dict(PLANS))
+    progress = EpochProgress("a", clock, "val_macro_f1", "max", emit=lambda line: None)
+    trial = SimpleNamespace(trial_id="t1")
+    progress.on_trial_start(0, [], trial)
+    progress.on_trial_result(0, [], trial, {"epoch": 1, "epoch_seconds": 1.0, "head_only": 1.0})
+    progress.on_trial_result(0, [], trial, {"epoch": 2, "epoch_seconds": 10.0, "head_only": 0.0})
+    assert clock.epoch_seconds["a"] == [10.0] and clock.trial("a", "t1").epochs_done == 2
 
 
 def test_a_trial_stopped_early_drops_its_unrun_epochs():

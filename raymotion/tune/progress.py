@@ -2,9 +2,12 @@
 elapsed time and an estimate of the time left, and the run's summary table at the end.
 
 The estimate is an upper bound: it assumes every unfinished trial runs all its epochs (ASHA and early
-stopping only cut work). A model's seconds per epoch are its own once it has run an epoch; before that
-they are predicted from its FLOPs per image against the fastest compute rate seen so far in the run, and
-never below what the fastest data-bound model managed per image.
+stopping only cut work). A model's seconds per epoch are its own once it has run an epoch that trains the
+whole network; before that they are predicted from its FLOPs per image against the fastest compute rate
+seen so far in the run, and never below what the fastest data-bound model managed per image. Head-only
+epochs (a pretrained model's frozen backbone, no backward pass through it) are left out of both: they take
+a fraction of a full epoch's time, and counting them as full epochs made the estimate swing severalfold
+between consecutive lines, each time a pretrained model began.
 """
 
 from __future__ import annotations
@@ -64,13 +67,16 @@ class RunClock:
             states[trial_id] = TrialState(index=len(states) + 1, started=time.monotonic())
         return states[trial_id]
 
-    def observe_epoch(self, model: str, trial_id: str, epoch: int, seconds: float) -> None:
+    def observe_epoch(self, model: str, trial_id: str, epoch: int, seconds: float, head_only: bool = False) -> None:
+        """``head_only``: the epoch trained a pretrained model's new head alone; it counts as done but its
+        time says nothing about a full epoch's, so no rate is taken from it."""
         state = self.trial(model, trial_id)
         if state.first_result_at is None:
             state.first_result_at = time.monotonic()
             self.start_overheads.append(max(0.0, state.first_result_at - state.started - seconds))
         state.epochs_done = max(state.epochs_done, epoch)
-        self.epoch_seconds.setdefault(model, []).append(seconds)
+        if not head_only:
+            self.epoch_seconds.setdefault(model, []).append(seconds)
 
     def finish_trial(self, model: str, trial_id: str) -> None:
         self.trial(model, trial_id).finished = True
@@ -108,7 +114,7 @@ class RunClock:
 
     def status(self) -> str:
         left = self.seconds_left()
-        estimate = "time left: known after the first epoch" if left is None else \
+        estimate = "time left: known after the first full epoch" if left is None else \
             f"~{format_minutes(left)} left at most (+ export)"
         return f"{format_minutes(self.elapsed())} elapsed, {estimate}"
 
@@ -143,12 +149,14 @@ class EpochProgress(tune.Callback):
             return
         plan = self.clock.plans[self.model]
         epoch = int(result["epoch"])
-        self.clock.observe_epoch(self.model, trial.trial_id, epoch, float(result.get("epoch_seconds", 0.0)))
+        head_only = bool(result.get("head_only"))
+        self.clock.observe_epoch(self.model, trial.trial_id, epoch, float(result.get("epoch_seconds", 0.0)),
+                                 head_only=head_only)
         state = self.clock.trial(self.model, trial.trial_id)
         value = result.get(self.metric)
         if value is not None and self._better(value):
             self.best = (value, state.index, epoch)
-        phase = "head" if result.get("head_only") else "full"
+        phase = "head" if head_only else "full"
         best = "" if self.best is None else f"best {self.metric} {self.best[0]:.4f} (trial {self.best[1]}, epoch {self.best[2]})"
         self.emit(f"[{self.model}] trial {state.index}/{plan.trials} epoch {epoch}/{plan.epochs} {phase}: "
                   f"{result.get('train_images_per_s', 0):.0f} img/s, val acc {result.get('val_accuracy', float('nan')):.4f} "
