@@ -40,8 +40,8 @@ def test_terminal_shows_progress_and_summary_without_rays_noise(cli_run, run):
         assert {line.split()[2] for line in epoch_lines} == {"1/2", "2/2"}  # trial k/N of both trials
         assert all("img/s, val acc " in line and "macro-F1" in line and "elapsed" in line for line in epoch_lines)
         assert any(line.startswith(f"tuning {name}:") and "elapsed" in line for line in lines)
-        assert any(line.startswith(f"{name} done:") and "left at most" in line for line in lines)
-    assert any(" left at most (+ export)" in line for line in lines)
+        assert any(line.startswith(f"{name} done:") and " left (+ export)" in line for line in lines)
+    assert any(" min left (+ export)" in line or " s left (+ export)" in line for line in lines)
     # The summary table, with the run directory, and the warning that these faces are generated.
     header = lines.index(next(line for line in lines if "=== summary ===" in line))
     table = lines[header + 1:header + 5]

@@ -20,12 +20,13 @@ def test_estimate_uses_a_models_own_epochs_and_predicts_the_others_by_flops():
     clock = RunClock(dict(PLANS))
     clock.trial("a", "t1")
     clock.observe_epoch("a", "t1", 1, seconds=10.0)
-    assert clock.seconds_per_epoch("a") == 10.0
-    # b does 4x a's work per epoch, at a's compute rate: 40 s an epoch.
-    assert clock.seconds_per_epoch("b") == pytest.approx(40.0)
+    assert clock.seconds_per_epoch("a") == (10.0, 10.0)
+    # b does 4x a's work per epoch, at a's compute rate (the only one seen): 40 s an epoch.
+    assert clock.seconds_per_epoch("b") == pytest.approx((40.0, 40.0))
     assert clock.remaining_epochs("a") == (2 + 3, 1) and clock.remaining_epochs("b") == (2, 1)
     overhead = clock.start_overheads[0]
-    assert clock.seconds_left() == pytest.approx(5 * 10.0 + 1 * overhead + 2 * 40.0 + 1 * overhead)
+    left = 5 * 10.0 + 1 * overhead + 2 * 40.0 + 1 * overhead
+    assert clock.seconds_left() == pytest.approx((left, left))
 
 
 def test_head_only_epochs_count_as_done_but_give_no_rate():
@@ -36,7 +37,7 @@ def test_head_only_epochs_count_as_done_but_give_no_rate():
     assert clock.remaining_epochs("a") == (2 + 3, 1)
     assert clock.seconds_per_epoch("a") is None and clock.seconds_left() is None
     clock.observe_epoch("a", "t1", 2, seconds=10.0)
-    assert clock.seconds_per_epoch("a") == 10.0 and clock.seconds_per_epoch("b") == pytest.approx(40.0)
+    assert clock.seconds_per_epoch("a") == (10.0, 10.0) and clock.seconds_per_epoch("b") == pytest.approx((40.0, 40.0))
 
 
 def test_epoch_lines_pass_the_head_only_flag_to_the_clock():
@@ -47,6 +48,24 @@ def test_epoch_lines_pass_the_head_only_flag_to_the_clock():
     progress.on_trial_result(0, [], trial, {"epoch": 1, "epoch_seconds": 1.0, "head_only": 1.0})
     progress.on_trial_result(0, [], trial, {"epoch": 2, "epoch_seconds": 10.0, "head_only": 0.0})
     assert clock.epoch_seconds["a"] == [10.0] and clock.trial("a", "t1").epochs_done == 2
+
+
+def test_an_unseen_model_is_predicted_between_the_fastest_and_slowest_compute_rates():
+    # a runs 350 units of work in 10 s, b 1400 in 20 s (twice a's rate): an unseen model e of b's work per
+    # epoch takes 20 s at b's rate and 40 s at a's. Once e has run, its own time is both ends.
+    plans = dict(PLANS, e=ModelPlan("e", trials=1, epochs=2, train_images=100, val_images=50,
+                                    flops_per_image=4 * 10**6))
+    clock = RunClock(plans)
+    clock.observe_epoch("a", "t1", 1, seconds=10.0)
+    clock.observe_epoch("b", "t2", 1, seconds=20.0)
+    assert clock.seconds_per_epoch("e") == pytest.approx((20.0, 40.0))
+    low, high = clock.seconds_left()
+    assert high - low == pytest.approx(2 * (40.0 - 20.0))  # e's two epochs are the only unknown
+    assert f"~{low / 60:.1f}-{high / 60:.1f} min left (+ export)" in clock.status()
+    clock.observe_epoch("e", "t3", 1, seconds=30.0)
+    assert clock.seconds_per_epoch("e") == (30.0, 30.0)
+    low, high = clock.seconds_left()
+    assert low == high and " left (+ export)" in clock.status() and "-" not in clock.status().split(",")[1]
 
 
 def test_a_trial_stopped_early_drops_its_unrun_epochs():
@@ -62,7 +81,7 @@ def test_a_data_bound_model_bounds_the_prediction_from_below():
     plans = dict(PLANS, c=ModelPlan("c", trials=1, epochs=1, train_images=100, val_images=50, flops_per_image=10**5))
     clock = RunClock(plans)
     clock.observe_epoch("a", "t1", 1, seconds=10.0)
-    assert clock.seconds_per_epoch("c") == pytest.approx(10.0)
+    assert clock.seconds_per_epoch("c") == pytest.approx((10.0, 10.0))
 
 
 def test_an_online_student_is_planned_with_its_teachers_passes():
@@ -72,7 +91,7 @@ def test_an_online_student_is_planned_with_its_teachers_passes():
                        teacher_flops_per_image=2 * 10**6)
     clock = RunClock(dict(PLANS, d=online))
     clock.observe_epoch("a", "t1", 1, seconds=10.0)
-    assert clock.seconds_per_epoch("d") == pytest.approx(10.0 * (350 + 200) / 350)
+    assert clock.seconds_per_epoch("d") == pytest.approx((10.0 * (350 + 200) / 350,) * 2)
 
 
 def test_the_tune_command_plans_each_online_students_teachers():

@@ -1,13 +1,17 @@
 """What a person watching ``python -m raymotion.tune`` sees: a line per finished epoch of every trial, the
 elapsed time and an estimate of the time left, and the run's summary table at the end.
 
-The estimate is an upper bound: it assumes every unfinished trial runs all its epochs (ASHA and early
+The estimate is a range, and it assumes every unfinished trial runs all its epochs (ASHA and early
 stopping only cut work). A model's seconds per epoch are its own once it has run an epoch that trains the
-whole network; before that they are predicted from its FLOPs per image against the fastest compute rate
-seen so far in the run, and never below what the fastest data-bound model managed per image. Head-only
-epochs (a pretrained model's frozen backbone, no backward pass through it) are left out of both: they take
-a fraction of a full epoch's time, and counting them as full epochs made the estimate swing severalfold
-between consecutive lines, each time a pretrained model began.
+whole network. Before that they are predicted from its FLOPs per image at the fastest and at the slowest
+compute rate seen so far in the run (the two ends of the range), and never below what the fastest
+data-bound model managed per image: on a CPU, FLOPs per second differ severalfold between architectures
+(depthwise convolutions run far below dense ones), so no single rate predicts an unseen model (the fastest
+alone, once taken here for an upper bound, undershot). Once every model has run, the two ends meet.
+
+Head-only epochs (a pretrained model's frozen backbone, no backward pass through it) give no rate: they
+take a fraction of a full epoch's time, and counting them as full epochs made the estimate swing
+severalfold between consecutive lines, each time a pretrained model began.
 """
 
 from __future__ import annotations
@@ -81,17 +85,22 @@ class RunClock:
     def finish_trial(self, model: str, trial_id: str) -> None:
         self.trial(model, trial_id).finished = True
 
-    def seconds_per_epoch(self, model: str) -> float | None:
+    def seconds_per_epoch(self, model: str) -> tuple[float, float] | None:
+        """(fewest, most) seconds an epoch of ``model`` takes: its own average once it ran a full epoch, else
+        its work at the fastest and at the slowest compute rate seen; None before any full epoch."""
         own = self.epoch_seconds.get(model)
         if own:
-            return sum(own) / len(own)
+            mean = sum(own) / len(own)
+            return mean, mean
         seen = [(self.plans[m], sum(s) / len(s)) for m, s in self.epoch_seconds.items() if s and m in self.plans]
         if not seen:
             return None
         plan = self.plans[model]
-        flops_rate = max(p.work_per_epoch / s for p, s in seen)  # the most compute-bound model's rate
+        flops_rates = [p.work_per_epoch / s for p, s in seen]
         images_rate = max((3 * p.train_images + p.val_images) / s for p, s in seen)
-        return max(plan.work_per_epoch / flops_rate, (3 * plan.train_images + plan.val_images) / images_rate)
+        data_bound = (3 * plan.train_images + plan.val_images) / images_rate
+        return (max(plan.work_per_epoch / max(flops_rates), data_bound),
+                max(plan.work_per_epoch / min(flops_rates), data_bound))
 
     def remaining_epochs(self, model: str) -> tuple[int, int]:
         """(epochs left, trials not yet started) for one model, if every unfinished trial runs to the end."""
@@ -100,22 +109,28 @@ class RunClock:
         unstarted = max(0, plan.trials - len(states))
         return left + unstarted * plan.epochs, unstarted
 
-    def seconds_left(self) -> float | None:
-        """Training time left for the run (export not included); None before any epoch was seen."""
+    def seconds_left(self) -> tuple[float, float] | None:
+        """(fewest, most) seconds of training left for the run (export not included); None before any full
+        epoch was seen."""
         overhead = sum(self.start_overheads) / len(self.start_overheads) if self.start_overheads else 0.0
-        total = 0.0
+        low = high = 0.0
         for model in self.plans:
             epochs, unstarted = self.remaining_epochs(model)
             per_epoch = self.seconds_per_epoch(model)
             if per_epoch is None:
                 return None
-            total += epochs * per_epoch + unstarted * overhead
-        return total
+            low += epochs * per_epoch[0] + unstarted * overhead
+            high += epochs * per_epoch[1] + unstarted * overhead
+        return low, high
 
     def status(self) -> str:
         left = self.seconds_left()
-        estimate = "time left: known after the first full epoch" if left is None else \
-            f"~{format_minutes(left)} left at most (+ export)"
+        if left is None:
+            estimate = "time left: known after the first full epoch"
+        elif format_minutes(left[0]) == format_minutes(left[1]):
+            estimate = f"~{format_minutes(left[1])} left (+ export)"
+        else:
+            estimate = f"~{left[0] / 60:.1f}-{left[1] / 60:.1f} min left (+ export)"
         return f"{format_minutes(self.elapsed())} elapsed, {estimate}"
 
 
