@@ -220,10 +220,12 @@ class TrainConfig:
             check_keys(Augmentation, self.augmentation, "TrainConfig.augmentation")
             self.augmentation = Augmentation(**self.augmentation)
 
-    def replace(self, *, source: str, **changes: Any) -> "TrainConfig":
+    def replace(self, source: str, /, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``; ``source`` (preset, space file, CLI flag) names where they came from,
         for the error on a key that is neither a field nor an augmentation field. Augmentation fields go by
-        their own names (``rotation_deg=5``), so that search spaces and ``--set`` stay flat."""
+        their own names (``rotation_deg=5``), so that search spaces and ``--set`` stay flat. ``source`` is
+        positional-only so that a change named "source" (``--set source=...``) is refused as an unknown key,
+        not taken for this argument."""
         check_train_keys(changes, source)
         augmentation_keys = {f.name for f in dataclasses.fields(Augmentation)}
         own = {k: v for k, v in changes.items() if k not in augmentation_keys}

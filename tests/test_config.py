@@ -43,7 +43,7 @@ def test_a_bad_enum_value_fails_when_the_config_is_built():
     with pytest.raises(ConfigError, match=r"TrainConfig.class_weighting must be one of 'none', 'balanced', not 'balancd'"):
         TrainConfig(class_weighting="balancd")
     with pytest.raises(ConfigError, match=r"TrainConfig.mode must be one of 'max', 'min'"):
-        TrainConfig().replace(source="test", mode="maximum")
+        TrainConfig().replace("test", mode="maximum")
     with pytest.raises(ConfigError, match=r"TuneSettings.mode must be one of 'max', 'min', not 'maximise'"):
         TuneSettings(mode="maximise")
     with pytest.raises(ConfigError, match=r"ExportConfig.ensemble_rule must be one of 'linear', 'log-linear', not 'mean'"):
@@ -54,13 +54,16 @@ def test_a_bad_enum_value_fails_when_the_config_is_built():
 def test_augmentation_fields_go_by_their_own_names_and_travel_as_one_nested_record():
     from raymotion.config import Augmentation
 
-    cfg = TrainConfig().replace(source="test", rotation_deg=3.0, lr=0.01)
+    cfg = TrainConfig().replace("test", rotation_deg=3.0, lr=0.01)
     assert cfg.augmentation.rotation_deg == 3.0 and cfg.lr == 0.01
     assert cfg.augmentation.hflip_p == Augmentation().hflip_p  # the other augmentations keep their values
     # As configs reach Ray workers: a plain dict, rebuilt into the same record.
     assert TrainConfig(**cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match=r"--set: unknown TrainConfig key\(s\) 'rotation'"):
-        TrainConfig().replace(source="--set", rotation=3.0)
+        TrainConfig().replace("--set", rotation=3.0)
+    # "source" names where the changes came from; as a change it is an unknown key like any other.
+    with pytest.raises(ConfigError, match=r"--set: unknown TrainConfig key\(s\) 'source'"):
+        TrainConfig().replace("--set", source="distillation")
     with pytest.raises(ConfigError, match=r"TrainConfig.augmentation: unknown Augmentation key\(s\) 'rotaton_deg'"):
         TrainConfig(augmentation={"rotaton_deg": 3.0})
 

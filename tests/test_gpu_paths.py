@@ -38,7 +38,7 @@ def test_the_cluster_fields_are_checked_and_settable_from_the_command_line():
         TrainConfig(amp_dtype="float16")
     pairs = parse_set_pairs(["placement_strategy=SPREAD", "gpus_per_worker=1", "torch_compile=true",
                              "max_failures=2", "amp_dtype=fp16", "prefetch_batches=4"])
-    cfg = TrainConfig().replace(source="--set", **pairs)
+    cfg = TrainConfig().replace("--set", **pairs)
     assert (cfg.placement_strategy, cfg.gpus_per_worker, cfg.torch_compile, cfg.max_failures, cfg.amp_dtype,
             cfg.prefetch_batches) == ("SPREAD", 1.0, True, 2, "fp16", 4)
     assert isinstance(cfg.gpus_per_worker, float)

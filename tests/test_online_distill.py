@@ -79,7 +79,7 @@ def test_a_student_learns_its_online_teachers_view_not_the_labels(tmp_path):
 
     cfg = TrainConfig(model="lenet", input_size=32, epochs=1, batch_size=16, lr=3e-3, label_smoothing=0.0,
                       distill_alpha=1.0)
-    assert (trained_answers(cfg.replace(source="test", teacher_checkpoints=(checkpoint,))) == 2).all()
+    assert (trained_answers(cfg.replace("test", teacher_checkpoints=(checkpoint,))) == 2).all()
     assert (trained_answers(cfg) == 0).all()
 
 

@@ -120,7 +120,7 @@ def test_transfer_phases_train_the_head_first_only_with_pretrained_weights():
     cfg = TrainConfig(model="mobilenet_v2", epochs=4, head_epochs=2)
     assert transfer_phases(cfg, pretrained=True) == [("head", 2, cfg.head_lr), ("full", 2, cfg.lr)]
     assert transfer_phases(cfg, pretrained=False) == [("full", 4, cfg.lr)]
-    assert transfer_phases(cfg.replace(source="test", head_epochs=9), pretrained=True)[-1] == ("full", 1, cfg.lr)
+    assert transfer_phases(cfg.replace("test", head_epochs=9), pretrained=True)[-1] == ("full", 1, cfg.lr)
 
 
 @pytest.mark.parametrize("total, warmup", [(20, 2), (7, 1), (5, 0)])

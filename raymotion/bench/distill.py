@@ -55,11 +55,11 @@ def variant_config(member: TrainConfig, variant: str, teachers: list[str], epoch
         raise ValueError(f"{member.model} was not trained on stored soft labels: there is no 'stored' variant")
     if variant == "online" and not teachers:
         raise ValueError("the run has no member trained on labels alone to be the online teachers")
-    base = member.replace(source="bench distill", epochs=epochs, soft_labels="", teacher_checkpoints=())
+    base = member.replace("bench distill", epochs=epochs, soft_labels="", teacher_checkpoints=())
     if variant == "stored":
-        return base.replace(source="bench distill", soft_labels=member.soft_labels)
+        return base.replace("bench distill", soft_labels=member.soft_labels)
     if variant == "online":
-        return base.replace(source="bench distill", teacher_checkpoints=tuple(teachers))
+        return base.replace("bench distill", teacher_checkpoints=tuple(teachers))
     return base
 
 

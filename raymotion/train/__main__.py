@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="any TrainConfig field or augmentation field, e.g. --set epochs=5 --set rotation_deg=0")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(model=args.model).replace(source="--set", **parse_set_pairs(args.overrides))
+    cfg = TrainConfig(model=args.model).replace("--set", **parse_set_pairs(args.overrides))
     return args, cfg
 
 

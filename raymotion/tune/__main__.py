@@ -107,9 +107,9 @@ def base_config(model: str, args: argparse.Namespace, preset: Preset, student: b
               ("--set", parse_set_pairs(args.overrides)),
               ("--epochs", {"epochs": args.epochs} if args.epochs else {})]
     for source, changes in layers:
-        base = base.replace(source=source, **changes)
+        base = base.replace(source, **changes)
     pinned = sorted({key for _, changes in layers for key in changes})
-    return base.replace(source="the model's input size", input_size=input_size_of(base), pinned=tuple(pinned))
+    return base.replace("the model's input size", input_size=input_size_of(base), pinned=tuple(pinned))
 
 
 def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: int,
@@ -233,11 +233,11 @@ def distilled_configs(ctx: RunContext, bases: dict[str, TrainConfig], checkpoint
     if online:
         teachers = tuple(checkpoints.values())
         print(f"\n{', '.join(online)} learn from the teachers online: {', '.join(checkpoints)}", flush=True)
-        configs = {m: bases[m].replace(source="distillation", teacher_checkpoints=teachers) for m in online}
+        configs = {m: bases[m].replace("distillation", teacher_checkpoints=teachers) for m in online}
     stored = [m for m in bases if m not in online]
     if stored:
         path = soft_labels_of(ctx, "teachers", (checkpoints, extra))
-        configs.update({m: bases[m].replace(source="distillation", soft_labels=path) for m in stored})
+        configs.update({m: bases[m].replace("distillation", soft_labels=path) for m in stored})
     return {m: configs[m] for m in bases}
 
 
@@ -251,7 +251,7 @@ def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_c
                      else {"soft_labels": soft_labels})
     if preset.student_from_member and member_checkpoint:
         changes["init_checkpoint"] = member_checkpoint
-    return base.replace(source="the distilled student", **changes)
+    return base.replace("the distilled student", **changes)
 
 
 def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None,

@@ -50,7 +50,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str
               cached: dict[str, ray.data.Dataset], storage_path: str, in_trial: bool) -> None:
     """The Tune trainable: this trial's hyperparameters trained by a TorchTrainer, or, for one worker
     (``in_trial``), by the same loop in this process."""
-    cfg = TrainConfig(**base).replace(source=f"Tune search space of {base['model']}", **config)
+    cfg = TrainConfig(**base).replace(f"Tune search space of {base['model']}", **config)
     # When the trial's own code starts: the loop measures its fixed start (workers, data, first batch) from it.
     extra = {"started_at": time.time()}
     if in_trial:
@@ -227,7 +227,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune)."""
     space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained), pinned=base.pinned)
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
-    base = base.replace(source="TuneSettings", metric=settings.metric, mode=settings.mode)
+    base = base.replace("TuneSettings", metric=settings.metric, mode=settings.mode)
     storage_path = os.path.join(run_dir, "tune")
     in_trial = trains_in_trial(base, settings)
     trainable = tune.with_resources(
@@ -248,7 +248,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     if best_row is None:
         errors = "; ".join(str(r.error)[:300] for r in grid if r.error)
         raise RuntimeError(f"no trial of {base.model} produced a checkpoint. Errors: {errors or 'none reported'}")
-    best_config = base.replace(source=f"best trial of {base.model}", **best_trial.config).to_dict()
+    best_config = base.replace(f"best trial of {base.model}", **best_trial.config).to_dict()
     return TuneResult(
         model=base.model,
         config=best_config,

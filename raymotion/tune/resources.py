@@ -67,7 +67,7 @@ def fit_to_free(cfg: TrainConfig, free_cpus: float, free_gpus: float = 0.0) -> t
                             f"Train workers cut to {MIN_WORKER_CPUS} CPU each, but only {free_cpus:.2f} CPU are free")
     note = (f"only {free_cpus:.2f} CPU free: Train workers ask for {per_worker:.2f} CPU each instead of "
             f"{cfg.cpus_per_worker:.2f} (they still use every core torch is given; they just share them)")
-    return cfg.replace(source="free CPUs", cpus_per_worker=per_worker), note
+    return cfg.replace("free CPUs", cpus_per_worker=per_worker), note
 
 
 def resource_holders() -> list[str]:
