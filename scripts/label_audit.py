@@ -4,8 +4,8 @@
 
 The TSV (see the header of the one committed) holds, per image: its label, the ensemble's answer and a
 reader's forced-choice reading made without seeing either. The sample is half the ensemble's errors and
-half the rest, so each half's shares are weighted back by the ensemble's val accuracy (``--accuracy``,
-default: runs/full-8's) to estimate what a reader's agreement with the labels is over all of val, and how
+half the rest, so each half's shares are weighted back by the ensemble's val accuracy (the TSV's
+``# ensemble_val_accuracy:`` line) to estimate what a reader's agreement with the labels is over all of val, and how
 high a model could go if it fixed exactly the errors where the reader sides with the label.
 """
 from __future__ import annotations
@@ -16,10 +16,18 @@ import csv
 from scipy.stats import binomtest
 
 
-def read_rows(path: str) -> list[dict[str, str]]:
+ACCURACY_LINE = "# ensemble_val_accuracy:"
+
+
+def read_audit(path: str) -> tuple[list[dict[str, str]], float]:
+    """The readings, and the ensemble's val accuracy the sample was drawn against (its header line)."""
     with open(path, newline="") as f:
-        lines = [line for line in f if not line.startswith("#")]
-    return list(csv.DictReader(lines, delimiter="\t"))
+        lines = f.readlines()
+    accuracy = [line for line in lines if line.startswith(ACCURACY_LINE)]
+    if len(accuracy) != 1:
+        raise SystemExit(f"{path}: needs one '{ACCURACY_LINE} <fraction>' line")
+    rows = csv.DictReader([line for line in lines if not line.startswith("#")], delimiter="\t")
+    return list(rows), float(accuracy[0][len(ACCURACY_LINE):].split()[0])
 
 
 def share(rows: list[dict[str, str]], column: str) -> tuple[int, int, tuple[float, float]]:
@@ -31,10 +39,8 @@ def share(rows: list[dict[str, str]], column: str) -> tuple[int, int, tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ratings", help="TSV: label, ensemble, reading, certainty per image")
-    parser.add_argument("--accuracy", type=float, default=0.8957,
-                        help="the ensemble's val accuracy, to weight the two halves back (default: runs/full-8's)")
     args = parser.parse_args()
-    rows = read_rows(args.ratings)
+    rows, acc = read_audit(args.ratings)
     wrong = [r for r in rows if r["label"] != r["ensemble"]]
     right = [r for r in rows if r["label"] == r["ensemble"]]
     print(f"{'images':<34}{'n':>4}  reading = label        reading = ensemble")
@@ -46,7 +52,6 @@ def main() -> None:
             k, n, (low, high) = share(group, column)
             cells.append(f"{k:>3} ({k / n:.2f}, {low:.2f}-{high:.2f})")
         print(f"{name:<34}{len(group):>4}  " + "   ".join(cells))
-    acc = args.accuracy
     k_wrong, n_wrong, (low, high) = share(wrong, "label")
     k_right, n_right, _ = share(right, "label")
     print(f"\nreader vs labels over all val (halves weighted by accuracy {acc:.4f}): "
