@@ -32,10 +32,10 @@ def run_until(command: list[str], marker: str, timeout_s: float) -> tuple[subpro
     return proc, lines
 
 
-def snapshot_has_a_midway_trial(experiment_dir: str, epochs: int, timeout_s: float) -> bool:
-    """Until Tune's experiment snapshot in the run directory holds two trials: one finished after its last
-    epoch, one running whose last result (and the checkpoint reported with it) is of an earlier epoch. Tune
-    writes the snapshot at each trial checkpoint (and every 10 s or more): what a restore knows of each trial."""
+def snapshot_shows(experiment_dir: str, wanted, timeout_s: float) -> bool:
+    """Until Tune's experiment snapshot in the run directory holds trials whose sorted (status, last reported
+    epoch) pairs satisfy ``wanted``. Tune writes the snapshot at each trial checkpoint (and every 10 s or
+    more): what a restore knows of each trial."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for path in glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")):
@@ -46,10 +46,17 @@ def snapshot_has_a_midway_trial(experiment_dir: str, epochs: int, timeout_s: flo
                               for trial, meta in trials)
             except (OSError, ValueError, KeyError):  # being written
                 continue
-            if len(seen) == 2 and seen[0][0] == "RUNNING" and 1 <= seen[0][1] < epochs and seen[1] == ("TERMINATED", epochs):
+            if wanted(seen):
                 return True
         time.sleep(0.02)
     return False
+
+
+def snapshot_has_a_midway_trial(experiment_dir: str, epochs: int, timeout_s: float) -> bool:
+    """One trial finished after its last epoch, one running whose last result (and the checkpoint reported
+    with it) is of an earlier epoch."""
+    return snapshot_shows(experiment_dir, lambda seen: len(seen) == 2 and seen[0][0] == "RUNNING"
+                          and 1 <= seen[0][1] < epochs and seen[1] == ("TERMINATED", epochs), timeout_s)
 
 
 def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, faces_root, tmp_path):
@@ -99,3 +106,48 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     assert student.models["lenet"].train_config["soft_labels"] == os.path.join(run_dir, "distill", "ensemble.npz")
     assert read_soft_labels(student.models["lenet"].train_config["soft_labels"]).teachers == {"lenet": 1.0}
     assert "distilled student lenet" in resumed.stdout
+
+
+def stop_with_ctrl_c(proc: subprocess.Popen, lines: list[str]) -> str:
+    """SIGINT, what a terminal's Ctrl-C sends (Ray's own processes block it); the rest of the output."""
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=180)
+    return "".join(lines) + rest
+
+
+def test_ctrl_c_stops_the_run_where_it_is_and_resume_continues_it(ray_session, faces_root, tmp_path):
+    """Tune catches a Ctrl-C in a search and returns as if the search had ended: the run must stop there,
+    with the model not marked as tuned, not export a half-trained model. A Ctrl-C in the export after a
+    search must stop the run too, not be swallowed by the handler Tune leaves installed."""
+    address = ray_session.get_runtime_context().gcs_address
+    run_dir = str(tmp_path / "run")
+    manifest = os.path.join(run_dir, "manifest.json")
+    epochs = 4
+    first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1",
+                         "--epochs", str(epochs), "--set", "input_size=32", "--no-int8", "--student", "", "--out", run_dir)
+    marker = f"trial 1/1 epoch 1/{epochs}"
+    proc, lines = run_until(first, marker, timeout_s=300)
+    assert any(marker in line for line in lines), "".join(lines[-40:])
+    # What --resume continues is the experiment's last snapshot: stopped once it knows epoch 1's checkpoint.
+    experiment = os.path.join(run_dir, "tune", "tune-lenet")
+    assert snapshot_shows(experiment, lambda seen: seen == [("RUNNING", 1)], timeout_s=60), "no snapshot of epoch 1"
+    out = stop_with_ctrl_c(proc, lines)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"--resume {run_dir}" in out
+    assert read_tune_result(run_dir, "lenet") is None and not os.path.exists(manifest)
+
+    proc, lines = run_until(tune_command(address, "--resume", run_dir), "exporting every model", timeout_s=300)
+    assert any("exporting every model" in line for line in lines), "".join(lines[-40:])
+    out = stop_with_ctrl_c(proc, lines)
+    assert proc.returncode == 130, out[-3000:]
+    assert read_tune_result(run_dir, "lenet") is not None and not os.path.exists(manifest)
+
+    resumed = subprocess.run(tune_command(address, "--resume", run_dir), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert read_tune_result(run_dir, "lenet").trials == 1 and read_manifest(run_dir).models["lenet"].input_size == 32
+    # The stopped trial continued from its checkpoint, to the last epoch, and trained no epoch twice.
+    trial_dirs = glob.glob(os.path.join(experiment, "*", "progress.csv"))
+    assert len(trial_dirs) == 1
+    reported = pd.read_csv(trial_dirs[0])["epoch"]
+    assert reported.is_unique and reported.max() == epochs, list(reported)

@@ -276,7 +276,7 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
     run_dir = run_directory(args)
     os.makedirs(run_dir, exist_ok=True)
     if not args.resume:
-        write_command(run_dir, Command(argv=[a for a in argv if a]))
+        write_command(run_dir, Command(argv=list(argv)))  # as given: an empty value (--student "") is a value
     if on_run_dir:
         on_run_dir(run_dir)
     if args.resume:
@@ -428,11 +428,16 @@ def point_latest_at(run_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
+    run_dirs: list[str] = []  # the run directory, once there is one (what --resume continues)
+
+    def on_run_dir(run_dir: str) -> None:
+        run_dirs.append(run_dir)
+        # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
+        filter_terminal(os.path.join(run_dir, "logs", "tune.log"))
+
     try:
         args, argv = resolve_arguments(argv)
-        # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
-        run_dir, manifest, owns_ray = tune_and_export(
-            args, argv, on_run_dir=lambda d: filter_terminal(os.path.join(d, "logs", "tune.log")))
+        run_dir, manifest, owns_ray = tune_and_export(args, argv, on_run_dir=on_run_dir)
         point_latest_at(run_dir)
         url = serve_run(run_dir, args.host, args.port, args.device) if args.serve else None
         print(summary(manifest, run_dir, time.perf_counter() - started, url), flush=True)
@@ -441,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, ResourcesHeld) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C, in whichever stage
+        resume = f": continue it with python -m raymotion.tune --resume {run_dirs[0]}" if run_dirs else ""
+        print(f"\nstopped (Ctrl-C){resume}", file=sys.stderr, flush=True)
+        sys.exit(130)
     finally:
         # Here, not in Ray's own exit hook: that runs after the terminal filter hands the terminal back,
         # and the worker logs it flushes would reach the terminal unfiltered.

@@ -236,6 +236,11 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
         trial_resources(base, in_trial),
     )
     tuner = make_tuner(trainable, space, base, settings, storage_path, callbacks)
+    # Tune's own SIGINT handler would end the search on a Ctrl-C as if it had finished (its trials marked
+    # terminated, so the run went on to export a half-trained model), and it stays installed after the
+    # search, swallowing a Ctrl-C in a later stage. Without it a Ctrl-C raises KeyboardInterrupt here as
+    # anywhere else; --resume continues from the experiment's last snapshot, written at each checkpoint.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started
