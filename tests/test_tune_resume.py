@@ -145,6 +145,7 @@ def test_ctrl_c_stops_the_run_where_it_is_and_resume_continues_it(ray_session, f
     resumed = subprocess.run(tune_command(address, "--resume", run_dir), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert "--student ''" in resumed.stdout  # the resumed command, as a shell would take it
     assert read_tune_result(run_dir, "lenet").trials == 1 and read_manifest(run_dir).models["lenet"].input_size == 32
     # The stopped trial continued from its checkpoint, to the last epoch, and trained no epoch twice.
     trial_dirs = glob.glob(os.path.join(experiment, "*", "progress.csv"))

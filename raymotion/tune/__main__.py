@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -280,7 +281,7 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
     if on_run_dir:
         on_run_dir(run_dir)
     if args.resume:
-        print(f"resuming {run_dir}: {' '.join(read_command(run_dir).argv)}", flush=True)
+        print(f"resuming {run_dir}: {shlex.join(read_command(run_dir).argv)}", flush=True)
     print(f"data: {root} ({how})\n{source.summary()}{data_banner(root)}", flush=True)
     print(f"run directory: {run_dir}", flush=True)
     preset = PRESETS[args.preset]
