@@ -12,8 +12,11 @@ from typing import Any, Iterable, Literal
 import yaml
 
 # What "best" means unless a preset says otherwise: Tune's objective, Train's kept checkpoint and early
-# stopping all read one (metric, mode) pair (see TuneSettings and TrainConfig.metric).
-DEFAULT_METRIC = "val_macro_f1"
+# stopping all read one (metric, mode) pair (see TuneSettings and TrainConfig.metric). The mean over the
+# run's data sources of each one's val macro-F1 (with one source, its macro-F1): each source counts alike
+# whatever its size, since the service must answer studio crops and webcam faces alike, and macro-F1
+# because the classes are imbalanced.
+DEFAULT_METRIC = "val_source_macro_f1"
 Mode = Literal["max", "min"]
 ClassWeighting = Literal["none", "balanced"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]  # Ray placement group strategies
@@ -170,6 +173,13 @@ class TrainConfig:
     init_checkpoint: str = ""
     # Class imbalance: "none" or "balanced" (loss weights n / (k * n_class)).
     class_weighting: ClassWeighting = "none"
+    # Several data sources: each source's share of an epoch's training rows is proportional to its number of
+    # training images to this power (1: as the data is; 0: equal shares), the epoch keeping the sources'
+    # total; ``source_shares`` (source name -> share) sets the shares outright instead. Between 0 and 1 a
+    # large source is sampled less than its size and a small one more, without repeating the small one
+    # as often as equal shares would (temperature sampling, as multilingual models mix languages).
+    source_share_power: float = 0.5
+    source_shares: dict[str, float] = field(default_factory=dict)
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
     max_batches_per_epoch: int = 0
     seed: int = 0

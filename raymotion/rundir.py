@@ -73,6 +73,19 @@ class CheckpointMeta(_Record):
     metrics: Metrics
 
 
+class SourceScores(_Record):
+    """A member's or the ensemble's figures on one data source's val rows (calibration and weights fitted on
+    the val rows of every source, as served)."""
+    images: int
+    val: Metrics
+    val_out_of_fold: Metrics | None = None
+    val_degraded: Metrics | None = None
+    # The ensemble only: its out-of-fold accuracy / macro-F1 minus its best member's on this source, in points,
+    # and the rows where its answer and that member's differ (out of fold): how many, and who was right.
+    gain_out_of_fold: dict[str, Any] | None = None
+    disagreements: dict[str, Any] | None = None
+
+
 class ServedFile(_Record):
     """models.<name>.serve: the ONNX file Serve runs for a member (int8 when accepted, else fp32)."""
     variant: Literal["fp32", "static", "dynamic"]
@@ -110,6 +123,8 @@ class ModelEntry(_Record):
     # as on clean val: how the member fares on camera-like faces.
     val_degraded: Metrics | None = None
     tune: dict[str, Any] | None = None  # trials, stopped_early, failed, seconds, history (the tune command)
+    # Source name -> the same figures on that source's val rows alone (runs of two or more sources).
+    by_source: dict[str, SourceScores] = {}
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -117,12 +132,26 @@ class ModelEntry(_Record):
         return {"temperature": self.temperature, "bias": self.bias}
 
 
-class DataRecord(_Record):
+class SourceRecord(_Record):
+    """One data source of a run: its name (what per-source figures are called), root and counts."""
+    name: str
     root: str
     train: dict[str, int]
     val: dict[str, int]
     generated: bool = False
+
+
+class DataRecord(_Record):
+    root: str  # the roots, joined by os.pathsep when there are several (``roots`` lists them)
+    train: dict[str, int]
+    val: dict[str, int]
+    generated: bool = False
     warning: str | None = None  # set when generated: such a run's models know nothing of real faces
+    sources: list[SourceRecord] = []  # in the order of predictions' source ids; [] in runs before sources
+
+    @property
+    def roots(self) -> list[str]:
+        return [s.root for s in self.sources] or [self.root]
 
 
 class Ensemble(_Record):
@@ -146,6 +175,7 @@ class Ensemble(_Record):
     # Each pooling rule's out-of-fold figures on these members (accuracy, macro-F1, log loss): the one
     # served beside the one not chosen.
     rules_out_of_fold: dict[str, dict[str, float]] | None = None
+    by_source: dict[str, SourceScores] = {}  # as ModelEntry.by_source, with the gain and the disagreements
 
     @model_validator(mode="after")
     def _served_are_the_weighted_members(self) -> "Ensemble":
@@ -345,6 +375,9 @@ class PredictionKeys:
     ENSEMBLE_RAW = "ensemble_raw"  # probs__ensemble_raw: fitted weights, T = 1
     THUMB_INDEX = "thumb_index"  # (K,) rows of labels / probs shown as thumbnails
     THUMBS = "thumbs"  # (K, h, w, 3) uint8
+    SOURCES = "sources"  # (N,) int64: each row's data source, an index into SOURCE_NAMES
+    SOURCE_NAMES = "source_names"  # (S,) str: the run's data sources in order (DataRecord.sources)
+    PATHS = "paths"  # (N,) str: each row's image file ("" for a row read from a Parquet cache)
 
     @classmethod
     def probs(cls, name: str) -> str:
@@ -353,3 +386,89 @@ class PredictionKeys:
     @classmethod
     def raw_probs(cls, name: str) -> str:
         return cls.RAW_PREFIX + name
+
+
+class ValPredictions(BaseModel):
+    """predictions/val.npz as one record: what export scored on val, row by row (PredictionKeys names the
+    arrays). Written by the export bundle, read by the report and the benchmarks."""
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    labels: Any  # (N,) int64
+    probs: dict[str, Any]  # name -> (N, C) float: each member as the ensemble mixes it, "ensemble", "ensemble_raw"
+    raw_probs: dict[str, Any] = {}  # member -> (N, C): the served file's own probabilities
+    sources: Any = None  # (N,) int64 into source_names; None in a file written before sources existed
+    source_names: list[str] = []
+    paths: list[str] = []
+    thumb_index: Any = None  # (K,) int64 rows shown as thumbnails
+    thumbs: Any = None  # (K, h, w, 3) uint8
+
+    @model_validator(mode="after")
+    def _rows_agree(self) -> "ValPredictions":
+        n = len(self.labels)
+        for name, probs in {**self.probs, **self.raw_probs}.items():
+            if probs.ndim != 2 or len(probs) != n:
+                raise ValueError(f"val predictions: {name} has shape {probs.shape}, not ({n}, classes)")
+        if self.sources is not None and len(self.sources) != n:
+            raise ValueError(f"val predictions: {len(self.sources)} source ids for {n} rows")
+        if self.paths and len(self.paths) != n:
+            raise ValueError(f"val predictions: {len(self.paths)} paths for {n} rows")
+        return self
+
+    def source_rows(self) -> dict[str, Any]:
+        """Source name -> the boolean mask of its rows (one source named "" when the file has none)."""
+        import numpy as np
+
+        if self.sources is None or not self.source_names:
+            return {"": np.ones(len(self.labels), bool)}
+        return {name: np.asarray(self.sources) == i for i, name in enumerate(self.source_names)}
+
+
+def predictions_path(run_dir: str) -> str:
+    return os.path.join(run_dir, PREDICTIONS)
+
+
+def write_val_predictions(run_dir: str, predictions: ValPredictions) -> str:
+    import numpy as np
+
+    keys = PredictionKeys
+    path = predictions_path(run_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arrays = {keys.LABELS: np.asarray(predictions.labels, np.int64)}
+    arrays.update({keys.probs(name): np.asarray(p, np.float32) for name, p in predictions.probs.items()})
+    arrays.update({keys.raw_probs(name): np.asarray(p, np.float32) for name, p in predictions.raw_probs.items()})
+    if predictions.sources is not None:
+        arrays[keys.SOURCES] = np.asarray(predictions.sources, np.int64)
+        arrays[keys.SOURCE_NAMES] = np.asarray(predictions.source_names, dtype=str)
+    if predictions.paths:
+        arrays[keys.PATHS] = np.asarray(predictions.paths, dtype=str)
+    if predictions.thumb_index is not None:
+        arrays[keys.THUMB_INDEX] = np.asarray(predictions.thumb_index, np.int64)
+        arrays[keys.THUMBS] = np.asarray(predictions.thumbs, np.uint8)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_val_predictions(run_dir: str) -> ValPredictions | None:
+    """RUN_DIR/predictions/val.npz, or None where the run has none."""
+    import numpy as np
+
+    keys = PredictionKeys
+    path = predictions_path(run_dir)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    probs, raw = {}, {}
+    for key, value in arrays.items():
+        if key.startswith(keys.RAW_PREFIX):
+            raw[key[len(keys.RAW_PREFIX):]] = value.astype(np.float64)
+        elif key.startswith(keys.PROBS_PREFIX):
+            probs[key[len(keys.PROBS_PREFIX):]] = value.astype(np.float64)
+    return ValPredictions(
+        labels=arrays[keys.LABELS].astype(np.int64), probs=probs, raw_probs=raw,
+        sources=arrays[keys.SOURCES].astype(np.int64) if keys.SOURCES in arrays else None,
+        source_names=[str(s) for s in arrays.get(keys.SOURCE_NAMES, [])],
+        paths=[str(p) for p in arrays.get(keys.PATHS, [])],
+        thumb_index=arrays[keys.THUMB_INDEX].astype(np.int64) if keys.THUMB_INDEX in arrays else None,
+        thumbs=arrays.get(keys.THUMBS))

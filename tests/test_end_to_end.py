@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["angry", "happy", "sad"]
 TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
 NPZ_KEYS = {"labels", "probs__lenet", "probs__mobilenet_v2", "probs_raw__lenet", "probs_raw__mobilenet_v2",
-            "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs"}
+            "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs", "sources", "source_names", "paths"}
 
 
 def test_terminal_shows_progress_and_summary_without_rays_noise(cli_run, run):

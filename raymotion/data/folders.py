@@ -23,6 +23,10 @@ class DataError(ValueError):
 class Split:
     paths: tuple[str, ...]
     labels: tuple[int, ...]
+    # Several sources decoded as one (data.sources.Sources.folder_split): each row's run-wide uid and its
+    # source's index. Empty: uid = the row's index, source 0.
+    uids: tuple[int, ...] = ()
+    sources: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -84,6 +88,22 @@ def _list_class_images(split_dir: Path) -> dict[str, list[str]]:
         )
         images[entry.name] = files
     return images
+
+
+def select_classes(folders: ImageFolders, classes: list[str]) -> ImageFolders:
+    """``folders`` narrowed to ``classes`` (label ids renumbered in their sorted order); a class it lacks is
+    refused by name."""
+    missing = sorted(set(classes) - set(folders.classes))
+    if missing:
+        raise DataError(f"{folders.root} has no class folder(s) {', '.join(missing)} (it has {', '.join(folders.classes)})")
+    kept = sorted(classes)
+    new_label = {folders.classes.index(name): i for i, name in enumerate(kept)}
+
+    def narrowed(split: Split) -> Split:
+        rows = [(p, new_label[label]) for p, label in zip(split.paths, split.labels) if label in new_label]
+        return Split(tuple(p for p, _ in rows), tuple(label for _, label in rows))
+
+    return ImageFolders(folders.root, kept, narrowed(folders.train), narrowed(folders.val))
 
 
 def index_image_folders(root: str | os.PathLike) -> ImageFolders:

@@ -19,6 +19,7 @@ from ray.data.dataset import MaterializedDataset  # not exported by ray.data
 from raymotion.config import Augmentation
 from raymotion.data.augment import augment_batch, degrade_batch
 from raymotion.data.folders import ImageFolders, Split
+from raymotion.data.sources import Sources
 from raymotion.data.mixing import mix_batch, one_hot
 from raymotion.data.parquet import ParquetCache
 from raymotion.data.transforms import InvalidImage, decode_image_kind, resize_rgb
@@ -131,7 +132,7 @@ def _decode_resize(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndar
         except OSError:
             kind = "unreadable"
         kinds.append(kind)
-    return {"image": images, "label": batch["label"], "uid": batch["uid"], "ok": ok,
+    return {"image": images, "label": batch["label"], "uid": batch["uid"], "source": batch["source"], "ok": ok,
             "kind": np.asarray(kinds, dtype=object), "path": batch["path"]}
 
 
@@ -141,12 +142,17 @@ def _status_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _keep_ok(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = batch["ok"]
-    return {"image": batch["image"][keep], "label": batch["label"][keep], "uid": batch["uid"][keep]}
+    return {"image": batch["image"][keep], "label": batch["label"][keep], "uid": batch["uid"][keep],
+            "source": batch["source"][keep]}
 
 
 def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.data.Dataset, DecodeReport]:
-    """Decoded, resized uint8 images of one split (materialized): columns image (N,H,W,3), label, uid."""
-    rows = [{"path": p, "label": label, "uid": i} for i, (p, label) in enumerate(zip(split.paths, split.labels))]
+    """Decoded, resized uint8 images of one split (materialized): columns image (N,H,W,3), label, uid, source
+    (the split's own uids and sources where it has them, else the row index and 0)."""
+    uids = split.uids or range(len(split))
+    sources = split.sources or (0,) * len(split)
+    rows = [{"path": p, "label": label, "uid": uid, "source": src}
+            for p, label, uid, src in zip(split.paths, split.labels, uids, sources)]
     # Files are listed class by class; shuffled once here (seeded) so that every block holds every
     # class. Per epoch, block order is randomised and rows are shuffled within a buffer of several
     # blocks; without this, batches are near single-class and BatchNorm models collapse.
@@ -177,9 +183,40 @@ def _resize_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarr
     return {"image": images, "label": batch["label"], "uid": batch["uid"]}
 
 
-def load_cached(source: ImageFolders | ParquetCache, size: int) -> tuple[dict[str, ray.data.Dataset], DecodeReport]:
+def _as_source(batch: dict[str, np.ndarray], source: int, uid_offset: int) -> dict[str, np.ndarray]:
+    """A Parquet cache's rows as one source of several: run-wide uids and the source's index."""
+    uids = np.asarray(batch["uid"], np.int64) + uid_offset
+    return {"image": batch["image"], "label": batch["label"], "uid": uids, "source": np.full(len(uids), source, np.int64)}
+
+
+def load_sources(sources: Sources, size: int) -> tuple[dict[str, ray.data.Dataset], DecodeReport]:
+    """Every source's splits at ``size`` as one dataset per split (column ``source`` says whose row). The
+    class-folder sources are decoded together, their rows shuffled across sources, so that every block (and
+    so every batch) mixes them; a Parquet cache adds its own blocks."""
+    parts: dict[str, list[ray.data.Dataset]] = {"train": [], "val": []}
+    report = DecodeReport()
+    for split in parts:
+        folder_split = sources.folder_split(split)
+        if folder_split is not None:
+            decoded, split_report = decode_split(folder_split, size)
+            parts[split].append(decoded)
+            report.add(split_report)
+    for index, part in enumerate(sources.parts):
+        if isinstance(part.data, ParquetCache):
+            cached, part_report = load_cached(part.data, size)
+            report.add(part_report)
+            for split, ds in cached.items():
+                parts[split].append(ds.map_batches(_as_source, fn_kwargs={"source": index, "uid_offset": part.offsets[split]},
+                                                   batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS))
+    return {split: materialize(ds[0].union(*ds[1:])) if len(ds) > 1 or not isinstance(ds[0], MaterializedDataset)
+            else ds[0] for split, ds in parts.items()}, report
+
+
+def load_cached(source: ImageFolders | ParquetCache | Sources, size: int) -> tuple[dict[str, ray.data.Dataset], DecodeReport]:
     """Both splits decoded once at ``size`` and kept in the object store, and what decoding skipped."""
     quiet_progress()
+    if isinstance(source, Sources):
+        return load_sources(source, size)
     if isinstance(source, ParquetCache):
         cached = {}
         for split in ("train", "val"):
@@ -256,37 +293,56 @@ def _own_execution_count(ds: ray.data.Dataset) -> ray.data.Dataset:
     return own
 
 
+def resample_rows(sources: np.ndarray, rates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of a block drawn at each row's source's rate: floor(rate) copies, and one more with
+    probability frac(rate); a rate below 1 keeps a row with that probability. Repeats stay next to each other
+    here and are separated by the loop's local shuffle buffer."""
+    rate = rates[np.asarray(sources, np.int64)]
+    copies = np.floor(rate).astype(np.int64) + (rng.random(len(rate)) < rate - np.floor(rate))
+    return np.repeat(np.arange(len(rate)), copies)
+
+
 def _augment_batch(batch: dict[str, np.ndarray], seed: int, num_classes: int, augmentation: Augmentation,
-                   teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0) -> dict[str, np.ndarray]:
+                   teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0,
+                   source_rates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     uids = batch["uid"]
     # The draws depend on (seed, epoch, block) only, the block named by its first row: not on which worker
     # process runs it or what it ran before, so the same --seed gives the same batches.
     block = int(uids[0]) if len(uids) else 0
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch_index(), block]))
+    sources = batch.get("source")
+    sources = np.zeros(len(uids), np.int64) if sources is None else np.asarray(sources, np.int64)
+    images, labels = batch["image"], batch["label"]
+    if source_rates is not None:
+        keep = resample_rows(sources, source_rates, rng)
+        images, labels, uids, sources = images[keep], labels[keep], uids[keep], sources[keep]
     target = None
     if teacher_by_uid is not None:
-        target = distilled_targets(batch["label"], teacher_by_uid[np.asarray(uids, np.int64)], distill_alpha)
-    images, target = augment_mix(batch["image"], batch["label"], rng, num_classes, augmentation, target)
-    return {"image": images, "label": batch["label"], "target": target, "uid": uids}
+        target = distilled_targets(labels, teacher_by_uid[np.asarray(uids, np.int64)], distill_alpha)
+    images, target = augment_mix(images, labels, rng, num_classes, augmentation, target)
+    return {"image": images, "label": labels, "target": target, "uid": uids, "source": sources}
 
 
 def train_stream(cached_train: ray.data.Dataset, *, seed: int, num_classes: int, augmentation: Augmentation,
-                 teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0) -> ray.data.Dataset:
-    """Shuffled block order + random augmentation + mixing; re-executed every epoch, reproducibly: block
-    order and augmentation are drawn from (seed, epoch), and blocks come out in order, so a run with one
-    Train worker sees the same batches for the same seed.
+                 teacher_by_uid: np.ndarray | None = None, distill_alpha: float = 0.0,
+                 source_rates: list[float] | None = None) -> ray.data.Dataset:
+    """Shuffled block order + per-source resampling + random augmentation + mixing; re-executed every epoch,
+    reproducibly: block order, resampling and augmentation are drawn from (seed, epoch), and blocks come out
+    in order, so a run with one Train worker sees the same batches for the same seed.
     Columns: image (uint8 NHWC, as cached: the train loop standardises it on its device, see
-    train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id).
+    train.loop.standardize), label (int), target (float soft labels, rows sum to 1), uid (row id), source.
     ``teacher_by_uid``: (rows, C) teacher probabilities by uid (rundir.SoftLabels.by_uid), mixed into each
-    target with weight ``distill_alpha`` (see distilled_targets)."""
+    target with weight ``distill_alpha`` (see distilled_targets). ``source_rates``: per source, how often a
+    row is drawn per epoch (data.sources.sampling_rates); None: every row once."""
     own = _own_execution_count(cached_train)
     # In order: otherwise blocks arrive as their tasks finish, and batch contents depend on timing. The
     # cost is a block that finishes early waiting for the one before it (two similar tasks per CPU pair).
     own.context.execution_options.preserve_order = True
+    rates = None if source_rates is None else np.asarray(source_rates, np.float64)
     return own.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
         _augment_batch,
         fn_kwargs=dict(seed=seed, num_classes=num_classes, augmentation=augmentation, teacher_by_uid=teacher_by_uid,
-                       distill_alpha=distill_alpha),
+                       distill_alpha=distill_alpha, source_rates=rates),
         batch_size=ROWS_PER_BLOCK,
         num_cpus=STREAM_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=stream_task_concurrency(cached_train)),

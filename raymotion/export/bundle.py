@@ -32,7 +32,7 @@ from PIL import Image
 
 from raymotion import rundir
 from raymotion.config import EnsembleRule, ExportConfig
-from raymotion.data import is_generated
+from raymotion.data.sources import Sources, as_sources, is_generated
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.data.pipeline import camera_degraded
 from raymotion.data.transforms import normalize, resize_rgb
@@ -152,14 +152,33 @@ def choose_served_file(name: str, entry: dict[str, Any], run_dir: str, source, v
     return entry["serve"]
 
 
-def data_record(source) -> dict[str, Any]:
-    """The manifest's "data": root, counts, and whether the images are generated faces (then a warning
-    that no reader can miss: such a run's models know nothing of real faces)."""
+def data_record(source: Sources) -> dict[str, Any]:
+    """The manifest's "data": roots, counts (pooled and per source), and whether the images are generated
+    faces (then a warning that no reader can miss: such a run's models know nothing of real faces)."""
     record = {"root": source.root, "train": source.counts("train"), "val": source.counts("val"),
-              "generated": is_generated(source.root)}
+              "generated": source.generated,
+              "sources": [{"name": part.name, "root": part.data.root, "train": part.data.counts("train"),
+                           "val": part.data.counts("val"), "generated": is_generated(part.data.root)}
+                          for part in source.parts]}
     if record["generated"]:
         record["warning"] = GENERATED_NOTE
     return record
+
+
+class ValRows:
+    """What export knows of each val row besides its image: label, run-wide uid, source and file."""
+
+    def __init__(self, source: Sources, labels: np.ndarray, uids: np.ndarray):
+        self.labels, self.uids = labels, uids
+        self.sources = source.source_of("val", uids)
+        self.source_names = source.names
+        self.paths = source.paths_of("val", uids)
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """Source name -> its rows, with two or more sources (per-source figures); {} with one."""
+        if len(self.source_names) < 2:
+            return {}
+        return {name: self.sources == i for i, name in enumerate(self.source_names)}
 
 
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
@@ -168,17 +187,21 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     """Export every checkpoint (and its int8 candidates), fit the ensemble's weights and temperature on
     val, score everything on val, write the manifest and ``predictions/val.npz``.
 
-    ``source``: the run's data (ImageFolders or ParquetCache: ``classes``, ``counts``, ``arrays``).
-    Member probabilities, and so the ensemble's fit and every val figure, come from the file each member
-    serves (``models.<name>.serve``), so that the manifest describes what Serve answers. ``exported``: the
-    members this process exported already (export_member_once), filled.
+    ``source``: the run's data (Sources, or one ImageFolders or ParquetCache). With several sources the
+    calibrations and the pool are fitted on the val rows of them all, and every figure is also given per
+    source (``by_source``). Member probabilities, and so the ensemble's fit and every val figure, come from the
+    file each member serves (``models.<name>.serve``), so that the manifest describes what Serve answers.
+    ``exported``: the members this process exported already (export_member_once), filled.
     """
     export = export or ExportConfig()
+    source = as_sources(source)
     val_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    models, raw_member_probs, labels = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache,
-                                                          exported)
+    models, raw_member_probs, rows = export_members(run_dir, checkpoints, source, extra or {}, export, val_cache,
+                                                    exported)
+    labels = rows.labels
     member_probs, fitted = fit_calibration_and_ensemble(models, raw_member_probs, labels, source.classes,
                                                         export.ensemble_rule)
+    score_by_source(models, fitted, member_probs, rows, source.classes)
     manifest = Manifest.model_validate({
         "format_version": rundir.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -187,36 +210,38 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
         "models": models,
         "ensemble": fitted["ensemble"],
     })
-    score_degraded(run_dir, manifest, labels, val_cache)
-    write_predictions(run_dir, labels, member_probs, raw_member_probs, fitted["raw"], fitted["calibrated"],
+    score_degraded(run_dir, manifest, rows, val_cache)
+    write_predictions(run_dir, rows, member_probs, raw_member_probs, fitted["raw"], fitted["calibrated"],
                       images=val_cache[max(val_cache)][0])
     rundir.write_manifest(run_dir, manifest)
     # The JSON as written (the tune command's summary reads it by key).
     return rundir.manifest_json(manifest)
 
 
-def export_members(run_dir: str, checkpoints: dict[str, str], source, extra: dict[str, dict[str, Any]],
+def export_members(run_dir: str, checkpoints: dict[str, str], source: Sources, extra: dict[str, dict[str, Any]],
                    export: ExportConfig, val_cache: dict[int, tuple[np.ndarray, np.ndarray]],
                    exported: ExportedMembers | None = None):
     """Each checkpoint to ONNX, its served file chosen (fp32 or int8); returns the manifest entries, the
-    served files' val probabilities and the val labels. ``val_cache``: val arrays by input size, filled."""
-    models, raw_member_probs, labels = {}, {}, None
+    served files' val probabilities and the val rows (ValRows). ``val_cache``: val arrays by input size,
+    filled."""
+    models, raw_member_probs, labels, uids = {}, {}, None, None
     for name, checkpoint_dir in checkpoints.items():
         size = rundir.read_checkpoint_meta(checkpoint_dir).input_size
         if size not in val_cache:
-            val_cache[size] = source.arrays("val", size)
-        images, size_labels = val_cache[size]
-        # Members at different sizes must be scored on the same rows, or their probabilities cannot be mixed.
-        if labels is not None and not np.array_equal(labels, size_labels):
-            raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
-        labels = size_labels
+            images, size_labels, size_uids = source.arrays_with_uids("val", size)
+            val_cache[size] = images, size_labels
+            # Members at different sizes must be scored on the same rows, or their probabilities cannot be mixed.
+            if uids is not None and not np.array_equal(uids, size_uids):
+                raise ValueError(f"{name}: val images at {size}px are not the rows the other members were scored on")
+            uids = size_uids
+        images, labels = val_cache[size]
         entry, probs = export_member_once(checkpoint_dir, run_dir, images, export.flip_tta, exported)
         entry.update(extra.get(name, {}))
         x = normalize(images, entry["mean"], entry["std"])
         val_probs = {"fp32": probs}
         serve = choose_served_file(name, entry, run_dir, source, x, labels, source.classes, export, val_probs)
         models[name], raw_member_probs[name] = entry, val_probs[serve["variant"]]  # the served file's outputs
-    return models, raw_member_probs, labels
+    return models, raw_member_probs, ValRows(source, labels, uids)
 
 
 def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_probs: dict[str, np.ndarray],
@@ -263,7 +288,49 @@ def fit_calibration_and_ensemble(models: dict[str, dict[str, Any]], raw_member_p
         "rules_out_of_fold": {r: {k: o["metrics"][k] for k in ("accuracy", "macro_f1", "log_loss")}
                               for r, o in oofs.items()},
     }
-    return member_probs, {"ensemble": record, "raw": raw, "calibrated": calibrated}
+    return member_probs, {"ensemble": record, "raw": raw, "calibrated": calibrated, "out_of_fold": oof}
+
+
+def score_by_source(models: dict[str, dict[str, Any]], fitted: dict[str, Any], member_probs: dict[str, np.ndarray],
+                    rows: ValRows, classes: list[str]) -> None:
+    """Each member's and the ensemble's figures on each source's val rows (``by_source``), in-sample and out
+    of fold, and per source the ensemble's gain over that source's best member and where the two disagree
+    (out of fold). Nothing with one source."""
+    oof, record = fitted["out_of_fold"], fitted["ensemble"]
+    labels = rows.labels
+    for name, mask in rows.masks().items():
+        for member, entry in models.items():
+            entry.setdefault("by_source", {})[name] = {
+                "images": int(mask.sum()), "val": ensemble.scores(member_probs[member][mask], labels[mask], classes),
+                "val_out_of_fold": ensemble.scores(oof["member_probs"][member][mask], labels[mask], classes)}
+        pool = oof["probs"][mask]
+        figures = {"images": int(mask.sum()), "val": ensemble.scores(fitted["calibrated"][mask], labels[mask], classes),
+                   "val_out_of_fold": ensemble.scores(pool, labels[mask], classes)}
+        best = max(models, key=lambda m: models[m]["by_source"][name]["val_out_of_fold"]["accuracy"])
+        member_oof = models[best]["by_source"][name]["val_out_of_fold"]
+        figures["gain_out_of_fold"] = {
+            "best_member": best,
+            "accuracy_points": 100 * (figures["val_out_of_fold"]["accuracy"] - member_oof["accuracy"]),
+            "macro_f1_points": 100 * (figures["val_out_of_fold"]["macro_f1"] - member_oof["macro_f1"])}
+        figures["disagreements"] = disagreements(pool, oof["member_probs"][best][mask], labels[mask],
+                                                 np.flatnonzero(mask), best)
+        record.setdefault("by_source", {})[name] = figures
+
+
+def disagreements(pool: np.ndarray, member: np.ndarray, labels: np.ndarray, rows: np.ndarray, member_name: str,
+                  keep: int = 48) -> dict[str, Any]:
+    """Where the pool's answer and one member's differ: how many, who was right, and (at most ``keep``) the
+    val rows (indices into predictions/val.npz) in each case, the most confident pool first."""
+    pool_pred, member_pred = pool.argmax(1), member.argmax(1)
+    differ = pool_pred != member_pred
+    order = np.argsort(-pool.max(1), kind="stable")
+    cases = {"pool_right": differ & (pool_pred == labels), "member_right": differ & (member_pred == labels),
+             "both_wrong": differ & (pool_pred != labels) & (member_pred != labels)}
+    out: dict[str, Any] = {"member": member_name, "rows": int(differ.sum())}
+    for case, mask in cases.items():
+        out[case] = int(mask.sum())
+        out[f"{case}_rows"] = [int(rows[i]) for i in order if mask[i]][:keep]
+    return out
 
 
 def degraded_val(val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
@@ -274,15 +341,20 @@ def degraded_val(val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[in
             for size in val_cache}
 
 
-def score_degraded(run_dir: str, manifest: Manifest, labels: np.ndarray,
+def score_degraded(run_dir: str, manifest: Manifest, rows: ValRows,
                    val_cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """``val_degraded`` of every member (its served file, its clean-val calibration) and of the fitted
-    ensemble (as the manifest pools it), set on the manifest."""
+    ensemble (as the manifest pools it), pooled and per source, set on the manifest."""
+    labels, classes = rows.labels, manifest.classes
     probs = calibrated_member_probabilities(run_dir, manifest.models, degraded_val(val_cache))
     for name, entry in manifest.models.items():
-        entry.val_degraded = ensemble.scores(probs[name], labels, manifest.classes)
+        entry.val_degraded = ensemble.scores(probs[name], labels, classes)
+        for source, mask in rows.masks().items():
+            entry.by_source[source].val_degraded = ensemble.scores(probs[name][mask], labels[mask], classes)
     mixed = ensemble_probabilities(probs, manifest.ensemble)
-    manifest.ensemble.val_degraded = ensemble.scores(mixed, labels, manifest.classes)
+    manifest.ensemble.val_degraded = ensemble.scores(mixed, labels, classes)
+    for source, mask in rows.masks().items():
+        manifest.ensemble.by_source[source].val_degraded = ensemble.scores(mixed[mask], labels[mask], classes)
 
 
 def gain_over_best_member(models: dict[str, dict[str, Any]], ensemble_oof: dict[str, Any]) -> dict[str, Any]:
@@ -295,23 +367,18 @@ def gain_over_best_member(models: dict[str, dict[str, Any]], ensemble_oof: dict[
             "macro_f1_points": 100 * (ensemble_oof["macro_f1"] - member["macro_f1"])}
 
 
-def write_predictions(run_dir: str, labels: np.ndarray, member_probs: dict[str, np.ndarray],
+def write_predictions(run_dir: str, rows: ValRows, member_probs: dict[str, np.ndarray],
                       raw_member_probs: dict[str, np.ndarray], raw: np.ndarray, calibrated: np.ndarray,
                       images: np.ndarray) -> str:
-    """predictions/val.npz (names: rundir.PredictionKeys), thumbnails cut from ``images`` (the largest size)."""
-    path = os.path.join(run_dir, rundir.PREDICTIONS)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    thumb_index = thumbnail_order(calibrated, labels, THUMBNAILS)
+    """predictions/val.npz (rundir.ValPredictions), thumbnails cut from ``images`` (the largest size)."""
+    thumb_index = thumbnail_order(calibrated, rows.labels, THUMBNAILS)
     keys = PredictionKeys
-    arrays = {keys.LABELS: np.asarray(labels, np.int64)}
     # probs__<model>: what the ensemble mixes (each member through its own calibration, as served).
-    arrays.update({keys.probs(name): p.astype(np.float32) for name, p in member_probs.items()})
-    arrays.update({keys.raw_probs(name): p.astype(np.float32) for name, p in raw_member_probs.items()})
-    arrays.update({keys.probs(keys.ENSEMBLE_RAW): raw.astype(np.float32),
-                   keys.probs(keys.ENSEMBLE): calibrated.astype(np.float32), keys.THUMB_INDEX: thumb_index,
-                   keys.THUMBS: thumbnails(images, thumb_index, THUMB_SIZE)})
-    np.savez_compressed(path, **arrays)
-    return path
+    probs = {**member_probs, keys.ENSEMBLE_RAW: raw, keys.ENSEMBLE: calibrated}
+    return rundir.write_val_predictions(run_dir, rundir.ValPredictions(
+        labels=rows.labels, probs=probs, raw_probs=raw_member_probs, sources=rows.sources,
+        source_names=rows.source_names, paths=rows.paths, thumb_index=thumb_index,
+        thumbs=thumbnails(images, thumb_index, THUMB_SIZE)))
 
 
 def thumbnail_order(probs: np.ndarray, labels: np.ndarray, limit: int, mistakes_share: float = 2 / 3) -> np.ndarray:
@@ -370,3 +437,36 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
                      f"weights and T refitted on {v['folds']}-1 folds, scored on the held-out fold (honest)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def source_table(manifest: Manifest | dict[str, Any]) -> str:
+    """Per data source, a row per member and the ensemble: images, val, out-of-fold and degraded accuracy and
+    macro-F1, weight; then the ensemble's out-of-fold gain over the source's best member. "" with one source."""
+    if isinstance(manifest, dict):
+        manifest = Manifest.model_validate(manifest)
+    ens = manifest.ensemble
+    if not ens.by_source:
+        return ""
+    rows = [("source", "model", "images", "val_acc", "oof_acc", "oof_macro_f1", "degraded_acc", "weight")]
+
+    def fmt(val: dict[str, Any] | None, key: str) -> str:
+        return f"{val[key]:.4f}" if val and key in val else "-"
+
+    lines = []
+    for source, figures in ens.by_source.items():
+        entries = [(name, m.by_source.get(source), f"{ens.weights.get(name, 0):.2f}") for name, m in manifest.models.items()]
+        for name, scores, weight in entries + [("ensemble", figures, "-")]:
+            if scores is None:
+                continue
+            rows.append((source, name, str(scores.images), fmt(scores.val, "accuracy"),
+                         fmt(scores.val_out_of_fold, "accuracy"), fmt(scores.val_out_of_fold, "macro_f1"),
+                         fmt(scores.val_degraded, "accuracy"), weight))
+        gain, split = figures.gain_out_of_fold or {}, figures.disagreements or {}
+        if gain:
+            lines.append(f"{source}: ensemble - best member ({gain['best_member']}), out-of-fold: "
+                         f"{gain['accuracy_points']:+.1f} points accuracy, {gain['macro_f1_points']:+.1f} macro-F1; "
+                         f"they disagree on {split.get('rows', 0)} images: ensemble right {split.get('pool_right', 0)}, "
+                         f"{gain['best_member']} right {split.get('member_right', 0)}, both wrong {split.get('both_wrong', 0)}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join([table, *lines])

@@ -165,22 +165,45 @@ def teacher_probabilities(teachers: list[Teacher], images: torch.Tensor, amp: Am
     return torch.stack(log_probs).mean(0).softmax(1)
 
 
+def source_metrics(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray, classes: list[str],
+                   names: list[str]) -> dict[str, float]:
+    """Each source's figures as ``<source>_<metric>`` (with two or more sources), and ``source_macro_f1``:
+    the mean of the sources' macro-F1 (with one source, its macro-F1), the runs' default objective."""
+    if len(names) < 2:
+        return {"source_macro_f1": classification_metrics(logits, labels, classes)["macro_f1"]}
+    out, f1s = {}, []
+    for index, name in enumerate(names):
+        rows = sources == index
+        if not rows.any():
+            continue
+        figures = classification_metrics(logits[rows], labels[rows], classes)
+        out.update({f"{name}_{key}": value for key, value in figures.items()})
+        f1s.append(figures["macro_f1"])
+    out["source_macro_f1"] = float(np.mean(f1s))
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, classes: list[str], amp: AmpSettings,
-             mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> dict[str, float]:
-    """``batches``: uint8 NHWC images and labels; ``mean``/``std`` (3,) on ``device`` standardise them."""
+             mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False,
+             sources: list[str] = ()) -> dict[str, float]:
+    """``batches``: uint8 NHWC images and labels (and ``source`` ids into ``sources``, the run's source
+    names); ``mean``/``std`` (3,) on ``device`` standardise them. Pooled figures, then per source."""
     model.eval()
-    logits, labels = [], []
+    logits, labels, source_ids = [], [], []
     for batch in batches:
         with amp.autocast(device):
             out = model(standardize(batch["image"].to(device, non_blocking=True), mean, std, channels_last))
         logits.append(out.float().cpu())
         labels.append(batch["label"].cpu())
+        source_ids.append(batch["source"].cpu() if "source" in batch else torch.zeros(len(out), dtype=torch.int64))
     if not logits:
         return {}
     all_logits, all_labels = torch.cat(logits), torch.cat(labels)
     metrics = classification_metrics(all_logits.numpy(), all_labels.numpy(), classes)
     metrics["loss"] = float(nn.functional.cross_entropy(all_logits, all_labels))
+    metrics.update(source_metrics(all_logits.numpy(), all_labels.numpy(), torch.cat(source_ids).numpy(), classes,
+                                  list(sources)))
     return metrics
 
 
@@ -255,6 +278,7 @@ class WorkerRun:
     world: int
     session: "Session"  # where the run reports, resumes and gets its data
     teachers: list[Teacher]  # online distillation's (TrainConfig.teacher_checkpoints); [] = none
+    sources: list[str]  # the run's data sources, by the rows' source ids (per-source val figures)
 
 
 class TrainWorkerSession:
@@ -342,7 +366,8 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
     run = WorkerRun(cfg, classes, device, amp, torch.tensor(spec.mean, dtype=torch.float32, device=device),
                     torch.tensor(spec.std, dtype=torch.float32, device=device), pretrained, steps_per_epoch, loss_fn,
                     torch.amp.GradScaler(device.type, enabled=amp.grad_scaler), session.rank, world, session,
-                    load_teachers(cfg.teacher_checkpoints, classes, device, cfg.channels_last))
+                    load_teachers(cfg.teacher_checkpoints, classes, device, cfg.channels_last),
+                    list(loop_config.get("sources", [])))
     return run, model
 
 
@@ -498,7 +523,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: Session | None =
         # dataset to all ranks together, and a rank that skips it stalls the others. Rank 0's figures
         # are the ones Tune sees.
         val = evaluate(model, val_shard.iter_torch_batches(batch_size=256), run.device, run.classes, run.amp,
-                       run.mean, run.std, run.cfg.channels_last)
+                       run.mean, run.std, run.cfg.channels_last, run.sources)
         metrics.update({"epoch_seconds": time.perf_counter() - started, "lr": scheduler.get_last_lr()[0],
                         "head_only": float(phase[0] == "head"),  # 1 while the backbone is frozen
                         # The epoch this worker group restarted from (0: never restarted): the trial's

@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 from raymotion.config import ConfigError, TrainConfig
 from raymotion.rundir import read_soft_labels
 from raymotion.data.pipeline import quiet_progress, train_stream
+from raymotion.data.sources import sampling_rates
 from raymotion.models import get_model_spec
 from raymotion.train.loop import train_loop_per_worker
 
@@ -47,22 +48,35 @@ def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
                                    placement_strategy=cfg.placement_strategy)
 
 
-def worker_datasets(cfg: TrainConfig, *, classes: list[str], cached: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
-    """What the loop iterates: the augmented train stream, and val as cached."""
+def source_rates(cfg: TrainConfig, source_counts: dict[str, int] | None) -> list[float] | None:
+    """Per source, how often a training row is drawn per epoch (data.sources.sampling_rates); None with one
+    source (every row once, and no draw that would change a single-source run's batches)."""
+    if not source_counts or len(source_counts) < 2:
+        return None
+    return sampling_rates(source_counts, cfg.source_share_power, cfg.source_shares)
+
+
+def worker_datasets(cfg: TrainConfig, *, classes: list[str], cached: dict[str, ray.data.Dataset],
+                    source_counts: dict[str, int] | None = None) -> dict[str, ray.data.Dataset]:
+    """What the loop iterates: the augmented train stream, and val as cached. ``source_counts``: the run's
+    sources (name -> training images, in source order), which the stream samples by ``source_rates``."""
     quiet_progress()
     return {
         "train": train_stream(cached["train"], seed=cfg.seed, num_classes=len(classes), augmentation=cfg.augmentation,
-                              teacher_by_uid=teacher_by_uid(cfg, classes), distill_alpha=cfg.distill_alpha),
+                              teacher_by_uid=teacher_by_uid(cfg, classes), distill_alpha=cfg.distill_alpha,
+                              source_rates=source_rates(cfg, source_counts)),
         # As cached: evaluation draws nothing and the loop standardises on its device.
         "val": cached["val"],
     }
 
 
 def loop_config_of(cfg: TrainConfig, *, classes: list[str], class_counts: list[int] | None,
-                   cached: dict[str, ray.data.Dataset], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """train.loop.train_loop_per_worker's argument."""
+                   cached: dict[str, ray.data.Dataset], extra: dict[str, Any] | None = None,
+                   source_counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """train.loop.train_loop_per_worker's argument ("sources": the source names, in the order of the rows'
+    ``source`` ids, for per-source val figures)."""
     return {"train": cfg.to_dict(), "classes": list(classes), "train_rows": cached["train"].count(),
-            "class_weights": class_weights(cfg, class_counts), **(extra or {})}
+            "class_weights": class_weights(cfg, class_counts), "sources": list(source_counts or {}), **(extra or {})}
 
 
 def build_trainer(
@@ -76,9 +90,11 @@ def build_trainer(
     callbacks: Sequence[object] = (),
     train_loop: Callable[[dict], None] = train_loop_per_worker,
     loop_config_extra: dict[str, Any] | None = None,
+    source_counts: dict[str, int] | None = None,
 ) -> TorchTrainer:
-    """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached)."""
-    datasets = worker_datasets(cfg, classes=classes, cached=cached)
+    """``cached``: materialized uint8 splits at this config's input size (see data.pipeline.load_cached);
+    ``source_counts``: the run's sources (worker_datasets)."""
+    datasets = worker_datasets(cfg, classes=classes, cached=cached, source_counts=source_counts)
     # Train replaces a dataset's execution options by its defaults; the train stream's preserve_order is
     # what makes its batches reproducible, so it is passed on.
     train_options = ray.train.DataConfig.default_ingest_options()
@@ -86,7 +102,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config_of(cfg, classes=classes, class_counts=class_counts, cached=cached,
-                                         extra=loop_config_extra),
+                                         extra=loop_config_extra, source_counts=source_counts),
         scaling_config=scaling_config(cfg),
         datasets=datasets,
         # Only the training set is sharded; each worker may evaluate the whole val set.

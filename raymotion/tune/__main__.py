@@ -24,17 +24,17 @@ import ray
 from raymotion.config import (PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings, parse_set_pairs,
                               preset_overrides)
 from raymotion.console import filter_terminal
-from raymotion.data import DataError, is_generated, open_data, resolve_data_root
+from raymotion.data import DataError, Sources, is_generated, open_sources, resolve_data_roots
 from raymotion.data.pipeline import load_cached
 from raymotion.data.synthetic import GENERATED_NOTE
-from raymotion.export.bundle import ExportedMembers, build_run_bundle, results_table
+from raymotion.export.bundle import ExportedMembers, build_run_bundle, results_table, source_table
 from raymotion.export.distill import cached_soft_labels
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
 from raymotion.rundir import (COMMAND, MANIFEST, STUDENT_DIR, Command, read_command, read_manifest, read_tune_result,
                               soft_labels_path, write_command, write_tune_result)
 from raymotion.runtime import init_ray
-from raymotion.train.trainer import input_size_of
+from raymotion.train.trainer import input_size_of, source_rates
 from raymotion.tune.experiment import copy_checkpoint, tune_model
 from raymotion.tune.progress import EpochProgress, ModelPlan, RunClock, format_minutes, summary_table
 from raymotion.tune.resources import ResourcesHeld, check_resources
@@ -43,8 +43,11 @@ from raymotion.tune.resources import ResourcesHeld, check_resources
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m raymotion.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="root with train/ and val/ class folders; default ../shared/data/emotions, "
-                                  "else a generated face data set")
+    p.add_argument("--data", nargs="+", metavar="ROOT",
+                   help="one or more roots with train/ and val/ class folders (or Parquet caches), trained as one "
+                        "run's sources; default: every data set under ../shared/data, else a generated face data set")
+    p.add_argument("--classes", help="comma-separated classes to train on, which every source must have "
+                                     "(default: all; the sources' class sets must then agree)")
     p.add_argument("--models", help="comma-separated registry names (default: the preset's models)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
@@ -126,8 +129,25 @@ def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: in
     return ModelPlan(base.model, trials, base.epochs, steps * per_step, val_images, flops, teacher_flops)
 
 
-def data_banner(root: str) -> str:
-    return f"\n{'!' * 100}\n!! {GENERATED_NOTE}\n!! data root: {root}\n{'!' * 100}\n" if is_generated(root) else ""
+def data_banner(roots: list[str]) -> str:
+    generated = [root for root in roots if is_generated(root)]
+    lines = "".join(f"!! data root: {root}\n" for root in generated)
+    return f"\n{'!' * 100}\n!! {GENERATED_NOTE}\n{lines}{'!' * 100}\n" if generated else ""
+
+
+def sampling_line(bases: dict[str, TrainConfig], sources: Sources) -> str:
+    """Each model's per-source share of its epochs' training rows (TrainConfig.source_share_power or
+    source_shares), checked before anything trains; "" with one source."""
+    counts = sources.counts_by_source("train")
+    if len(counts) < 2:
+        return ""
+    lines = []
+    for model, base in bases.items():
+        rates = source_rates(base, counts)
+        total = sum(r * n for r, n in zip(rates, counts.values()))
+        shares = ", ".join(f"{name} {r * n / total:.0%} (x{r:.2f})" for (name, n), r in zip(counts.items(), rates))
+        lines.append(f"  {model}: {shares}")
+    return "training rows per epoch by source (share, draws per image):\n" + "\n".join(lines)
 
 
 @dataclass
@@ -164,10 +184,11 @@ def tune_one(label: str, base: TrainConfig, settings, ctx: RunContext, run_dir: 
     print(f"\ntuning {label}: {settings.num_samples} trials x <= {base.epochs} epochs at {base.input_size}px; "
           f"augmentations (before the search space varies them): {base.augmentation.summary()}; "
           f"class weighting: {base.class_weighting}{distilled} | {ctx.clock.status()}", flush=True)
-    progress = EpochProgress(label, ctx.clock, settings.metric, settings.mode)
+    progress = EpochProgress(label, ctx.clock, settings.metric, settings.mode, sources=ctx.source.names)
     result = tune_model(base, classes=ctx.source.classes, class_counts=ctx.class_counts,
                         cached=ctx.cached(base.input_size), settings=settings, run_dir=run_dir,
-                        spaces_dir=ctx.args.spaces, callbacks=[progress])
+                        spaces_dir=ctx.args.spaces, callbacks=[progress],
+                        source_counts=ctx.source.counts_by_source("train"))
     write_tune_result(run_dir, result)
     print(f"{label} done: best {settings.metric}={result.metrics.get(settings.metric, float('nan')):.4f} "
           f"({result.trials} trials, {result.stopped_early} stopped early, {result.failed} failed, "
@@ -204,7 +225,8 @@ def export_stage(ctx: RunContext, run_dir: str, checkpoints: dict[str, str], ext
     started = time.perf_counter()
     manifest = build_run_bundle(run_dir, checkpoints, ctx.source, extra, ExportConfig.from_arguments(ctx.args),
                                 exported=ctx.exported)
-    print(f"\n{results_table(manifest)}\n\nexport took {format_minutes(time.perf_counter() - started)}", flush=True)
+    tables = "\n\n".join(t for t in (results_table(manifest), source_table(manifest)) if t)
+    print(f"\n{tables}\n\nexport took {format_minutes(time.perf_counter() - started)}", flush=True)
     return manifest
 
 
@@ -272,8 +294,9 @@ def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | N
 
 def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[RunContext, list[str]]:
     """Data checked, run directory made, Ray up; returns the shared context and the models to tune."""
-    root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
-    source = open_data(root)  # fails fast, before Ray starts and before a run directory exists, on a bad root
+    roots, how = resolve_data_roots(args.data, os.path.abspath("runs/synthetic-faces"))
+    # Fails fast, before Ray starts and before a run directory exists, on a bad root or disagreeing classes.
+    source = open_sources(roots, [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None)
     run_dir = run_directory(args)
     os.makedirs(run_dir, exist_ok=True)
     if not args.resume:
@@ -282,7 +305,7 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
         on_run_dir(run_dir)
     if args.resume:
         print(f"resuming {run_dir}: {shlex.join(read_command(run_dir).argv)}", flush=True)
-    print(f"data: {root} ({how})\n{source.summary()}{data_banner(root)}", flush=True)
+    print(f"data: {', '.join(roots)} ({how})\n{source.summary()}{data_banner(roots)}", flush=True)
     print(f"run directory: {run_dir}", flush=True)
     preset = PRESETS[args.preset]
     # A copy: the presets are module-level defaults shared by every call in this process.
@@ -305,6 +328,9 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     ctx, models = start_run(args, argv, on_run_dir)
     preset = ctx.preset
     bases = {m: base_config(m, args, preset) for m in models}
+    line = sampling_line(bases, ctx.source)
+    if line:
+        print(line, flush=True)
     trials = {m: args.num_samples or preset.samples.get(m, preset.tune.num_samples) for m in models}
     students = [m for m in models if args.distill and m in preset.students]
     teachers = [m for m in models if m not in students]
@@ -371,12 +397,15 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
     gain = ens.get("gain_out_of_fold")
     gain_line = [f"ensemble ({ens.get('rule', 'linear')} pool) - best member ({gain['best_member']}), out-of-fold: "
                  f"{gain['accuracy_points']:+.1f} points accuracy, {gain['macro_f1_points']:+.1f} macro-F1"] if gain else []
-    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *gain_line, *student_line(run_dir), "",
+    by_source = source_table(manifest)
+    lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *gain_line,
+             *(["", "per data source (calibration and weights fitted on every source's val):", by_source] if by_source else []),
+             *student_line(run_dir), "",
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
              f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}  (or serve/config.yaml)"]
     if manifest["data"].get("generated"):
-        lines.append(data_banner(manifest["data"]["root"]))
+        lines.append(data_banner([s["root"] for s in manifest["data"].get("sources", [])] or [manifest["data"]["root"]]))
     return "\n".join(lines)
 
 

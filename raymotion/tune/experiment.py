@@ -47,21 +47,24 @@ def trains_in_trial(cfg: TrainConfig, settings: TuneSettings) -> bool:
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], classes: list[str], class_counts: list[int],
-              cached: dict[str, ray.data.Dataset], storage_path: str, in_trial: bool) -> None:
+              cached: dict[str, ray.data.Dataset], storage_path: str, in_trial: bool,
+              source_counts: dict[str, int] | None = None) -> None:
     """The Tune trainable: this trial's hyperparameters trained by a TorchTrainer, or, for one worker
-    (``in_trial``), by the same loop in this process."""
+    (``in_trial``), by the same loop in this process. ``source_counts``: the run's data sources (name ->
+    training images, in source order)."""
     cfg = TrainConfig(**base).replace(f"Tune search space of {base['model']}", **config)
     # When the trial's own code starts: the loop measures its fixed start (workers, data, first batch) from it.
     extra = {"started_at": time.time()}
     if in_trial:
-        datasets = worker_datasets(cfg, classes=classes, cached=cached)
+        datasets = worker_datasets(cfg, classes=classes, cached=cached, source_counts=source_counts)
         train_loop_per_worker(loop_config_of(cfg, classes=classes, class_counts=class_counts, cached=cached,
-                                             extra=extra), TrialSession(datasets, use_gpu=cfg.use_gpu))
+                                             extra=extra, source_counts=source_counts),
+                              TrialSession(datasets, use_gpu=cfg.use_gpu))
         return
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, classes=classes, class_counts=class_counts, cached=cached, storage_path=storage_path,
                             name=f"train-{cfg.model}-{trial_id}", callbacks=[TuneReportCallback()],
-                            loop_config_extra=extra)
+                            loop_config_extra=extra, source_counts=source_counts)
     trainer.fit()
 
 
@@ -220,11 +223,13 @@ def write_trials(rows: list[dict[str, Any]], run_dir: str, model: str) -> None:
 def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int], cached: dict[str, ray.data.Dataset],
                settings: TuneSettings, run_dir: str, spaces_dir: str | None = None,
                callbacks: Sequence[tune.Callback] = (),
-               on_trials: Callable[[list[dict[str, Any]], list[list[dict[str, Any]]]], None] | None = None) -> TuneResult:
+               on_trials: Callable[[list[dict[str, Any]], list[list[dict[str, Any]]]], None] | None = None,
+               source_counts: dict[str, int] | None = None) -> TuneResult:
     """Search ``tune_spaces/<model>.yaml`` around ``base`` (continuing the experiment under ``run_dir``
     if one was started); write the trials table; return the best epoch of the best trial.
     ``callbacks``: Tune callbacks (progress lines); Tune's own loggers (CSV, JSON, TensorBoard) stay on.
-    ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune)."""
+    ``on_trials``: called with the trial rows and each trial's epochs, in trial order (bench tune).
+    ``source_counts``: the run's data sources (name -> training images), sampled per TrainConfig."""
     space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained), pinned=base.pinned)
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace("TuneSettings", metric=settings.metric, mode=settings.mode)
@@ -232,7 +237,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     in_trial = trains_in_trial(base, settings)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
-                             storage_path=storage_path, in_trial=in_trial),
+                             storage_path=storage_path, in_trial=in_trial, source_counts=source_counts),
         trial_resources(base, in_trial),
     )
     tuner = make_tuner(trainable, space, base, settings, storage_path, callbacks)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ray import tune
 
@@ -147,8 +147,10 @@ class EpochProgress(tune.Callback):
     The Tuner pickles its callbacks with its state: everything held here must pickle (a module-level
     ``emit``, not the ``print`` that Ray wraps)."""
 
-    def __init__(self, model: str, clock: RunClock, metric: str, mode: str, emit: Callable[[str], None] = print_line):
+    def __init__(self, model: str, clock: RunClock, metric: str, mode: str, emit: Callable[[str], None] = print_line,
+                 sources: Sequence[str] = ()):
         self.model, self.clock, self.metric, self.mode, self.emit = model, clock, metric, mode, emit
+        self.sources = list(sources) if len(sources) > 1 else []  # named in each line: accuracy / macro-F1
         self.best: tuple[float, int, int] | None = None  # (value, trial index, epoch)
 
     def _better(self, value: float) -> bool:
@@ -175,7 +177,14 @@ class EpochProgress(tune.Callback):
         best = "" if self.best is None else f"best {self.metric} {self.best[0]:.4f} (trial {self.best[1]}, epoch {self.best[2]})"
         self.emit(f"[{self.model}] trial {state.index}/{plan.trials} epoch {epoch}/{plan.epochs} {phase}: "
                   f"{result.get('train_images_per_s', 0):.0f} img/s, val acc {result.get('val_accuracy', float('nan')):.4f} "
-                  f"macro-F1 {result.get('val_macro_f1', float('nan')):.4f}; {best} | {self.clock.status()}")
+                  f"macro-F1 {result.get('val_macro_f1', float('nan')):.4f}{self._by_source(result)}; {best} | "
+                  f"{self.clock.status()}")
+
+    def _by_source(self, result: dict[str, Any]) -> str:
+        """" (<source> acc/macro-F1, ...)" with several sources, else ""."""
+        parts = [f"{name} {result.get(f'val_{name}_accuracy', float('nan')):.3f}/"
+                 f"{result.get(f'val_{name}_macro_f1', float('nan')):.3f}" for name in self.sources]
+        return f" ({', '.join(parts)})" if parts else ""
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.clock.finish_trial(self.model, trial.trial_id)
