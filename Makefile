@@ -8,10 +8,11 @@ PY     := $(VENV)/bin/python
 RAY    := $(VENV)/bin/ray
 STAMP  := $(VENV)/.installed
 NUM_CPUS ?= $(shell nproc)
-# The data root, resolved here (where the user runs make), as an absolute path: `make job` then trains on
-# the same files as `make run`, although the job runs in a copy of this folder that has no ../shared.
-SHARED_DATA := $(abspath ../shared/data/emotions)
-DATA   ?= $(if $(wildcard $(SHARED_DATA)/train),$(SHARED_DATA),)
+# The data roots: every data set under ../shared/data (each a folder with train/), resolved here (where the
+# user runs make) as absolute paths: `make job` then trains on the same files as `make run`, although the job
+# runs in a copy of this folder that has no ../shared. DATA="root1 root2" picks others.
+SHARED_DATA := $(sort $(abspath $(patsubst %/train,%,$(wildcard ../shared/data/*/train))))
+DATA   ?= $(SHARED_DATA)
 # The local head's ports and temp dir (tests start a second, private head on their own ports).
 RAY_PORT       ?= 6379
 DASHBOARD_PORT ?= 8265

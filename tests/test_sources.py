@@ -104,3 +104,7 @@ def test_a_two_source_run_reports_every_figure_per_source(ray_session, two_sourc
     assert predictions.source_names == ["studio", "webcam"] and list(np.bincount(predictions.sources)) == [36, 24]
     assert predictions.paths[-1].startswith(two_sources[1])
     assert "webcam" in terminal.split("=== summary ===")[1]
+    with open(out / "report" / "index.html") as f:
+        report = f.read().split('<section id="sources">')[1].split("</section>")[0]
+    assert report.count("<td>studio</td>") == 2 and report.count("<td>webcam</td>") == 2  # lenet + ensemble each
+    assert "webcam: the ensemble minus its best member here (lenet)" in report

@@ -128,7 +128,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from raymotion.bench.serve import ServeBenchConfig, run_serve_bench, table
     from raymotion.rundir import read_manifest
 
-    root = args.data or read_manifest(args.run_dir).data.root
+    root = args.data or read_manifest(args.run_dir).data.roots[0]
     with open(args.config) as f:
         (app,) = yaml.safe_load(f)["applications"]
     app_args = {k: v for k, v in app["args"].items() if k != "run_dir"}

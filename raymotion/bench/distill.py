@@ -22,7 +22,7 @@ from typing import Any, Callable
 from raymotion import rundir
 from raymotion.bench.machine import describe_machine
 from raymotion.config import TrainConfig
-from raymotion.data import open_data
+from raymotion.data import open_sources
 from raymotion.data.pipeline import load_cached
 from raymotion.train.trainer import build_trainer, input_size_of
 
@@ -66,7 +66,8 @@ def variant_config(member: TrainConfig, variant: str, teachers: list[str], epoch
 def train_variant(cfg: TrainConfig, source, cached, storage: str, name: str) -> dict[str, Any]:
     started = time.perf_counter()
     result = build_trainer(cfg, classes=source.classes, cached=cached, storage_path=storage, name=name,
-                           class_counts=[source.counts("train")[c] for c in source.classes]).fit()
+                           class_counts=[source.counts("train")[c] for c in source.classes],
+                           source_counts=source.counts_by_source("train")).fit()
     minutes = (time.perf_counter() - started) / 60
     if result.error is not None:
         raise RuntimeError(f"the {name} variant failed: {result.error}")
@@ -85,8 +86,7 @@ def run_distill_bench(cfg: DistillBenchConfig, log: Callable[[str], None] = prin
     member = TrainConfig(**manifest.models[cfg.model].train_config)
     teachers = [t for t in teacher_checkpoints(manifest, cfg.run_dir) if os.path.basename(t) != cfg.model]
     configs = {v: variant_config(member, v, teachers, cfg.epochs) for v in cfg.variants}
-    root = cfg.data or manifest.data.root
-    source = open_data(root)
+    source = open_sources([cfg.data] if cfg.data else manifest.data.roots, manifest.classes)
     cached, _ = load_cached(source, input_size_of(member))
     log(f"{cfg.model} at {input_size_of(member)}px, {cfg.epochs} epochs, seed {member.seed}; teachers online: "
         + ", ".join(os.path.basename(t) for t in teachers))

@@ -106,11 +106,11 @@ def time_variants(groups: dict[str, list[tuple[Runner, np.ndarray]]], cfg: Bench
 
 def load_data(cfg: BenchConfig, manifest: Manifest) -> tuple[Any, str]:
     """The data source for val metrics and int8 calibration, or None and why not."""
-    from raymotion.data.sources import open_data
+    from raymotion.data.sources import open_sources
 
     root = cfg.data or manifest.data.root
     try:
-        source = open_data(root)
+        source = open_sources([cfg.data] if cfg.data else manifest.data.roots, manifest.classes)
     except Exception as err:  # a run from another machine: its data root is not here
         return None, f"data root {root} is not usable ({err}): accuracy skipped"
     if list(source.classes) != manifest.classes:

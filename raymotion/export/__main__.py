@@ -1,6 +1,6 @@
 """``python -m raymotion.export RUN_DIR``: rebuild a run directory's serving bundle from its checkpoints.
 
-    python -m raymotion.export runs/<run> [--data ROOT]
+    python -m raymotion.export runs/<run> [--data ROOT [ROOT ...]]
 
 Re-exports every ``RUN_DIR/checkpoints/<model>/`` to ONNX (parity checked), refits the ensemble and its
 temperature on val, and rewrites ``manifest.json`` and ``predictions/val.npz``. What the tune command
@@ -16,7 +16,7 @@ import sys
 
 from raymotion import rundir
 from raymotion.config import ExportConfig
-from raymotion.data import DataError, open_data
+from raymotion.data import DataError, open_sources
 from raymotion.export.bundle import build_run_bundle, results_table
 
 
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m raymotion.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", help="the run's data root (default: the one its manifest records)")
+    p.add_argument("--data", nargs="+", metavar="ROOT",
+                   help="the run's data roots, in its order (default: those its manifest records)")
     p.add_argument("--models", help="comma-separated subset of the run's checkpoints (default: all)")
     ExportConfig.add_arguments(p)
     args = p.parse_args(argv)
@@ -56,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             sys.exit(f"error: no checkpoint for {', '.join(missing)} in {checkpoint_root}")
         names = [n for n in names if n in wanted]
-    root = args.data or (previous.data.root if previous else None)
-    if not root:
+    roots = args.data or (previous.data.roots if previous else None)
+    if not roots:
         sys.exit("error: the manifest records no data root; pass --data")
     try:
-        source = open_data(root)
+        source = open_sources(roots, previous.classes if previous and not args.data else None)
     except DataError as err:
         sys.exit(f"error: {err}")
     # What the tune command recorded per model is carried over (export cannot recompute it).

@@ -31,8 +31,9 @@ MAX_THUMBS = 240  # a page, not an archive: mistakes come first, so the cap drop
 
 SECTIONS = [("summary", "Run summary"), ("results", "Results"), ("curves", "Training curves"),
             ("confusion", "Confusion matrices"), ("per-class", "Per-class precision, recall and F1"),
-            ("ensemble", "Ensemble members and weights"), ("reliability", "Reliability (calibration)"),
-            ("images", "Validation images")]
+            ("ensemble", "Ensemble members and weights"), ("sources", "Data sources"),
+            ("reliability", "Reliability (calibration)"), ("images", "Validation images")]
+DISAGREEMENT_THUMBS = 12  # per source and case: enough to see what kind of image each side gets right
 
 
 def write_report(run_dir: str, out: str | None = None) -> str:
@@ -41,7 +42,8 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     out = plots.ensure_dir(os.path.abspath(out or os.path.join(run_dir, REPORT_DIR)))
     files = _FileNames()
     builders = {"summary": _summary, "results": _results, "curves": _curves, "confusion": _confusions,
-                "per-class": _per_class, "ensemble": _ensemble, "reliability": _reliability, "images": _images}
+                "per-class": _per_class, "ensemble": _ensemble, "sources": _sources, "reliability": _reliability,
+                "images": _images}
     sections = [page.section(sid, title, builders[sid](run, out, files)) for sid, title in SECTIONS]
     toc = "<nav><p>" + " · ".join(f'<a href="#{page.esc(sid)}">{page.esc(title)}</a>' for sid, title in SECTIONS) \
         + "</p></nav>"
@@ -240,6 +242,69 @@ def _ensemble(run: RunData, out: str, files: _FileNames) -> str:
     png = plots.weights_bar(dict(ens.weights), os.path.join(out, files("ensemble_weights")))
     body = page.facts(facts) + f'<div class="figs">{page.figure(os.path.basename(png), "weight per member")}</div>'
     return body + _fold_table(ens.val_out_of_fold, ens.members)
+
+
+def _sources(run: RunData, out: str, files: _FileNames) -> str:
+    """Per data source: every member and the ensemble (in-sample, out of fold, degraded), the ensemble's gain
+    over the source's best member, and the images where the two disagree, by who was right."""
+    ens = run.ensemble
+    if not ens.by_source:
+        return page.note("One data source: the figures above are its own.")
+    header = ["source", "model", "images", "val acc", "out-of-fold acc", "out-of-fold macro-F1",
+              *(f"out-of-fold recall {c}" for c in run.classes), "degraded acc", "degraded macro-F1", "weight"]
+    rows, classes, notes = [], [], []
+    for source, figures in ens.by_source.items():
+        entries = [(name, run.manifest.models[name].by_source.get(source), page.fmt(ens.weights.get(name)))
+                   for name in run.members]
+        for name, scores, weight in entries + [("ensemble", figures, "-")]:
+            if scores is None:
+                continue
+            oof, degraded = scores.val_out_of_fold or {}, scores.val_degraded or {}
+            rows.append([source, name, scores.images, page.fmt(scores.val.get("accuracy")), page.fmt(oof.get("accuracy")),
+                         page.fmt(oof.get("macro_f1")), *(page.fmt(oof.get(f"recall_{c}")) for c in run.classes),
+                         page.fmt(degraded.get("accuracy")), page.fmt(degraded.get("macro_f1")), weight])
+            classes.append("emph" if name == "ensemble" else "")
+        gain, split = figures.gain_out_of_fold or {}, figures.disagreements or {}
+        if gain:
+            notes.append(f"{source}: the ensemble minus its best member here ({gain['best_member']}), out of fold: "
+                         f"{gain['accuracy_points']:+.1f} points of accuracy, {gain['macro_f1_points']:+.1f} of macro-F1. "
+                         f"They disagree on {split.get('rows', 0)} images: the ensemble is right on "
+                         f"{split.get('pool_right', 0)}, {gain['best_member']} on {split.get('member_right', 0)}, "
+                         f"neither on {split.get('both_wrong', 0)}.")
+    body = page.table(header, rows, classes) + "".join(page.note(n) for n in notes)
+    body += page.note("Calibrations and weights are fitted on the val images of every source together; "
+                      "out of fold: refitted without each fold in turn.")
+    return body + _disagreement_grids(run, out)
+
+
+def _disagreement_grids(run: RunData, out: str) -> str:
+    """Thumbnails of the images where the pool and each source's best member disagree (out of fold), read
+    from the files predictions/val.npz names, by who was right."""
+    from PIL import Image
+
+    predictions = rundir.read_val_predictions(run.run_dir)
+    if predictions is None or not predictions.paths:
+        return page.note("No image files in predictions/val.npz: no disagreement images.")
+    thumbs_dir = plots.ensure_dir(os.path.join(out, THUMBS_DIR))
+    html = []
+    for source, figures in run.ensemble.by_source.items():
+        split = figures.disagreements or {}
+        for case, title in (("pool_right", "ensemble right"), ("member_right", f"{split.get('member')} right"),
+                            ("both_wrong", "both wrong")):
+            cells = []
+            for i in split.get(f"{case}_rows", [])[:DISAGREEMENT_THUMBS]:
+                path = predictions.paths[i]
+                if not path or not os.path.exists(path):
+                    continue
+                name = f"disagree_{i:06d}.png"
+                with Image.open(path) as image:
+                    plots.thumbnail(np.asarray(image.convert("RGB").resize((96, 96))), os.path.join(thumbs_dir, name))
+                cells.append(f'<figure class="thumb {"right" if case == "pool_right" else "wrong"}">'
+                             + page.img(f"{THUMBS_DIR}/{name}", f"val image {i}")
+                             + f"<figcaption>true {page.esc(run.classes[int(predictions.labels[i])])}</figcaption></figure>")
+            if cells:
+                html.append(f"<h3>{page.esc(source)}: {page.esc(title)}</h3><div class=\"grid\">{''.join(cells)}</div>")
+    return "".join(html)
 
 
 def _fold_table(oof: Any, members: list[str]) -> str:
