@@ -108,3 +108,25 @@ def test_a_two_source_run_reports_every_figure_per_source(ray_session, two_sourc
         report = f.read().split('<section id="sources">')[1].split("</section>")[0]
     assert report.count("<td>studio</td>") == 2 and report.count("<td>webcam</td>") == 2  # lenet + ensemble each
     assert "webcam: the ensemble minus its best member here (lenet)" in report
+
+
+def test_a_parquet_cache_and_a_folder_with_a_bad_file_train_as_two_sources(ray_session, two_sources, tmp_path):
+    from raymotion.data.__main__ import prepare_parquet
+    from raymotion.data.pipeline import load_cached
+
+    cache = tmp_path / "studio-cache"
+    prepare_parquet(two_sources[0], str(cache), 32)
+    webcam = tmp_path / "webcam"
+    shutil.copytree(two_sources[1], webcam)
+    (webcam / "train" / "sad" / "broken.jpg").write_bytes(b"not an image")
+    sources = open_sources([str(cache), str(webcam)])
+    assert sources.names == ["studio-cache", "webcam"]
+    cached, report = load_cached(sources, 32)
+    # The broken file of the second source is skipped and named; every other row keeps a run-wide uid.
+    assert sum(report.skipped.values()) == 1 and report.skipped_paths[0].endswith("broken.jpg")
+    rows = cached["train"].to_pandas()
+    assert len(rows) == 180 + 60 and rows["uid"].is_unique
+    assert rows.groupby("source").size().to_dict() == {0: 180, 1: 60}
+    assert rows.loc[rows["source"] == 1, "uid"].min() >= 180  # after the cache's rows
+    val = cached["val"].to_pandas()
+    assert val.groupby("source").size().to_dict() == {0: 36, 1: 24}
