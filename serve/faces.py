@@ -46,6 +46,23 @@ CROP_FIT = CropFit(side=1.142, shift_x=0.0, shift_y=-0.019, aspect=1.27)
 
 
 @dataclass(frozen=True)
+class LandmarkSupport:
+    """How far a face's box can reach from its landmarks, in units of the eye-to-mouth distance (the
+    vertical distance from the eyes' midpoint to the mouth corners' midpoint; the interocular distance for
+    faces cut at the top or bottom, where the eyes or the mouth may lie outside the photo). Each bound is
+    set above what yuface gives uncut faces (the fixture faces of tests/test_faces.py at several sizes and
+    backgrounds), so that it trims only a box the detector stretched beyond its face."""
+    above_eyes: float  # box top above the eyes
+    below_mouth: float  # box bottom below the mouth
+    width: float  # box width
+    width_by_eyes: float  # box width / interocular distance
+    height_by_eyes: float  # box height / interocular distance
+
+
+LANDMARK_SUPPORT = LandmarkSupport(above_eyes=1.4, below_mouth=0.95, width=2.9, width_by_eyes=2.7, height_by_eyes=3.3)
+
+
+@dataclass(frozen=True)
 class FaceBox:
     """A face in original image pixels (x, y: top-left; clipped to the image) and yuface's score in
     [0, 1]."""
@@ -54,6 +71,9 @@ class FaceBox:
     width: int
     height: int
     score: float
+    # yuface's five landmarks (right eye, left eye, nose tip, mouth corners) as x, y pairs in the same
+    # pixels; they are not clipped: a point cut by the border lies on it or beyond it.
+    landmarks: tuple[float, ...] | None = None
 
     def to_json(self) -> dict[str, float | int]:
         return {"x": self.x, "y": self.y, "width": self.width, "height": self.height, "score": round(self.score, 3)}
@@ -111,7 +131,9 @@ def _to_face_box(row: np.ndarray, scale_x: float, scale_y: float, height: int, w
     x1, y1 = min(width, round(x1)), min(height, round(y1))
     if x1 <= x0 or y1 <= y0:
         return None
-    return FaceBox(x0, y0, x1 - x0, y1 - y0, float(row[0]) / 100.0)
+    points = row[5:15] / np.tile([scale_x, scale_y], 5) if len(row) >= 15 else None
+    return FaceBox(x0, y0, x1 - x0, y1 - y0, float(row[0]) / 100.0,
+                   None if points is None else tuple(float(v) for v in points))
 
 
 def face_boxes(rows: np.ndarray, scale_x: float, scale_y: float, height: int, width: int,
@@ -145,18 +167,62 @@ def _unclipped_extent(low: int, high: int, limit: int, full: float, tolerance: f
     return (high - full, float(high)) if at_low else (float(low), low + full)
 
 
-def _face_extent(box: FaceBox, width: int, height: int, fit: CropFit) -> tuple[float, float, float, float]:
+def _landmark_scales(box: FaceBox) -> tuple[float, float, float, float] | None:
+    """(eyes' y, mouth's y, eye-to-mouth distance, interocular distance) of the box's landmarks, or None
+    when it has none or they are degenerate."""
+    if box.landmarks is None:
+        return None
+    (rx, ry), (lx, ly), _, (mrx, mry), (mlx, mly) = np.asarray(box.landmarks, np.float64).reshape(5, 2)
+    eyes_y, mouth_y = (ry + ly) / 2, (mry + mly) / 2
+    if mouth_y - eyes_y <= 0 or abs(lx - rx) <= 0:
+        return None
+    return eyes_y, mouth_y, mouth_y - eyes_y, abs(lx - rx)
+
+
+def _face_extent(box: FaceBox, width: int, height: int, fit: CropFit,
+                 support: LandmarkSupport = LANDMARK_SUPPORT) -> tuple[float, float, float, float]:
     """The box before clipping: yuface clips at the image border, so a face cut by it gets a short side;
-    the other side and the fitted aspect say how long it was."""
+    the other side and the fitted aspect say how long it was. What is restored is capped to what the
+    landmarks support: a face cut at the left or right keeps its eyes and mouth in the photo, so their
+    distance bounds its height and width (yuface stretches some cut boxes well past the chin or the brow,
+    and a width restored from such a height runs off the face); one cut at the top or bottom keeps both
+    eyes' x, which bound its height. A face cut in a corner keeps neither and is restored from its box."""
     # A border within a twentieth of the box (a pixel of a downscaled detection) counts as touched.
     tol = 1 + box.width / 20
     cut_x = any(_touches(box.x, box.x + box.width, width, tol))
     cut_y = any(_touches(box.y, box.y + box.height, height, tol))
-    full_w = max(box.width, box.height / fit.aspect) if cut_x else box.width
-    x0, x1 = _unclipped_extent(box.x, box.x + box.width, width, full_w, tol)
-    full_h = max(box.height, (x1 - x0) * fit.aspect) if cut_y else box.height
-    y0, y1 = _unclipped_extent(box.y, box.y + box.height, height, full_h, tol)
+    marks = _landmark_scales(box) if cut_x != cut_y else None
+    by0, by1 = float(box.y), float(box.y + box.height)
+    bx0, bx1 = float(box.x), float(box.x + box.width)
+    max_w = max_h = float("inf")
+    if marks is not None and cut_x:
+        eyes_y, mouth_y, eye_mouth, _ = marks
+        by0 = max(by0, eyes_y - support.above_eyes * eye_mouth)
+        by1 = min(by1, mouth_y + support.below_mouth * eye_mouth)
+        if by1 <= by0:  # landmarks that contradict the box: keep the box
+            by0, by1 = float(box.y), float(box.y + box.height)
+        max_w = support.width * eye_mouth
+    elif marks is not None:
+        # Cut at the top or bottom, yuface widens some boxes: a width past what the eyes support is
+        # narrowed about its centre before the height is restored from it.
+        eyes = marks[3]
+        excess = (bx1 - bx0) - support.width_by_eyes * eyes
+        if excess > 0:
+            bx0, bx1 = bx0 + excess / 2, bx1 - excess / 2
+        max_h = support.height_by_eyes * eyes
+    full_w = max(box.width, min(max_w, (by1 - by0) / fit.aspect)) if cut_x else bx1 - bx0
+    x0, x1 = _unclipped_extent(box.x, box.x + box.width, width, full_w, tol) if cut_x else (bx0, bx1)
+    full_h = max(box.height, min(max_h, (x1 - x0) * fit.aspect)) if cut_y else by1 - by0
+    y0, y1 = _unclipped_extent(round(by0), round(by1), height, full_h, tol) if cut_y else (by0, by1)
     return x0, y0, x1, y1
+
+
+def face_extent(box: FaceBox, width: int, height: int, fit: CropFit = CROP_FIT) -> tuple[int, int, int, int]:
+    """The face's box as (x, y, width, height) in the photo's pixels: the detected box where the face is
+    whole; for a face cut by the photo's border, the whole face (restored, capped to its landmarks), which
+    then reaches beyond that border (x or y negative, or x + width past the photo's width)."""
+    x0, y0, x1, y1 = (round(v) for v in _face_extent(box, width, height, fit))
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
 
 
 def training_crop_box(box: FaceBox, width: int, height: int, fit: CropFit = CROP_FIT) -> tuple[int, int, int, int]:

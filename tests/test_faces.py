@@ -278,3 +278,39 @@ def test_label_agreement_counts_a_face_as_agreeing_when_it_gets_its_crops_label(
     assert result["agree_found"] >= 0.6 and result["agree_all"] <= result["agree_found"]
     constant = face_fit.label_agreement(lambda batch: [0] * len(batch), crops, seed=0)
     assert constant["agree_found"] == 1.0 and constant["agree_all"] == constant["found"] / constant["faces"]
+
+
+# --- faces cut by the border: the restored box and its landmarks --------------------------------------
+
+def _row(x: float, y: float, w: float, h: float, eyes_y: float, mouth_y: float, eyes_x: tuple[float, float],
+         mouth_x: tuple[float, float]) -> np.ndarray:
+    """A yuface row (score 0-100, box, five landmarks) as raw_detections returns it."""
+    (rx, lx), (mrx, mlx) = eyes_x, mouth_x
+    return np.array([[90, x, y, w, h, rx, eyes_y, lx, eyes_y, (rx + lx) / 2, (eyes_y + mouth_y) / 2,
+                      mrx, mouth_y, mlx, mouth_y]], np.float64)
+
+
+def test_a_stretched_box_of_a_face_cut_by_the_border_is_capped_to_its_landmarks():
+    # A face cut at the left border whose box yuface stretched to four eye-to-mouth distances tall (its
+    # uncut faces stay near 2.7): the restored box keeps to what the eyes and mouth support.
+    eye_mouth = 100
+    row = _row(0, 100, 120, 4 * eye_mouth, eyes_y=260, mouth_y=260 + eye_mouth, eyes_x=(10, 80), mouth_x=(20, 70))
+    (box,) = faces.face_boxes(row, 1.0, 1.0, 800, 800)
+    x, y, w, h = faces.face_extent(box, 800, 800)
+    support = faces.LANDMARK_SUPPORT
+    assert h <= (support.above_eyes + 1 + support.below_mouth) * eye_mouth + 1, (x, y, w, h)
+    assert w <= support.width * eye_mouth + 1 and x < 0 and x + w == 120, (x, y, w, h)
+    assert y >= 260 - support.above_eyes * eye_mouth - 1
+    # Cut at the top with a box widened past its eyes: narrowed about its centre, its height from that.
+    row = _row(200, 0, 400, 150, eyes_y=20, mouth_y=110, eyes_x=(340, 440), mouth_x=(350, 430))
+    (box,) = faces.face_boxes(row, 1.0, 1.0, 800, 800)
+    x, y, w, h = faces.face_extent(box, 800, 800)
+    assert w <= support.width_by_eyes * 100 + 1 and abs((x + w / 2) - 400) <= 1, (x, y, w, h)
+    assert h <= support.height_by_eyes * 100 + 1 and y < 0 and y + h == 150, (x, y, w, h)
+
+
+def test_a_whole_face_keeps_its_detected_box(crops):
+    image = photo(640, 480, crops[:1], [(200, 120, 440, 360)])
+    (box,) = faces.detect_faces(image)
+    assert faces.face_extent(box, 640, 480) == (box.x, box.y, box.width, box.height)
+    assert box.landmarks is not None and len(box.landmarks) == 10
