@@ -15,7 +15,8 @@ HTTP contract (pydantic models in serve.schema; /openapi.json and /docs publish 
     GET  /healthz          200 when every deployment answers, else 503
     GET  /models           the run that answers (id, version), classes, served models and figures
     GET  /                 the browser page
-Errors: 400 unreadable image or body, 413 too large, 422 bad query, 503 overloaded (with Retry-After).
+Errors: 400 unreadable image or body, 404 no such route, 405 method not allowed, 413 too large, 422 bad
+query, 500 a bug, each answered {"error": "..."}; 503 overloaded (with Retry-After).
 
 Pre-processing happens once per request, in the ingress: the image is decoded once and resized once per
 distinct model input size, and each model gets compact uint8 pixels at its own size (its replica
@@ -36,22 +37,32 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from raymotion.data.transforms import InvalidImage, decode_image, normalize, resize_rgb
+from raymotion.data.transforms import InvalidImage, normalize, resize_rgb
 from raymotion.export.mixture import ensemble_probabilities, temper
 from raymotion.export.sessions import create_session, onnx_probabilities
 from raymotion.rundir import MANIFEST, Manifest, ModelEntry, manifest_json, read_manifest, sha256_file
 from serve import faces as face_finder
 from serve import schema
+from serve.photo import Photo, read_photo
 from serve.page import page_html
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
 MAX_BATCH_BODY_BYTES = 4 * MAX_BODY_BYTES
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around a single image upload
+# A body over its limit is read to its end and thrown away before the 413 is sent, chunk by chunk (nothing
+# kept): a client that writes its whole body before it reads the answer (urllib, curl without
+# Expect: 100-continue) would otherwise have the connection closed under it and see a reset, not the 413.
+# Bounded, so that refusing a huge or endless body cannot hold the replica: past either bound the answer
+# goes out at once, as before.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_TIMEOUT_S = 30.0
 HEALTH_TIMEOUT_S = 5.0
 REPLICA_ATTEMPTS = 2
 RETRY_AFTER_S = 1
@@ -117,6 +128,24 @@ async def _bad_query(_: Request, err: RequestValidationError) -> JSONResponse:
     return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    # Starlette's router answers an unknown path 404 and a wrong method 405 ({"detail": ...} by default);
+    # its headers (Allow on a 405) are kept.
+    message = err.detail if isinstance(err.detail, str) else str(err.detail)
+    if err.status_code == 404:
+        message = f"no route {request.url.path!r} ({message}); see /docs"
+    elif err.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path!r} ({message})"
+    return JSONResponse({"error": message}, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _bug(_: Request, err: Exception) -> JSONResponse:
+    # A bug still answers in the documented shape (a 500 never carries a traceback to the client).
+    return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
+
+
 async def call_replica(method, argument: Any, what: str) -> Any:
     """``method.remote(argument)`` of a deployment handle. A replica that dies under the request is retried
     once (Serve's router picks a live one); when none answers, a 503 with Retry-After, not a 500."""
@@ -129,23 +158,86 @@ async def call_replica(method, argument: Any, what: str) -> Any:
     raise AssertionError("unreachable")
 
 
+class BodyTooLarge(Exception):
+    """Raised inside a body read as soon as more than its limit has arrived."""
+
+
+async def drain(request: Request, already: int = 0) -> None:
+    """Read and discard the rest of the request body, up to DRAIN_MAX_BYTES and DRAIN_TIMEOUT_S in all."""
+    seen = already
+
+    async def rest() -> None:
+        nonlocal seen
+        while seen <= DRAIN_MAX_BYTES:
+            message = await request.receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(rest(), DRAIN_TIMEOUT_S)
+    except (asyncio.TimeoutError, OSError, RuntimeError):  # a stalled or broken client: answer anyway
+        pass
+
+
+async def refuse_too_large(request: Request, message: str, already: int = 0) -> ApiError:
+    """The 413 for a body over its limit, once the rest of the body is drained (see DRAIN_MAX_BYTES)."""
+    length = request.headers.get("content-length", "")
+    if not (length.isdigit() and int(length) > DRAIN_MAX_BYTES):
+        await drain(request, already)
+    return ApiError(413, message)
+
+
+def declared_too_large(request: Request, limit: int) -> bool:
+    length = request.headers.get("content-length", "")
+    return length.isdigit() and int(length) > limit
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"body of {length} bytes exceeds the {limit}-byte limit")
+    if declared_too_large(request, limit):
+        length = request.headers["content-length"]
+        raise await refuse_too_large(request, f"body of {length} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"body exceeds the {limit}-byte limit")
+            chunks.clear()
+            raise await refuse_too_large(request, f"body exceeds the {limit}-byte limit", size)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def read_uploads(request: Request, field: str, limit: int, max_files: int) -> list[tuple[str | None, bytes]]:
-    """The multipart parts named ``field`` as (filename, bytes); 400 when there is none."""
+def limited(request: Request, limit: int) -> Request:
+    """The same request whose body raises BodyTooLarge past ``limit`` bytes (a multipart body without a
+    Content-Length, or with a false one, is cut off there instead of spooled whole)."""
+    seen = 0
+
+    async def receive():
+        nonlocal seen
+        message = await request.receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(seen)
+        return message
+
+    return Request(request.scope, receive)
+
+
+async def read_uploads(request: Request, field: str, limit: int, max_files: int,
+                       body_limit: int) -> list[tuple[str | None, bytes]]:
+    """The multipart parts named ``field`` as (filename, bytes, at most limit + 1 of them); 400 when there
+    is none, 413 when the whole body exceeds ``body_limit``."""
+    too_large = f"multipart body exceeds the {body_limit}-byte limit"
+    if declared_too_large(request, body_limit):
+        raise await refuse_too_large(request, too_large)
     try:
-        form = await request.form(max_files=max_files, max_fields=max_files + 8, max_part_size=limit)
+        form = await limited(request, body_limit).form(max_files=max_files, max_fields=max_files + 8,
+                                                       max_part_size=limit)
+    except BodyTooLarge as err:
+        raise await refuse_too_large(request, too_large, err.args[0]) from None
     except Exception as err:  # starlette's parser: malformed body, too many parts
         raise ApiError(400, f"malformed multipart body: {err}") from None
     uploads = [u for u in form.getlist(field) if not isinstance(u, str)]
@@ -156,7 +248,8 @@ async def read_uploads(request: Request, field: str, limit: int, max_files: int)
 
 async def read_image_bytes(request: Request) -> bytes:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        (_, data), = await read_uploads(request, "file", MAX_BODY_BYTES, max_files=1)
+        (_, data), = await read_uploads(request, "file", MAX_BODY_BYTES, max_files=1,
+                                        body_limit=MAX_BODY_BYTES + MULTIPART_OVERHEAD_BYTES)
     else:
         data = await read_body(request, MAX_BODY_BYTES)
     if len(data) > MAX_BODY_BYTES:
@@ -164,9 +257,10 @@ async def read_image_bytes(request: Request) -> bytes:
     return data
 
 
-def decode(data: bytes) -> Image.Image:
+def decode(data: bytes) -> Photo:
+    """The photo (serve.photo: large JPEGs decoded reduced); 413 past a pixel limit, 400 if unreadable."""
     try:
-        return decode_image(data)
+        return read_photo(data)
     except InvalidImage as err:
         raise ApiError(413 if err.kind == "too-large" else 400, str(err)) from None
 
@@ -180,7 +274,7 @@ def public_models(manifest: Manifest, run_dir: str, version: str) -> dict[str, A
               for name in ens.served}
     return schema.ModelsInfo(
         run=schema.RunInfo(id=os.path.basename(run_dir.rstrip("/")), version=version, created_at=manifest.created_at),
-        classes=manifest.classes, models=models,
+        classes=manifest.classes, colors=schema.class_colors(manifest.classes), models=models,
         ensemble={"served": ens.served, "weights": ens.served_weights, "temperature": ens.temperature,
                   "rule": ens.rule, "bias": ens.bias, "val": ens.val,
                   "val_out_of_fold": ens.val_out_of_fold}).model_dump()
@@ -211,39 +305,45 @@ class EnsembleIngress:
         return [{"label": self.classes[int(np.argmax(combined[i]))], "probabilities": as_dict(combined[i]),
                  "models": {n: as_dict(p[i]) for n, p in per_model.items()}} for i in range(len(images))]
 
-    async def find_faces(self, image: Image.Image) -> dict[str, Any]:
-        """Every face: found on a small copy, cut from the full photo as the training faces were cut."""
+    async def find_faces(self, photo: Photo) -> dict[str, Any]:
+        """Every face: found on a small copy, cut from the decoded photo as the training faces were cut;
+        boxes in the original photo's pixels (the decoded image may be a reduced one, serve.photo)."""
+        image = photo.image
         rgb = np.asarray(image)
         small, scale_x, scale_y = face_finder.detection_input(rgb, self.face_max_side)
         rows = await call_replica(self.detector.detect, small, "the face detector")
         boxes = face_finder.face_boxes(rows, scale_x, scale_y, rgb.shape[0], rgb.shape[1])
         crops = [Image.fromarray(face_finder.crop_square(rgb, face_finder.training_crop_box(b, image.width, image.height)))
                  for b in boxes]
+        del rgb
         answers = await self.classify(crops) if crops else []
-        return {"image": {"width": image.width, "height": image.height},
-                "faces": [{"box": {"x": b.x, "y": b.y, "width": b.width, "height": b.height}, "score": b.score, **answer}
-                          for b, answer in zip(boxes, answers)]}
+        faces = []
+        for b, answer in zip(boxes, answers):
+            x, y, w, h = (round(photo.to_original(v)) for v in face_finder.face_extent(b, image.width, image.height))
+            faces.append({"box": {"x": x, "y": y, "width": w, "height": h}, "score": b.score, **answer})
+        return {"image": {"width": photo.width, "height": photo.height}, "faces": faces}
 
     @api.post("/predict", response_model=schema.Prediction | schema.FacesAnswer,
               responses=schema.error_responses(400, 413, 422, 503), openapi_extra=schema.image_body("file"))
     async def predict(self, request: Request, faces: bool = Query(False, description="find and classify every face")):
-        image = await asyncio.to_thread(decode, await read_image_bytes(request))
+        photo = await asyncio.to_thread(decode, await read_image_bytes(request))
         if faces:
-            return await self.find_faces(image)
-        return (await self.classify([image]))[0]
+            return await self.find_faces(photo)
+        return (await self.classify([photo.image]))[0]
 
     @api.post("/predict/batch", response_model=schema.BatchAnswer, responses=schema.error_responses(400, 413, 503),
               openapi_extra=schema.image_body("files", many=True))
     async def predict_batch(self, request: Request):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "send multipart/form-data with one 'files' part per image")
-        uploads = await read_uploads(request, "files", MAX_BODY_BYTES, max_files=schema.MAX_BATCH_IMAGES)
+        uploads = await read_uploads(request, "files", MAX_BODY_BYTES, max_files=schema.MAX_BATCH_IMAGES,
+                                     body_limit=MAX_BATCH_BODY_BYTES)
         items, images = [], []
         for index, (filename, data) in enumerate(uploads):
             try:
                 if len(data) > MAX_BODY_BYTES:
                     raise ApiError(413, f"part exceeds the {MAX_BODY_BYTES}-byte limit")
-                images.append(await asyncio.to_thread(decode, data))
+                images.append((await asyncio.to_thread(decode, data)).image)
                 items.append({"index": index, "filename": filename, "status": 200})
             except ApiError as err:  # one bad image answers for itself only
                 items.append({"index": index, "filename": filename, "status": err.status, "error": err.message})

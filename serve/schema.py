@@ -21,7 +21,9 @@ class Prediction(BaseModel):
 
 
 class Box(BaseModel):
-    """Pixel coordinates in the uploaded image after its EXIF orientation is applied."""
+    """Pixel coordinates in the uploaded image after its EXIF orientation is applied. A face cut by the
+    photo's border gets the box of the whole face, which reaches past that border (x or y negative, or
+    x + width beyond the image's width)."""
     x: int
     y: int
     width: int
@@ -56,6 +58,7 @@ class BatchAnswer(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """The one shape of every error answer of the service (400, 404, 405, 413, 422, 500, ...)."""
     error: str
 
 
@@ -79,10 +82,22 @@ class RunInfo(BaseModel):
     created_at: str
 
 
+# Colours of the classes by their position in the run's class order (the browser page draws with them):
+# the first three are the page's angry / happy / sad of the three-class runs; distinct hues after them.
+CLASS_PALETTE = ("#d64541", "#e0a400", "#3a78c9", "#2e9e5b", "#8e44ad", "#e67e22", "#16a5a5", "#c2185b",
+                 "#6d4c41", "#607d8b")
+
+
+def class_colors(classes: list[str]) -> dict[str, str]:
+    """One colour per class, in class order (the palette repeats past its length)."""
+    return {c: CLASS_PALETTE[i % len(CLASS_PALETTE)] for i, c in enumerate(classes)}
+
+
 class ModelsInfo(BaseModel):
     """What answers: the run, its classes and served models, the ensemble's figures. No file-system paths."""
     run: RunInfo
-    classes: list[str]
+    classes: list[str] = Field(description="the run's classes, in the order every probabilities object has")
+    colors: dict[str, str] = Field(description="a CSS colour per class, for clients that draw them")
     models: dict[str, ServedModel]
     ensemble: dict[str, Any]
 
