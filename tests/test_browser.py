@@ -3,7 +3,7 @@ the real Serve app: a photo of several faces uploaded through the file input, th
 Chromium's fake camera playing a y4m file, and a server error shown as text.
 
 Needs the fixture ``served_url``: the base URL (no trailing slash) of the real Serve app of a run directory,
-serving GET / and POST /predict?faces=1. Chromium and its driver come from Debian (``make browser``, which
+serving GET /, GET /models and POST /predict?faces=1. Chromium and its driver come from Debian (``make browser``, which
 ``make test`` runs, installs them); no browser or driver is downloaded here."""
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,7 +24,6 @@ from PIL import Image, ImageOps
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FACES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces")
-CLASSES = ["angry", "happy", "sad"]
 WAIT_S = 60  # every wait below is bounded by this
 TIMEOUT_S = 60  # per API request
 BACKGROUND = (226, 230, 234)  # the canvas the face crops are pasted on
@@ -100,6 +102,11 @@ def _api_faces(served_url: str, data: bytes) -> dict:
     return body
 
 
+def _classes(served_url: str) -> list[str]:
+    """The served run's classes in its order: what the page must show (it names none itself)."""
+    return requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()["classes"]
+
+
 def _settled(driver) -> str | bool:
     state = driver.find_element("id", "status").get_attribute("data-state")
     return state if state in ("ok", "empty", "error") else False
@@ -144,6 +151,7 @@ def test_upload_draws_one_labelled_box_per_face_the_api_finds(served_url, driver
     _paste(crops, columns=3, side=180, gap=80).save(photo, quality=92)
     api = _api_faces(served_url, photo.read_bytes())
     expected = api["faces"]
+    classes = _classes(served_url)
     # Several faces, or the count below would prove little.
     assert len(expected) >= 2, f"the API found {len(expected)} of {len(crops)} pasted faces: {api}"
 
@@ -164,7 +172,7 @@ def test_upload_draws_one_labelled_box_per_face_the_api_finds(served_url, driver
     drawn = []
     for el in faces:
         label = el.get_attribute("data-label")
-        assert label in CLASSES, label
+        assert label in classes, label
         tag = el.find_element("css selector", ".face-label")
         assert tag.is_displayed() and tag.text.startswith(label), tag.text
         r = el.rect
@@ -187,7 +195,7 @@ def test_upload_draws_one_labelled_box_per_face_the_api_finds(served_url, driver
     assert len(cards) == len(expected)
     for card in cards:
         bars = card.find_elements("css selector", ":scope > .bar")
-        assert [bar.get_attribute("data-class") for bar in bars] == CLASSES
+        assert [bar.get_attribute("data-class") for bar in bars] == classes
         assert sum(float(bar.get_attribute("data-p")) for bar in bars) == pytest.approx(1.0, abs=1e-4)
         assert card.find_elements("css selector", ".models .model .bar")
     # Clicking a box selects its face and card.
@@ -202,7 +210,7 @@ def test_server_error_is_shown_as_text(served_url, driver, tmp_path):
     response = requests.post(f"{served_url}/predict", params={"faces": 1}, data=bad.read_bytes(),
                              headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
     assert response.status_code == 400
-    message = response.json().get("error") or response.json()["detail"]
+    message = response.json()["error"]
 
     driver.get(f"{served_url}/")
     driver.find_element("id", "file").send_keys(str(bad))
@@ -253,7 +261,7 @@ def test_camera_frames_get_boxes(served_url, tmp_path):
         assert camera.get_attribute("data-on") == "1"
         faces = driver.find_elements("css selector", "#boxes .face")
         assert 1 <= len(faces) <= len(crops)
-        assert all(f.get_attribute("data-label") in CLASSES for f in faces)
+        assert all(f.get_attribute("data-label") in _classes(served_url) for f in faces)
         assert driver.execute_script("return document.getElementById('video').videoWidth") == frame.width
         # Frames keep going, one request at a time, at a bounded rate (400 ms apart at least; 350 allows
         # for the JPEG encoding between the page's timer and its fetch).
@@ -268,3 +276,77 @@ def test_camera_frames_get_boxes(served_url, tmp_path):
         assert len(driver.execute_script("return window.__predict.starts")) == sent  # stopped means stopped
     finally:
         driver.quit()
+
+
+# --- any class set -------------------------------------------------------------------------------------
+
+FOUR_CLASSES = ["angry", "happy", "sad", "surprised"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def four_class_url(ray_session, served_url, tmp_path_factory):
+    """A run of four classes (generated faces; "surprised" is a copy of "sad": the page only has to show
+    them, not tell them apart), trained as small as the tune command goes and served beside the session's
+    run at /four."""
+    from ray import serve
+
+    from raymotion.data.synthetic import make_synthetic_faces
+    from serve.app import AppArgs, build_app
+
+    root = make_synthetic_faces(tmp_path_factory.mktemp("four-faces"), train_per_class=24, val_per_class=8, size=48,
+                                seed=4)
+    for split in ("train", "val"):
+        shutil.copytree(os.path.join(root, split, "sad"), os.path.join(root, split, "surprised"))
+    out = str(tmp_path_factory.mktemp("four-run"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymotion.tune", "--address", ray_session.get_runtime_context().gcs_address,
+         "--data", root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1", "--epochs", "1",
+         "--no-int8", "--out", out],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    serve.run(build_app(AppArgs(run_dir=out, model_cpus=0.05, ingress_cpus=0.05, face_cpus=0.05)), name="four",
+              route_prefix="/four", blocking=False)
+    url = f"{served_url}/four"
+    deadline = time.monotonic() + WAIT_S
+    while True:  # blocking=False: wait until the app answers
+        try:
+            if requests.get(f"{url}/models", timeout=TIMEOUT_S).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the four-class app never answered"
+        time.sleep(0.5)
+    yield url
+    serve.delete("four")
+
+
+def test_the_page_shows_the_classes_of_the_run_it_serves(four_class_url, driver, tmp_path):
+    models = requests.get(f"{four_class_url}/models", timeout=TIMEOUT_S).json()
+    assert models["classes"] == FOUR_CLASSES and list(models["colors"]) == FOUR_CLASSES
+    assert len(set(models["colors"].values())) == 4  # four colours a reader can tell apart
+
+    driver.get(f"{four_class_url}/")
+    _wait(driver, lambda d: d.find_element("id", "classes").get_attribute("data-state") != "loading",
+          "the page's class legend (from GET models)")
+    legend = driver.find_elements("css selector", "#classes .class")
+    assert [el.get_attribute("data-class") for el in legend] == FOUR_CLASSES, _console(driver)
+    assert [el.get_attribute("data-color") for el in legend] == [models["colors"][c] for c in FOUR_CLASSES]
+    assert "surprised" in driver.find_element("id", "about").text
+
+    photo = tmp_path / "faces.jpg"
+    _paste(_face_crops()[:2], columns=2, side=180, gap=80).save(photo, quality=92)
+    driver.find_element("id", "file").send_keys(str(photo))
+    state = _wait(driver, _settled, "the page's answer (#status data-state ok, empty or error)")
+    assert state == "ok", (state, driver.find_element("id", "error").text, _console(driver))
+    cards = driver.find_elements("css selector", "#results .result")
+    assert cards
+    for card in cards:
+        bars = card.find_elements("css selector", ":scope > .bar")
+        assert [bar.get_attribute("data-class") for bar in bars] == FOUR_CLASSES
+        assert sum(float(bar.get_attribute("data-p")) for bar in bars) == pytest.approx(1.0, abs=1e-4)
+    # Each box and card in its class's colour, as GET models gives it.
+    for el in driver.find_elements("css selector", "#boxes .face") + cards:
+        label = el.get_attribute("data-label")
+        assert label in FOUR_CLASSES
+        assert driver.execute_script("return arguments[0].style.getPropertyValue('--c')", el) == models["colors"][label]
