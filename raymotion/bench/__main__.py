@@ -7,7 +7,8 @@ replicas on distinct nodes, a worker node removed mid-trial and under load (raym
 ``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold.
 ``python -m raymotion.bench train-step``: training steps per second in float32, channels_last and bf16 autocast.
 ``python -m raymotion.bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers.
-``python -m raymotion.bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer)."""
+``python -m raymotion.bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer).
+``python -m raymotion.bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import statistics
 import tempfile
 import time
 
-from raymotion.bench import peer
+from raymotion.bench import large_photo, peer
 from raymotion.data import index_image_folders, resolve_data_root
 
 
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     add_train_step_arguments(sub)
     add_distill_arguments(sub)
     peer.add_arguments(sub)
+    large_photo.add_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
     ens.add_argument("--min-members", type=int, default=2, help="smallest member set tried")
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve,
                 "ensemble": run_ensemble, "train-step": run_train_step, "distill": run_distill,
-                "peer": lambda a: peer.command(a, write_result)}
+                "peer": lambda a: peer.command(a, write_result),
+                "large-photo": lambda a: large_photo.command(a, write_result)}
     if args.command in commands:
         commands[args.command](args)
         return

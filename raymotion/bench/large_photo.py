@@ -1,0 +1,135 @@
+"""``python -m raymotion.bench large-photo RUN_DIR``: how much the Serve ingress's memory grows while it
+answers one phone photo of 12, 108 and 200 megapixels (``POST /predict?faces=1``), as a table and JSON.
+
+The run is served on a local Ray of its own (127.0.0.1, a free port), the photos are made here (flat grey
+with three faces from tests/data/faces pasted in, JPEG), and for each request the ingress replica's peak
+resident set is reset (``/proc/PID/clear_refs``, 5) and read back (``VmHWM``) afterwards: the rise is its peak
+during the request over its resident set just before. serve/photo.py says what bounds it."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import time
+from typing import Any, Callable
+
+import requests
+from PIL import Image
+
+FACES = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "faces")
+PHOTOS = {"12MP": (4000, 3000), "108MP": (12000, 9000), "200MP": (16320, 12240)}
+
+
+def photo_jpeg(width: int, height: int) -> bytes:
+    """A width x height JPEG, flat grey with three faces of a sixth of its width."""
+    canvas = Image.new("RGB", (width, height), (118, 122, 126))
+    side = width // 6
+    crops = sorted(os.listdir(FACES))[:3]
+    for i, (x, y) in enumerate([(width // 12, height // 8), (width // 2, height // 2), (width - side - width // 20, height // 10)]):
+        with Image.open(os.path.join(FACES, crops[i])) as face:
+            canvas.paste(face.convert("RGB").resize((side, side), Image.BICUBIC), (x, y))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def peak_rise_mib(pid: int, send: Callable[[], requests.Response]) -> tuple[float, float, int]:
+    """(peak RSS rise, RSS before, status) of the process ``pid`` over one call of ``send``."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _kib(pid, "VmRSS")
+    status = send().status_code
+    return (_kib(pid, "VmHWM") - before) / 1024, before / 1024, status
+
+
+def ingress_pid() -> int:
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+              if a.class_name.endswith(":EnsembleIngress")]
+    if len(actors) != 1:
+        raise RuntimeError(f"expected one ingress replica, found {len(actors)}")
+    return int(actors[0].pid)
+
+
+def measure(url: str, pid: int, rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    rows = {}
+    for name, (width, height) in PHOTOS.items():
+        data = photo_jpeg(width, height)
+        send = lambda: requests.post(f"{url}/predict", params={"faces": 1}, data=data,  # noqa: E731
+                                     headers={"Content-Type": "image/jpeg"}, timeout=300)
+        answer = send()  # once first: what a first request loads (imports, arenas) is not the photo's
+        answer.raise_for_status()
+        found = len(answer.json()["faces"])
+        samples = [peak_rise_mib(pid, send) for _ in range(rounds)]
+        rises = [s[0] for s in samples]
+        rows[name] = {"width": width, "height": height, "megapixels": width * height / 1e6, "body_mib": len(data) / 2**20,
+                      "faces": found, "statuses": sorted({s[2] for s in samples}),
+                      "rss_before_mib": statistics.median(s[1] for s in samples),
+                      "peak_rise_mib_median": statistics.median(rises), "peak_rise_mib_max": max(rises),
+                      "decoded_rgb_mib_if_full": width * height * 3 / 2**20}
+        log(f"{name}: {found} faces, peak RSS rise median {rows[name]['peak_rise_mib_median']:.1f} MiB "
+            f"(max {max(rises):.1f}) over {rounds} requests")
+    return rows
+
+
+def table(rows: dict[str, Any]) -> str:
+    lines = ["| photo | pixels | body MiB | faces | ingress RSS before, MiB | peak RSS rise, MiB (median / max) | full-size RGB would be, MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['width']}x{r['height']} | {r['body_mib']:.1f} | {r['faces']} | {r['rss_before_mib']:.0f} "
+                     f"| {r['peak_rise_mib_median']:.1f} / {r['peak_rise_mib_max']:.1f} | {r['decoded_rgb_mib_if_full']:.0f} |")
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace, write_result: Callable[[dict, str], None]) -> None:
+    from ray import serve
+
+    from raymotion.bench.machine import describe_machine
+    from raymotion.runtime import start_local_ray
+    from serve.app import AppArgs, build_app
+
+    start_local_ray(num_cpus=args.num_cpus)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(AppArgs(run_dir=args.run_dir)), name="raymotion", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the service never became healthy")
+        time.sleep(0.5)
+    try:
+        rows = measure(url, ingress_pid(), args.rounds, log=lambda line: print(line, flush=True))
+    finally:
+        serve.shutdown()
+    result = {"run_dir": os.path.abspath(args.run_dir), "rounds": args.rounds, "photos": rows, "machine": describe_machine()}
+    result["table"] = table(rows)
+    print("\n" + result["table"])
+    write_result(result, args.json or os.path.join("runs", "bench", f"large-photo-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("large-photo", help="the Serve ingress's peak memory rise per 12/108/200-megapixel photo")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--rounds", type=int, default=3, help="measured requests per photo (after one unmeasured)")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the benchmark's own local Ray")
+    p.add_argument("--json", help="output JSON (default runs/bench/large-photo-<time>.json)")
