@@ -17,7 +17,7 @@ import sys
 from raymotion import rundir
 from raymotion.config import ExportConfig
 from raymotion.data import DataError, open_sources
-from raymotion.export.bundle import build_run_bundle, results_table
+from raymotion.export.bundle import build_run_bundle, results_table, source_table
 
 
 def previous_manifest(run_dir: str) -> rundir.Manifest | None:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = {name: {"tune": tune} for name, tune in kept.items() if tune is not None}
     manifest = build_run_bundle(run_dir, {n: os.path.join(checkpoint_root, n) for n in names}, source, extra,
                                 ExportConfig.from_arguments(args))
-    print(results_table(manifest))
+    print("\n\n".join(t for t in (results_table(manifest), source_table(manifest)) if t))
 
 
 if __name__ == "__main__":

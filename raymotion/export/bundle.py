@@ -447,20 +447,22 @@ def source_table(manifest: Manifest | dict[str, Any]) -> str:
     ens = manifest.ensemble
     if not ens.by_source:
         return ""
-    rows = [("source", "model", "images", "val_acc", "oof_acc", "oof_macro_f1", "degraded_acc", "weight")]
+    rows = [("source", "model", "images", "val_acc", "oof_acc", "oof_macro_f1", "degraded_acc", "weight", "minutes")]
 
     def fmt(val: dict[str, Any] | None, key: str) -> str:
         return f"{val[key]:.4f}" if val and key in val else "-"
 
     lines = []
     for source, figures in ens.by_source.items():
-        entries = [(name, m.by_source.get(source), f"{ens.weights.get(name, 0):.2f}") for name, m in manifest.models.items()]
-        for name, scores, weight in entries + [("ensemble", figures, "-")]:
+        entries = [(name, m.by_source.get(source), f"{ens.weights.get(name, 0):.2f}",
+                    f"{m.tune['seconds'] / 60:.1f}" if m.tune and "seconds" in m.tune else "-")
+                   for name, m in manifest.models.items()]
+        for name, scores, weight, minutes in entries + [("ensemble", figures, "-", "-")]:
             if scores is None:
                 continue
             rows.append((source, name, str(scores.images), fmt(scores.val, "accuracy"),
                          fmt(scores.val_out_of_fold, "accuracy"), fmt(scores.val_out_of_fold, "macro_f1"),
-                         fmt(scores.val_degraded, "accuracy"), weight))
+                         fmt(scores.val_degraded, "accuracy"), weight, minutes))
         gain, split = figures.gain_out_of_fold or {}, figures.disagreements or {}
         if gain:
             lines.append(f"{source}: ensemble - best member ({gain['best_member']}), out-of-fold: "
