@@ -1,15 +1,26 @@
-"""Configuration as data: dataclasses that travel from the CLI to Ray workers as plain dicts."""
+"""Configuration as data: dataclasses that travel from the CLI to Ray workers as plain dicts.
+
+They are pydantic dataclasses (extra keys forbidden): the dataclass API the code uses (``dataclasses.replace``,
+``fields``, ``asdict``) stays, and every construction validates types, ranges and choices, so that a bad
+value fails where the config is built (a preset at import, ``--set`` before Ray starts), never deep in the
+stage that first reads it. Errors are ConfigError, naming the key, the value and where it came from. No torch
+here: a Serve replica imports this module through raymotion.rundir.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
+import re
 import typing
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from dataclasses import field
+from typing import Annotated, Any, Iterable, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 # What "best" means unless a preset says otherwise: Tune's objective, Train's kept checkpoint and early
 # stopping all read one (metric, mode) pair (see TuneSettings and TrainConfig.metric). The mean over the
@@ -27,6 +38,18 @@ Scheduler = Literal["asha", "fifo"]
 # geometric mean.
 EnsembleRule = Literal["linear", "log-linear"]
 
+# The model registry's names (raymotion.models), listed here so that configs can be checked without
+# importing torch; raymotion.models refuses to register a name missing here and fails at import when a
+# name here is not registered, so the two cannot drift apart.
+MODEL_NAMES = ("efficientnet_lite0", "efficientnet_lite2", "hf_vit", "lenet", "mobilenet_v2", "resnet34", "vit")
+
+# Value types with their ranges: a value outside fails when the config is built.
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+Count = Annotated[int, Field(ge=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
 
 class ConfigError(ValueError):
     """A configuration key or value that does not exist; the message names it and where it came from."""
@@ -42,13 +65,111 @@ def check_keys(cls: type, keys: Iterable[str], source: str, also: Iterable[str] 
                           f"known keys: {', '.join(sorted(known))}")
 
 
-def check_literals(obj: Any) -> None:
-    """Raise ConfigError for a field typed ``Literal[...]`` whose value is not one of its choices, at
-    construction rather than deep in the stage that first reads it."""
-    for name, hint in typing.get_type_hints(type(obj)).items():
-        if typing.get_origin(hint) is Literal and getattr(obj, name) not in typing.get_args(hint):
-            raise ConfigError(f"{type(obj).__name__}.{name} must be one of "
-                              f"{', '.join(map(repr, typing.get_args(hint)))}, not {getattr(obj, name)!r}")
+def check_model_names(names: Iterable[str], source: str) -> None:
+    """Raise ConfigError for a name that is not a registered model: a misspelt name in a preset would
+    otherwise apply to nothing, silently, and one in a config would fail only once a trial builds it."""
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown:
+        raise ConfigError(f"{source}: unknown model(s) {', '.join(map(repr, unknown))}; "
+                          f"known models: {', '.join(MODEL_NAMES)}")
+
+
+# What the train loop reports every epoch (raymotion.train.loop: train_one_epoch, evaluate, source_metrics)
+# that can rank epochs: the figures without a class or source in their name, and the per-class and
+# per-source families. tests/test_config.py checks these against the loop's own evaluate.
+EPOCH_METRICS = ("epoch", "train_loss", "train_accuracy")
+VAL_FIGURES = ("accuracy", "top2_accuracy", "macro_f1")  # classification_metrics, besides recall_<class>
+VAL_METRICS = tuple(f"val_{name}" for name in (*VAL_FIGURES, "loss", "source_macro_f1"))
+_METRIC_FORM = re.compile(rf"val_(?:\w+_)?(?:{'|'.join(VAL_FIGURES)}|recall_\w+)")
+
+
+def metric_names(classes: Iterable[str], sources: Iterable[str] = ()) -> list[str]:
+    """Every metric an epoch reports that ``metric`` may name, for a run of these classes and data sources
+    (per-source figures only with two or more sources, as the loop reports them)."""
+    classes, sources = list(classes), list(sources)
+    figures = [*VAL_FIGURES, *(f"recall_{c}" for c in classes)]
+    per_source = [f"val_{s}_{f}" for s in sources for f in figures] if len(sources) > 1 else []
+    return [*EPOCH_METRICS, *VAL_METRICS, *(f"val_recall_{c}" for c in classes), *per_source]
+
+
+def check_metric_form(metric: str, source: str) -> None:
+    """Before the run's classes and sources are known: ``metric`` has the form of a reported metric."""
+    if metric not in EPOCH_METRICS + VAL_METRICS and not _METRIC_FORM.fullmatch(metric):
+        raise ConfigError(f"{source}: metric {metric!r} is not one the train loop reports; it reports "
+                          f"{', '.join(EPOCH_METRICS + VAL_METRICS)}, val_recall_<class> and, with several "
+                          f"data sources, val_<source>_<{'|'.join(VAL_FIGURES)}|recall_<class>>")
+
+
+def check_metric(metric: str, classes: Iterable[str], sources: Iterable[str], source: str) -> None:
+    """Once the data is open (before anything trains): ``metric`` is one this run's epochs will report."""
+    known = metric_names(classes, sources)
+    if metric not in known:
+        raise ConfigError(f"{source}: metric {metric!r} is not reported by this run's epochs; "
+                          f"they report {', '.join(known)}")
+
+
+def _field_hint(cls: Any, loc: tuple) -> Any:
+    """The type hint at ``loc`` (field names, dict keys, tuple indices) below dataclass ``cls``; None
+    where it cannot be followed."""
+    hint = cls
+    for part in loc:
+        while typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(hint) and isinstance(part, str):
+            hint = typing.get_type_hints(hint, include_extras=True).get(part)
+        elif typing.get_origin(hint) in (dict, tuple, list):
+            hint = typing.get_args(hint)[-1 if typing.get_origin(hint) is dict else 0]
+        else:
+            return None
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def describe_errors(cls: type, err: ValidationError) -> str:
+    """One line naming each bad key, its value and what it must be, e.g. ``TrainConfig.epochs='abc': Input
+    should be a valid integer``; unknown keys as check_keys names them."""
+    lines, unknown = [], {}
+    for e in err.errors():
+        loc, path = e["loc"], ".".join([cls.__name__, *map(str, e["loc"])])
+        if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        elif e["type"] == "value_error" and isinstance(e.get("ctx", {}).get("error"), ConfigError):
+            lines.append(str(e["ctx"]["error"]))  # a cross-field check of __post_init__, already worded
+        elif e["type"] == "literal_error":
+            hint = _field_hint(cls, loc)
+            choices = (", ".join(map(repr, typing.get_args(hint))) if typing.get_origin(hint) is Literal
+                       else e["ctx"]["expected"])
+            lines.append(f"{path} must be one of {choices}, not {e['input']!r}")
+        else:
+            lines.append(f"{path}={e['input']!r}: {e['msg']}")
+    for parent, keys in unknown.items():
+        owner = _field_hint(cls, parent)
+        known = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
+        name = owner.__name__ if dataclasses.is_dataclass(owner) else "config"
+        lines.append(f"{'.'.join([cls.__name__, *map(str, parent)])}: unknown {name} key(s) "
+                     f"{', '.join(map(repr, keys))}; known keys: {', '.join(known)}")
+    return "; ".join(lines)
+
+
+def config_dataclass(cls: type | None = None, *, frozen: bool = False):
+    """A pydantic dataclass that refuses unknown keys and raises ConfigError (naming the key and value) in
+    place of pydantic's ValidationError, so that every caller handles one error type."""
+    def wrap(cls: type) -> type:
+        cls = pydantic_dataclass(cls, frozen=frozen, config=ConfigDict(extra="forbid"))
+        validate = cls.__init__
+
+        @functools.wraps(validate)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                validate(self, *args, **kwargs)
+            except ValidationError as err:
+                raise ConfigError(describe_errors(cls, err)) from None
+
+        cls.__init__ = __init__
+        return cls
+
+    return wrap(cls) if cls is not None else wrap
 
 
 def check_train_keys(keys: Iterable[str], source: str) -> None:
@@ -56,31 +177,54 @@ def check_train_keys(keys: Iterable[str], source: str) -> None:
     check_keys(TrainConfig, keys, source, also=[f.name for f in dataclasses.fields(Augmentation)])
 
 
-@dataclass(frozen=True)
+@functools.cache
+def _train_key_types() -> dict[str, TypeAdapter]:
+    """Key -> a validator of its value (type and range), for TrainConfig's own and augmentation keys."""
+    hints = {**typing.get_type_hints(Augmentation, include_extras=True),
+             **typing.get_type_hints(TrainConfig, include_extras=True)}
+    return {name: TypeAdapter(hint) for name, hint in hints.items()}
+
+
+def typed_train_changes(changes: dict[str, Any], source: str) -> dict[str, Any]:
+    """``changes`` (TrainConfig.replace's keys) typed from the schema: "3e-4" a float, "abc" for an int a
+    ConfigError naming the key, the value and ``source``. Keys must be known (check_train_keys)."""
+    check_train_keys(changes, source)
+    check_model_names([changes["model"]] if "model" in changes else [], f"{source}: model")
+    out = {}
+    for key, value in changes.items():
+        try:
+            out[key] = _train_key_types()[key].validate_python(value)
+        except ValidationError as err:
+            reasons = "; ".join(e["msg"] for e in err.errors())
+            raise ConfigError(f"{source}: {key}={value!r}: {reasons}") from None
+    return out
+
+
+@config_dataclass(frozen=True)
 class Augmentation:
     """The random train-time transforms, passed whole to data.pipeline.augment_mix. Each is off at its
     neutral value (0, or 1.0 for crop_scale); ``Augmentation.only(...)`` has every other one off."""
 
-    rotation_deg: float = 10.0
-    hflip_p: float = 0.5
-    contrast: float = 0.2
-    brightness: float = 0.1
-    crop_scale: float = 0.85  # random resized crop: minimum area fraction kept
-    translate: float = 0.05  # face-box shift, up to this fraction of the side per axis
+    rotation_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
+    hflip_p: Probability = 0.5
+    contrast: Probability = 0.2
+    brightness: Probability = 0.1
+    crop_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.85  # random resized crop: minimum area fraction kept
+    translate: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05  # face-box shift, up to this fraction of the side per axis
     # Camera degradations (data.augment.degrade_batch), each with its probability per image: grey, a face of
     # few pixels (down to downscale_min_px..48 px and back up), blur, JPEG re-compression. On by default, at
     # rates that leave most training images clean: served faces come from webcams and phones.
-    greyscale_p: float = 0.2
-    downscale_p: float = 0.25
-    downscale_min_px: int = 20
-    blur_p: float = 0.15
-    jpeg_p: float = 0.25
-    jpeg_quality_min: int = 30
+    greyscale_p: Probability = 0.2
+    downscale_p: Probability = 0.25
+    downscale_min_px: Annotated[int, Field(ge=1, le=48)] = 20
+    blur_p: Probability = 0.15
+    jpeg_p: Probability = 0.25
+    jpeg_quality_min: Annotated[int, Field(ge=1, le=100)] = 30
     # Batch-level mixing (soft labels): at most one of CutMix / MixUp per batch.
-    cutmix_p: float = 0.0
-    cutmix_alpha: float = 1.0
-    mixup_p: float = 0.0
-    mixup_alpha: float = 0.2
+    cutmix_p: Probability = 0.0
+    cutmix_alpha: Positive = 1.0
+    mixup_p: Probability = 0.0
+    mixup_alpha: Positive = 0.2
 
     @classmethod
     def only(cls, **on: float) -> "Augmentation":
@@ -131,35 +275,35 @@ class Augmentation:
         return ", ".join(p for p in parts if p) or "none"
 
 
-@dataclass
+@config_dataclass
 class TrainConfig:
     """Everything one training run needs. Tune overrides fields by name from its search space."""
 
     model: str = "lenet"
-    input_size: int = 0  # 0: the model's default input size (see raymotion.models)
+    input_size: Count = 0  # 0: the model's default input size (see raymotion.models)
     pretrained: bool | str = True  # True: the packaged ImageNet weights; str: a local state-dict path
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3  # the whole network's learning rate (after the head-only phase, if any)
+    epochs: AtLeastOne = 3
+    batch_size: AtLeastOne = 64
+    lr: Positive = 1e-3  # the whole network's learning rate (after the head-only phase, if any)
     # Transfer learning, phase 1: this many epochs train only the new head (backbone frozen) at head_lr;
     # the remaining epochs fine-tune everything at lr. 0 = one phase. Ignored for models without weights.
-    head_epochs: int = 0
-    head_lr: float = 3e-3
+    head_epochs: Count = 0
+    head_lr: Positive = 3e-3
     # Early stopping on `metric`: stop after this many epochs without a new best (0 = never).
-    early_stopping_patience: int = 0
+    early_stopping_patience: Count = 0
     # The reported metric that ranks epochs (Train's kept checkpoint, early stopping) and its direction.
     # Tune sets both from its TuneSettings, so that trials, checkpoints and stopping agree.
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
+    weight_decay: NonNegative = 0.05
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     # Applied on Ray Data CPU workers to the training stream only (data.pipeline.train_stream).
     augmentation: Augmentation = field(default_factory=lambda: Augmentation())
     # Distillation: a rundir.SoftLabels file (a teacher ensemble's probabilities on the training images);
     # each image then trains against (1 - distill_alpha) * its label + distill_alpha * the teachers' view.
     # "" = labels only.
     soft_labels: str = ""
-    distill_alpha: float = 0.5
+    distill_alpha: Probability = 0.5
     # Online distillation, instead of soft_labels: raymotion checkpoint directories (same classes) of
     # teachers that score every training batch as the student sees it, augmented and mixed, each at its own
     # input size; their geometric mean takes soft_labels' place in the target (weight distill_alpha). A
@@ -178,23 +322,23 @@ class TrainConfig:
     # total; ``source_shares`` (source name -> share) sets the shares outright instead. Between 0 and 1 a
     # large source is sampled less than its size and a small one more, without repeating the small one
     # as often as equal shares would (temperature sampling, as multilingual models mix languages).
-    source_share_power: float = 0.5
-    source_shares: dict[str, float] = field(default_factory=dict)
+    source_share_power: NonNegative = 0.5
+    source_shares: dict[str, NonNegative] = field(default_factory=dict)
     # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
-    max_batches_per_epoch: int = 0
+    max_batches_per_epoch: Count = 0
     seed: int = 0
     # Scaling: device-agnostic; GPU and AMP are switched on here, not in code (laptop and cluster differ
     # only in these fields, see README "Running on a cluster").
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
+    num_workers: AtLeastOne = 1
+    cpus_per_worker: Positive = 1.0
     use_gpu: bool = False
-    gpus_per_worker: float = 1.0  # with use_gpu: Ray GPUs per Train worker (a fraction shares one GPU)
+    gpus_per_worker: Positive = 1.0  # with use_gpu: Ray GPUs per Train worker (a fraction shares one GPU)
     # How Train places its workers: PACK fills a node first (least network), SPREAD puts them on distinct
     # nodes where it can (a lost node then takes fewer workers with it; what the multi-node test checks).
     placement_strategy: PlacementStrategy = "PACK"
     # Train's restarts of the worker group after a worker dies (actor killed, OOM, node lost), each from
     # the run's latest checkpoint; beyond them the trial errors (and Tune's own retries take over).
-    max_failures: int = 2
+    max_failures: Count = 2
     # Mixed precision (autocast; weights and checkpoints stay float32). "auto": on CUDA bf16 where the GPU
     # has it (Ampere and later), else fp16 with a GradScaler; on the CPU bf16 where the CPU computes it
     # natively (AVX-512 BF16 or AMX; oneDNN says which), else float32, since emulated bf16 is slower than
@@ -207,16 +351,17 @@ class TrainConfig:
     torch_compile: bool = False  # torch.compile the model in each worker (worth it on GPUs, long first steps)
     # Ray Data iterator: batches fetched ahead of the training step, and host memory pinned for the copy
     # to the GPU (CUDA only: pinning needs a CUDA device).
-    prefetch_batches: int = 1
+    prefetch_batches: Count = 1
     pin_memory: bool = True
     # Threads torch may use inside a worker; 0 keeps Ray's default (its CPU share).
-    torch_threads: int = 0
+    torch_threads: Count = 0
     # Keys a preset or --set chose (tune's base_config): the search space leaves them as they are and Tune
     # searches the rest. Without this a searched key's start point silently replaced the chosen value.
     pinned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check_literals(self)
+        check_model_names([self.model], "TrainConfig.model")
+        check_metric_form(self.metric, "TrainConfig.metric")
         # Absolute where the config is made (the driver): Train workers and Tune trials run elsewhere. A tuple
         # again after the JSON that configs travel as.
         self.teacher_checkpoints = tuple(os.path.abspath(path) for path in self.teacher_checkpoints)
@@ -226,9 +371,6 @@ class TrainConfig:
         if self.soft_labels and self.teacher_checkpoints:
             raise ConfigError("TrainConfig: soft_labels (stored) and teacher_checkpoints (online) are two ways to "
                               "distil; give one")
-        if isinstance(self.augmentation, dict):  # from to_dict(), as configs travel to workers
-            check_keys(Augmentation, self.augmentation, "TrainConfig.augmentation")
-            self.augmentation = Augmentation(**self.augmentation)
 
     def replace(self, source: str, /, **changes: Any) -> "TrainConfig":
         """A copy with ``changes``; ``source`` (preset, space file, CLI flag) names where they came from,
@@ -240,15 +382,18 @@ class TrainConfig:
         augmentation_keys = {f.name for f in dataclasses.fields(Augmentation)}
         own = {k: v for k, v in changes.items() if k not in augmentation_keys}
         augmentation = {k: v for k, v in changes.items() if k in augmentation_keys}
-        if augmentation:
-            own["augmentation"] = dataclasses.replace(self.augmentation, **augmentation)
-        return dataclasses.replace(self, **own)
+        try:
+            if augmentation:
+                own["augmentation"] = dataclasses.replace(self.augmentation, **augmentation)
+            return dataclasses.replace(self, **own)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@config_dataclass
 class ExportConfig:
     """How the best checkpoints become the served bundle (raymotion.export.bundle)."""
 
@@ -258,18 +403,15 @@ class ExportConfig:
     # (twice the compute per image; measured gain: see README).
     flip_tta: bool = True
     int8: bool = True
-    int8_tolerance_points: float = 0.5
+    int8_tolerance_points: NonNegative = 0.5
     # int8 is served only when its batch-1 latency is at most this x fp32's. Whether it is depends on the
     # CPU (int8 convolutions lose without VNNI), so tests force either outcome through this (inf / 0).
-    int8_max_latency_ratio: float = 1.0
-    int8_range_images: int = 300  # training images that set static int8's activation ranges (as many again pick its setting)
-    latency_seconds: float = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
+    int8_max_latency_ratio: NonNegative = 1.0
+    int8_range_images: AtLeastOne = 300  # training images that set static int8's activation ranges (as many again pick its setting)
+    latency_seconds: Positive = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
     # The geometric mean by default: out of fold it had the lower log loss on every set of members runs here
     # gave (README "The ensemble's pooling rule"); the manifest records both rules' figures either way.
     ensemble_rule: EnsembleRule = "log-linear"
-
-    def __post_init__(self) -> None:
-        check_literals(self)
 
     @staticmethod
     def add_arguments(parser) -> None:
@@ -294,35 +436,35 @@ class ExportConfig:
                    ensemble_rule=args.ensemble_rule)
 
 
-@dataclass
+@config_dataclass
 class TuneSettings:
     """How a per-model Tune experiment runs."""
 
-    num_samples: int = 2
-    max_concurrent_trials: int = 1  # 2 CPUs: trials in sequence; a cluster raises this
+    num_samples: AtLeastOne = 2
+    max_concurrent_trials: AtLeastOne = 1  # 2 CPUs: trials in sequence; a cluster raises this
     # "optuna": TPE (seeded, starting at the space's start point); "random": Tune's random sampling of the
     # same space (the baseline bench tune compares against).
     search: Search = "optuna"
     # "asha": stop bad trials early (by epoch); "fifo": every trial runs all its epochs.
     scheduler: Scheduler = "asha"
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2
+    grace_period: AtLeastOne = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
     seed: int = 0
     # Tune's own retries of a trial that errors (after Train's restarts, TrainConfig.max_failures, ran
     # out); each retry continues from the trial's latest checkpoint.
-    trial_max_failures: int = 1
+    trial_max_failures: Count = 1
     # A trial of one Train worker trains in the trial's own process (train.loop.TrialSession): Ray Train's
     # controller, worker group and dataset actors are each a new process, started one after another before
     # the first batch, per trial. False: a worker group of one, as with more workers.
     one_worker_in_trial: bool = True
 
     def __post_init__(self) -> None:
-        check_literals(self)
+        check_metric_form(self.metric, "TuneSettings.metric")
 
 
-@dataclass
+@config_dataclass
 class Preset:
     """A named bundle of defaults for the tune command."""
 
@@ -330,7 +472,7 @@ class Preset:
     models: tuple[str, ...] = ("lenet", "mobilenet_v2")  # what --models defaults to
     tune: TuneSettings = field(default_factory=TuneSettings)
     # Per-model trial counts (else tune.num_samples): on 2 CPUs the big models get one long trial.
-    samples: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, AtLeastOne] = field(default_factory=dict)
     # Per-model overrides of TrainConfig, applied before the search space ("*": every model).
     train_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Distillation (tune --distill, the default): these models train after the others, against the soft
@@ -351,10 +493,22 @@ class Preset:
     student_online_teachers: bool = False
 
     def __post_init__(self) -> None:
-        # At definition: a misspelt override fails when the preset is written, not when its model runs.
+        self.check()
+
+    def check(self) -> None:
+        """At definition, and again where the tune command applies the preset (its dicts may be edited
+        after construction): a misspelt model name, key or value fails naming it, not when its model runs
+        (or, for a model name, never: an override of no model applies to nothing)."""
+        where = f"preset {self.name!r}"
+        check_model_names(self.models, f"{where}, models")
+        check_model_names([m for m in self.train_overrides if m != "*"], f"{where}, train_overrides")
+        check_model_names(self.samples, f"{where}, samples")
+        check_model_names(self.students, f"{where}, students")
+        check_model_names([self.student] if self.student else [], f"{where}, student")
+        check_model_names(self.online_teachers, f"{where}, online_teachers")
         for model, overrides in self.train_overrides.items():
-            check_train_keys(overrides, f"preset {self.name!r}, overrides of model {model!r}")
-        check_train_keys(self.student_overrides, f"preset {self.name!r}, student_overrides")
+            typed_train_changes(overrides, f"{where}, overrides of model {model!r}")
+        typed_train_changes(self.student_overrides, f"{where}, student_overrides")
         if set(self.online_teachers) - set(self.students):
             raise ConfigError(f"preset {self.name!r}: online_teachers {sorted(set(self.online_teachers) - set(self.students))} "
                               f"are not among its students {list(self.students)}")
@@ -439,21 +593,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def parse_set_pairs(pairs: Iterable[str]) -> dict[str, Any]:
-    """``--set`` flags, ``["lr=1e-3", "class_weighting=balanced"]``, as TrainConfig.replace changes. Values are
-    YAML scalars (numbers, bools, text), made float for float fields (YAML reads "3e-4" as text). An unknown
-    key passes through: replace names it in its error."""
-    defaults = {**TrainConfig().to_dict(), **dataclasses.asdict(Augmentation())}
+def parse_set_pairs(pairs: Iterable[str], source: str = "--set") -> dict[str, Any]:
+    """``--set`` flags, ``["lr=1e-3", "class_weighting=balanced"]``, as TrainConfig.replace changes. A value is
+    read as YAML (numbers, bools, text, ``{a: 1}``), then typed and range-checked by its field's type in the
+    schema (typed_train_changes), so ``epochs=abc`` fails here naming the key and the value. An unknown key
+    passes through untyped: replace names it in its error, with every known key."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(Augmentation)}
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text)
-        if isinstance(defaults.get(key), float) and not isinstance(value, bool):
-            value = float(value)
-        out[key] = value
+            raise ConfigError(f"{source} {pair!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source} {pair!r}: the value is not valid YAML ({err})") from None
+        out[key] = typed_train_changes({key: value}, source)[key] if key in known else value
     return out
 
 

@@ -1,10 +1,15 @@
 """Strict configuration: a misspelt key fails naming itself and where it came from; enums are checked
 when a config is built."""
 
+import dataclasses
+import os
+from types import SimpleNamespace
+
 import pytest
 
-from raymotion.config import PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings
-from raymotion.tune.__main__ import base_config, parse_args
+from raymotion.config import (EPOCH_METRICS, MODEL_NAMES, PRESETS, VAL_METRICS, Augmentation, ConfigError,
+                              ExportConfig, Preset, TrainConfig, TuneSettings, metric_names, parse_set_pairs)
+from raymotion.tune.__main__ import base_config, checked_configs, parse_args
 from raymotion.tune.spaces import default_spaces_dir, load_search_space
 
 
@@ -18,17 +23,178 @@ def test_a_misspelt_preset_key_names_the_key_the_preset_and_the_model():
         base_config("lenet", parse_args([]), preset)
 
 
-def test_shipped_presets_apply_to_every_model_they_name():
+def _augmentation_or_own(cfg: TrainConfig, key: str):
+    return getattr(cfg.augmentation, key) if key in {f.name for f in dataclasses.fields(Augmentation)} \
+        else getattr(cfg, key)
+
+
+def test_shipped_presets_reach_every_model_they_name_with_their_overrides_pinned():
+    """Each shipped preset's overrides arrive in each of its models' configs (the "*" ones and the model's
+    own, which win), pinned so that the search space leaves them; and every model it names anywhere is one
+    the registry builds."""
+    from raymotion.models import list_models
+
     for preset in PRESETS.values():
+        named = {*preset.models, *preset.samples, *preset.students, *preset.online_teachers,
+                 *(m for m in preset.train_overrides if m != "*"), *([preset.student] if preset.student else [])}
+        assert named <= set(list_models()), (preset.name, named - set(list_models()))
         for model in preset.models:
-            base_config(model, parse_args([]), preset)
+            cfg = base_config(model, parse_args(["--preset", preset.name]), preset)
+            expected = {**preset.train_overrides.get("*", {}), **preset.train_overrides.get(model, {})}
+            assert expected, (preset.name, model)  # every shipped preset overrides something per model
+            for key, value in expected.items():
+                assert _augmentation_or_own(cfg, key) == value, (preset.name, model, key)
+            assert set(expected) <= set(cfg.pinned)
 
 
-def test_every_shipped_space_file_loads():
-    import os
+def test_every_registered_model_has_one_space_file_and_its_start_point_lies_in_its_space():
+    """tune_spaces/ holds one file per registered model (a file named for no model is never read, a model
+    without one cannot be tuned), and each start point (Optuna's first trial) is a point of the space."""
+    from ray.tune.search.sample import Categorical, Float, Integer
 
-    for name in sorted(os.listdir(default_spaces_dir())):
-        load_search_space(name.removesuffix(".yaml"))
+    from raymotion.models import list_models
+
+    names = sorted(name.removesuffix(".yaml") for name in os.listdir(default_spaces_dir()))
+    assert names == list_models()
+    for model in names:
+        space = load_search_space(model)
+        for key, value in space.start[0].items():
+            domain = space.param_space[key]
+            if isinstance(domain, Categorical):
+                assert value in domain.categories, (model, key, value)
+            elif isinstance(domain, Integer):  # randint: upper bound excluded
+                assert domain.lower <= value < domain.upper, (model, key, value)
+            elif isinstance(domain, Float):
+                assert domain.lower <= value <= domain.upper, (model, key, value)
+            else:
+                assert value == domain, (model, key, value)
+
+
+def test_the_torch_free_model_names_are_the_registry_s():
+    from raymotion.models import list_models
+
+    assert sorted(MODEL_NAMES) == list_models()
+
+
+@pytest.mark.parametrize("kwargs, where", [
+    ({"models": ("lenet", "mobilnet_v2")}, r"preset 'mine', models: unknown model\(s\) 'mobilnet_v2'"),
+    ({"train_overrides": {"mobilnet_v2": {"epochs": 3}}}, r"preset 'mine', train_overrides: unknown model\(s\) 'mobilnet_v2'"),
+    ({"samples": {"lenett": 5}}, r"preset 'mine', samples: unknown model\(s\) 'lenett'"),
+    ({"students": ("nosuch",)}, r"preset 'mine', students: unknown model\(s\) 'nosuch'"),
+    ({"student": "mobilenet"}, r"preset 'mine', student: unknown model\(s\) 'mobilenet'"),
+    ({"students": ("lenet",), "online_teachers": ("lenet", "vitt")}, r"preset 'mine', online_teachers: unknown model\(s\) 'vitt'"),
+])
+def test_a_misspelt_model_name_anywhere_in_a_preset_fails_at_definition_naming_it(kwargs, where):
+    with pytest.raises(ConfigError, match=where):
+        Preset(name="mine", **kwargs)
+    # Edited after construction: the tune command checks the preset again before anything trains.
+    preset = Preset(name="mine")
+    for key, value in kwargs.items():
+        object.__setattr__(preset, key, value)
+    with pytest.raises(ConfigError, match=where):
+        checked_configs(parse_args([]), preset, ["lenet"], ONE_SOURCE)
+
+
+@pytest.mark.parametrize("overrides, where", [
+    ({"lenet": {"epochs": 0}}, r"preset 'mine', overrides of model 'lenet': epochs=0: .*greater than or equal to 1"),
+    ({"*": {"lr": "fast"}}, r"preset 'mine', overrides of model '\*': lr='fast': .*valid number"),
+    ({"lenet": {"hflip_p": 1.5}}, r"preset 'mine', overrides of model 'lenet': hflip_p=1.5: .*less than or equal to 1"),
+])
+def test_a_bad_value_in_a_preset_fails_at_definition_naming_the_key_the_value_and_the_model(overrides, where):
+    with pytest.raises(ConfigError, match=where):
+        Preset(name="mine", train_overrides=overrides)
+
+
+ONE_SOURCE = SimpleNamespace(classes=["angry", "happy", "sad"], names=["faces"])
+TWO_SOURCES = SimpleNamespace(classes=["angry", "happy", "sad"], names=["emotions", "fer2013"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "epochs=abc"], r"--set: epochs='abc': Input should be a valid integer"),
+    (["--set", "batch_size=-3"], r"--set: batch_size=-3: Input should be greater than or equal to 1"),
+    (["--set", "lr=0"], r"--set: lr=0: Input should be greater than 0"),
+    (["--set", "jpeg_p=2"], r"--set: jpeg_p=2: Input should be less than or equal to 1"),
+    (["--set", "class_weighting=balancd"], r"--set: class_weighting='balancd': Input should be 'none' or 'balanced'"),
+    (["--set", "source_shares={emotions: lots}"], r"--set: source_shares=\{'emotions': 'lots'\}: Input should be a valid number"),
+    (["--set", "model=nosuch"], r"--set: model: unknown model\(s\) 'nosuch'"),
+    (["--set", "metric=val_macro_f"], r"TrainConfig.metric: metric 'val_macro_f' is not one the train loop reports"),
+    (["--set", "metric=val_recall_angy"], r"mobilenet_v2: TrainConfig.metric: metric 'val_recall_angy' is not reported by this run's epochs"),
+    (["--models", "lenet,mobilnet_v2"], r"--models: unknown model\(s\) 'mobilnet_v2'"),
+    (["--student", "mobilenet"], r"--student: unknown model\(s\) 'mobilenet'"),
+    (["--epochs", "0"], r"--epochs: TrainConfig.epochs=0: Input should be greater than or equal to 1"),
+    (["--num-samples", "0"], r"--num-samples: TuneSettings.num_samples=0: Input should be greater than or equal to 1"),
+    (["--workers", "0"], r"TrainConfig.num_workers=0: Input should be greater than or equal to 1"),
+])
+def test_a_bad_tune_command_fails_before_a_run_directory_or_ray_exists_naming_the_key_and_value(
+        argv, message, tmp_path, monkeypatch):
+    from raymotion.data.synthetic import make_synthetic_faces
+    from raymotion.tune import __main__ as tune_main
+
+    def no_ray(address):
+        raise AssertionError("Ray started for a config that fails")
+
+    monkeypatch.setattr(tune_main, "init_ray", no_ray)
+    data = make_synthetic_faces(tmp_path / "faces", train_per_class=2, val_per_class=1, size=32)
+    out = tmp_path / "run"
+    args = parse_args(["--data", data, "--out", str(out), "--preset", "quick", *argv])
+    with pytest.raises(ConfigError, match=message):
+        tune_main.start_run(args, [], None)
+    assert not out.exists()
+
+
+def test_the_metric_is_checked_against_this_run_s_classes_and_sources():
+    args = parse_args(["--set", "metric=val_fer2013_recall_sad"])
+    bases, _ = checked_configs(args, PRESETS["quick"], ["lenet"], TWO_SOURCES)
+    assert bases["lenet"].metric == "val_fer2013_recall_sad"
+    with pytest.raises(ConfigError, match=r"'val_fer2013_recall_sad' is not reported by this run's epochs"):
+        checked_configs(args, PRESETS["quick"], ["lenet"], ONE_SOURCE)  # one source: no per-source figures
+    with pytest.raises(ConfigError, match=r"TuneSettings.metric: metric 'val_macro_f' is not one"):
+        TuneSettings(metric="val_macro_f")
+    tune = TuneSettings(metric="val_recall_angy")  # of the form; which classes there are is the run's
+    with pytest.raises(ConfigError, match=r"preset 'mine', tune.metric: metric 'val_recall_angy'"):
+        checked_configs(parse_args([]), Preset(name="mine", tune=tune), ["lenet"], ONE_SOURCE)
+
+
+@pytest.mark.parametrize("sources", [["faces"], ["emotions", "fer2013"]])
+def test_metric_names_are_what_the_train_loop_reports(sources):
+    """The names the config accepts as ``metric`` against the keys of an epoch the loop reports (its own
+    evaluate, on a tiny model; the epoch's train figures by name)."""
+    import numpy as np
+    import torch
+
+    from raymotion.train.loop import AmpSettings, evaluate
+
+    classes = ["angry", "happy", "sad"]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    batch = {"image": torch.randint(0, 255, (6, 4, 4, 3), dtype=torch.uint8),
+             "label": torch.tensor([0, 1, 2, 0, 1, 2]), "source": torch.tensor([0, 0, 0, 1, 1, 1]) % len(sources)}
+    val = evaluate(model, [batch], torch.device("cpu"), classes, AmpSettings(False, None, False),
+                   torch.zeros(3), torch.ones(3), sources=sources)
+    reported = {f"val_{k}" for k in val} | set(EPOCH_METRICS)
+    assert reported == set(metric_names(classes, sources))
+    assert np.isfinite([val[k.removeprefix("val_")] for k in VAL_METRICS]).all()
+
+
+def test_search_space_values_are_typed_as_train_config_takes_them(tmp_path):
+    (tmp_path / "lenet.yaml").write_text("space:\n  batch_size: {choice: [32, big]}\n")
+    with pytest.raises(ConfigError, match=r"lenet.yaml, section 'space': batch_size='big': Input should be a valid integer"):
+        load_search_space("lenet", str(tmp_path))
+    (tmp_path / "lenet.yaml").write_text("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\nstart:\n  lr: -1.0\n")
+    with pytest.raises(ConfigError, match=r"section 'start': lr=-1.0: Input should be greater than 0"):
+        load_search_space("lenet", str(tmp_path))
+    (tmp_path / "lenet.yaml").write_text("space:\n  model: {choice: [lenet, lenett]}\n")
+    with pytest.raises(ConfigError, match=r"section 'space': model: unknown model\(s\) 'lenett'"):
+        load_search_space("lenet", str(tmp_path))
+
+
+def test_set_values_are_typed_from_the_schema():
+    assert parse_set_pairs(["lr=3e-4", "epochs=4", "pretrained=false", "source_shares={a: 1}", "hflip_p=0"]) == {
+        "lr": 3e-4, "epochs": 4, "pretrained": False, "source_shares": {"a": 1.0}, "hflip_p": 0.0}
+    typed = parse_set_pairs(["lr=3e-4", "hflip_p=0"])
+    assert type(typed["lr"]) is float and type(typed["hflip_p"]) is float  # YAML gave a str and an int
+    assert parse_set_pairs(["nosuch=1"]) == {"nosuch": 1}  # replace names an unknown key, with the known ones
+    with pytest.raises(ConfigError, match=r"--set 'epochs': expected KEY=VALUE"):
+        parse_set_pairs(["epochs"])
 
 
 def test_a_misspelt_cli_override_names_the_key_and_the_flag():

@@ -5,5 +5,11 @@ from raymotion.models import efficientnet, hf_vit, lenet, mobilenet, resnet, vit
 from raymotion.models.registry import (ModelSpec, count_flops, create_model, get_model_spec, list_models,
                                        register_model, split_head_parameters)
 
+from raymotion.config import MODEL_NAMES
+
+# Every name configs accept builds: a name listed without a module that registers it fails here.
+if set(MODEL_NAMES) != set(list_models()):
+    raise ImportError(f"raymotion.config.MODEL_NAMES {sorted(MODEL_NAMES)} != the registered models {list_models()}")
+
 __all__ = ["ModelSpec", "count_flops", "create_model", "get_model_spec", "list_models", "register_model",
            "split_head_parameters"]

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from raymotion.config import MODEL_NAMES
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Models trained from scratch: centre [0, 1] pixels on 0.
@@ -37,6 +39,9 @@ def register_model(name: str, *, input_size: int, head: tuple[str, ...], mean=HA
     head = tuple(head)
     if not head or not all(isinstance(p, str) and p for p in head):
         raise ValueError(f"model {name!r}: head must be non-empty parameter-name prefixes, got {head!r}")
+
+    if name not in MODEL_NAMES:  # configs check names against that torch-free list
+        raise ValueError(f"model {name!r} is not in raymotion.config.MODEL_NAMES; add it there")
 
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:

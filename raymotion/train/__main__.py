@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from raymotion.config import TrainConfig, parse_set_pairs
+from raymotion.config import TrainConfig, check_metric, parse_set_pairs
 from raymotion.data import open_data, resolve_data_root
 from raymotion.data.pipeline import load_cached
 from raymotion.runtime import init_ray
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args, cfg = parse_args(argv)
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
     source = open_data(root)
+    check_metric(cfg.metric, source.classes, (), "--set metric")  # before Ray starts: one data source here
     print(f"data: {root} ({how})\n{source.summary()}\ninput size: {input_size_of(cfg)}px; "
           f"augmentations: {cfg.augmentation.summary()}; class weighting: {cfg.class_weighting}")
     init_ray(args.address)

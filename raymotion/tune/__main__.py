@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 import ray
 
-from raymotion.config import (PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings, parse_set_pairs,
-                              preset_overrides)
+from raymotion.config import (PRESETS, ConfigError, ExportConfig, Preset, TrainConfig, TuneSettings, check_metric,
+                              check_model_names, parse_set_pairs, preset_overrides)
 from raymotion.console import filter_terminal
 from raymotion.data import DataError, Sources, is_generated, open_sources, resolve_data_roots
 from raymotion.data.pipeline import load_cached
@@ -109,7 +109,7 @@ def base_config(model: str, args: argparse.Namespace, preset: Preset, student: b
     layers = [(f"preset {preset.name!r}, overrides of model {model!r}", preset_overrides(preset, model)),
               (f"preset {preset.name!r}, student_overrides", preset.student_overrides if student else {}),
               ("--set", parse_set_pairs(args.overrides)),
-              ("--epochs", {"epochs": args.epochs} if args.epochs else {})]
+              ("--epochs", {"epochs": args.epochs} if args.epochs is not None else {})]
     for source, changes in layers:
         base = base.replace(source, **changes)
     pinned = sorted({key for _, changes in layers for key in changes})
@@ -163,6 +163,8 @@ class RunContext:
     clock: RunClock
     cached_by_size: dict = field(default_factory=dict)  # input size -> cached splits (load_cached)
     owns_ray: bool = False  # this process started its own Ray (it dies with it)
+    bases: dict[str, TrainConfig] = field(default_factory=dict)  # each model's config (checked_configs)
+    student: TrainConfig | None = None  # the distilled single student's, if the run makes one
     exported: ExportedMembers = field(default_factory=dict)  # the teachers, exported once (export_member_once)
 
     def cached(self, size: int):
@@ -297,6 +299,9 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
     roots, how = resolve_data_roots(args.data, os.path.abspath("runs/synthetic-faces"))
     # Fails fast, before Ray starts and before a run directory exists, on a bad root or disagreeing classes.
     source = open_sources(roots, [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None)
+    preset = PRESETS[args.preset]
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(preset.models)
+    bases, student = checked_configs(args, preset, models, source)
     run_dir = run_directory(args)
     os.makedirs(run_dir, exist_ok=True)
     if not args.resume:
@@ -307,12 +312,10 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
         print(f"resuming {run_dir}: {shlex.join(read_command(run_dir).argv)}", flush=True)
     print(f"data: {', '.join(roots)} ({how})\n{source.summary()}{data_banner(roots)}", flush=True)
     print(f"run directory: {run_dir}", flush=True)
-    preset = PRESETS[args.preset]
     # A copy: the presets are module-level defaults shared by every call in this process.
     settings = dataclasses.replace(preset.tune, seed=args.seed)
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(preset.models)
     ctx = RunContext(args, run_dir, source, preset, settings, [source.counts("train")[c] for c in source.classes],
-                     RunClock({}))
+                     RunClock({}), bases=bases, student=student)
     ctx.owns_ray = init_ray(args.address)
     return ctx, models
 
@@ -326,18 +329,18 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     soft labels and then the students trained on them; the export of all; with a preset student, the
     distilled single student (RUN_DIR/student)."""
     ctx, models = start_run(args, argv, on_run_dir)
-    preset = ctx.preset
-    bases = {m: base_config(m, args, preset) for m in models}
+    preset, bases = ctx.preset, ctx.bases
     line = sampling_line(bases, ctx.source)
     if line:
         print(line, flush=True)
-    trials = {m: args.num_samples or preset.samples.get(m, preset.tune.num_samples) for m in models}
+    trials = {m: args.num_samples if args.num_samples is not None else preset.samples.get(m, preset.tune.num_samples)
+              for m in models}
     students = [m for m in models if args.distill and m in preset.students]
     teachers = [m for m in models if m not in students]
     if students and not teachers:
         print(f"no teacher among {models}: {', '.join(students)} train on labels alone", flush=True)
         students, teachers = [], models
-    student = bases_student(args, preset)
+    student = ctx.student
     counts = {split: sum(ctx.source.counts(split).values()) for split in ("train", "val")}
     # Online teachers' passes are part of a student's epochs (the single student's teachers are the final
     # ensemble's served members, unknown yet: planned as every teacher).
@@ -369,7 +372,29 @@ def bases_student(args: argparse.Namespace, preset: Preset) -> TrainConfig | Non
     model = preset.student if args.student is None else args.student
     if not (args.distill and model):
         return None
+    check_model_names([model], "--student" if args.student else f"preset {preset.name!r}, student")
     return base_config(model, args, preset, student=True)
+
+
+def checked_configs(args: argparse.Namespace, preset: Preset, models: list[str],
+                    source: Sources) -> tuple[dict[str, TrainConfig], TrainConfig | None]:
+    """Every model's config and the student's, checked before a run directory or Ray exists, so that a bad
+    name, key or value fails before anything trains, naming it: the model names (--models, the preset,
+    --student), every key and value (preset, --set, --epochs), and the metric, against what this data's
+    epochs report (its classes and sources name some of them)."""
+    check_model_names(models, "--models")
+    preset.check()
+    if args.num_samples is not None:  # a count of trials, checked as the preset's are (a 0 was ignored)
+        try:
+            dataclasses.replace(preset.tune, num_samples=args.num_samples)
+        except ConfigError as err:
+            raise ConfigError(f"--num-samples: {err}") from None
+    bases = {m: base_config(m, args, preset) for m in models}
+    student = bases_student(args, preset)
+    check_metric(preset.tune.metric, source.classes, source.names, f"preset {preset.name!r}, tune.metric")
+    for cfg in [*bases.values(), *([student] if student else [])]:
+        check_metric(cfg.metric, source.classes, source.names, f"{cfg.model}: TrainConfig.metric")
+    return bases, student
 
 
 def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import yaml
 from ray import tune
 
-from raymotion.config import ConfigError, check_train_keys
+from raymotion.config import ConfigError, check_train_keys, typed_train_changes
 
 _DOMAINS = {
     "uniform": lambda a: tune.uniform(*a),
@@ -82,6 +82,21 @@ def domain(path: str, key: str, spec: Any) -> Any:
         raise ConfigError(f"search space {path}: {key}: bad {kind} arguments {args!r} ({err})") from None
 
 
+def check_values(section: dict[str, Any], source: str) -> None:
+    """Each value the section can give a key (a constant, a domain's bounds or choices) typed and range-checked
+    as TrainConfig takes it: a bound of the wrong type or range fails on load, not in the trial that draws it.
+    A domain's form is checked by ``domain``."""
+    for key, spec in section.items():
+        values = [spec]
+        if isinstance(spec, dict):  # a domain: its form is domain()'s to check
+            args = next(iter(spec.values()), None) if len(spec) == 1 else None
+            if not isinstance(args, (list, tuple)):
+                continue
+            values = list(args)
+        for value in values:
+            typed_train_changes({key: value}, source)
+
+
 def load_search_space(model: str, spaces_dir: str | None = None, pretrained: bool = True,
                       pinned: Iterable[str] = ()) -> SearchSpace:
     """Every key is checked when the file is read: a misspelt one fails naming the file and the key.
@@ -99,7 +114,9 @@ def load_search_space(model: str, spaces_dir: str | None = None, pretrained: boo
     # Optuna's first point must name searched keys only; a start key outside the space is a typo or a leftover.
     if set(start) - set(spec_of):
         raise ConfigError(f"search space {path}: start key(s) {sorted(set(start) - set(spec_of))} are not in its space")
-    spec_of = {k: v for k, v in spec_of.items() if k not in set(pinned)}
-    start = {k: v for k, v in start.items() if k in spec_of}
-    space = {key: domain(path, key, spec) for key, spec in spec_of.items()}
+    domains = {key: domain(path, key, spec) for key, spec in spec_of.items()}  # each domain's form first
+    for name in SECTIONS:
+        check_values(doc[name], f"search space {path}, section {name!r}")
+    space = {key: d for key, d in domains.items() if key not in set(pinned)}
+    start = {k: v for k, v in start.items() if k in space}
     return SearchSpace(space, [start] if start else [])
