@@ -6,6 +6,7 @@
       checkpoints/<name>/    model.pt + meta.json (CheckpointMeta), the torch checkpoint of each ONNX file
       predictions/val.npz    val labels, member and ensemble probabilities, thumbnails (PredictionKeys)
       report/                the HTML report
+      logs/                  tune.log: everything the tune command and Ray printed (the terminal shows less)
       command.json           Command: the tune command's arguments (what --resume continues)
       tune/                  Tune's experiments (tune-<name>/) and Train's runs (train-<name>-<trial>/)
       trials/<name>.csv      one row per trial (TrialRow): config, epochs, stop reason, best val, minutes;
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from raymotion.config import EnsembleRule
+from raymotion.config import EnsembleRule, TrainConfig
 
 FORMAT_VERSION = 2
 
@@ -43,6 +44,8 @@ CHECKPOINT_MODEL = "model.pt"
 CHECKPOINT_TRANSFORMERS = "transformers"  # hf_vit's transformer, save_pretrained (config.json + safetensors)
 PREDICTIONS = os.path.join("predictions", "val.npz")
 REPORT_DIR = "report"
+LOGS_DIR = "logs"
+TUNE_LOG = "tune.log"
 COMMAND = "command.json"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
@@ -61,6 +64,22 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class TrainRuntime(_Record):
+    """What a training run actually used (raymotion.train.loop.runtime_record), as bench gpu and
+    scripts/gpu_check.sh report it: the device asked for in a config is not always the one that ran."""
+    device: str  # torch's device string, "cpu" or "cuda:<n>"
+    gpu: str | None = None  # the CUDA device's name
+    torch: str
+    autocast: str  # "off", or the autocast dtype ("bfloat16", "float16")
+    grad_scaler: bool
+    channels_last: bool
+    torch_compile: bool
+    prefetch_batches: int
+    pin_memory: bool
+    workers: int
+    torch_threads: int
+
+
 class CheckpointMeta(_Record):
     """checkpoints/<name>/meta.json: what is needed to rebuild the model and to export it."""
     model: str
@@ -69,8 +88,9 @@ class CheckpointMeta(_Record):
     mean: list[float]
     std: list[float]
     epoch: int
-    train_config: dict[str, Any]
+    train_config: TrainConfig
     metrics: Metrics
+    runtime: TrainRuntime | None = None  # absent in checkpoints written before it was recorded
 
 
 class SourceScores(_Record):
@@ -109,7 +129,7 @@ class ModelEntry(_Record):
     parity_max_abs_diff: float
     test_time_augmentation: Literal["none", "hflip"] = "none"
     epoch: int
-    train_config: dict[str, Any]
+    train_config: TrainConfig
     train_metrics: Metrics
     serve: ServedFile
     int8: dict[str, Any] | None = None  # choose_int8's record; absent when int8 was disabled
@@ -232,8 +252,10 @@ def read_manifest(run_dir: str) -> Manifest:
 
 
 def manifest_json(manifest: Manifest) -> dict[str, Any]:
-    """The manifest as written to disk (and returned by Serve's GET /models); absent optionals are omitted."""
-    return manifest.model_dump(exclude_none=True)
+    """The manifest as written to disk (and returned by Serve's GET /models); absent optionals are omitted.
+    Through JSON text, so that it equals the file read back (tuples of the train config become lists; NaN
+    figures stay NaN, which pydantic's JSON mode would turn into null)."""
+    return json.loads(json.dumps(manifest.model_dump(exclude_none=True)))
 
 
 def write_manifest(run_dir: str, manifest: Manifest) -> str:
@@ -268,8 +290,22 @@ def _write_record(path: str, record: _Record) -> str:
     return path
 
 
+def log_path(run_dir: str, name: str = TUNE_LOG) -> str:
+    """RUN_DIR/logs/<name>: where a command's complete output goes (raymotion.console.filter_terminal)."""
+    return os.path.join(run_dir, LOGS_DIR, name)
+
+
+def member_checkpoint_dir(run_dir: str, model: str) -> str:
+    """RUN_DIR/checkpoints/<model>: the torch checkpoint a member's ONNX file came from."""
+    return os.path.join(run_dir, CHECKPOINTS_DIR, model)
+
+
+def checkpoint_meta_path(checkpoint_dir: str) -> str:
+    return os.path.join(checkpoint_dir, CHECKPOINT_META)
+
+
 def read_checkpoint_meta(checkpoint_dir: str) -> CheckpointMeta:
-    return _read_record(os.path.join(checkpoint_dir, CHECKPOINT_META), CheckpointMeta)
+    return _read_record(checkpoint_meta_path(checkpoint_dir), CheckpointMeta)
 
 
 def write_checkpoint_meta(checkpoint_dir: str, meta: CheckpointMeta) -> str:

@@ -8,15 +8,14 @@ import pytest
 
 from raymotion.bench.__main__ import main
 from raymotion.export.ensemble import cross_fitted
-from raymotion.rundir import PREDICTIONS, PredictionKeys
+from raymotion.rundir import ValPredictions, read_val_predictions, write_val_predictions
 from raymotion.train.metrics import softmax
 
 
 def write_run(path, labels, members: dict[str, np.ndarray]) -> str:
-    os.makedirs(os.path.dirname(os.path.join(path, PREDICTIONS)), exist_ok=True)
-    arrays = {PredictionKeys.LABELS: labels, **{PredictionKeys.raw_probs(n): p for n, p in members.items()},
-              PredictionKeys.probs("ignored"): np.full_like(next(iter(members.values())), 1 / 3)}
-    np.savez(os.path.join(path, PREDICTIONS), **arrays)
+    # Calibrated member probabilities beside the raw ones: the bench must read the raw ones only.
+    write_val_predictions(str(path), ValPredictions(
+        labels=labels, raw_probs=members, probs={"ignored": np.full_like(next(iter(members.values())), 1 / 3)}))
     return str(path)
 
 
@@ -41,8 +40,8 @@ def test_bench_ensemble_scores_both_rules_on_every_member_set_across_runs(tmp_pa
         assert row["lower_log_loss"] == min(("linear", "log-linear"), key=lambda r: row[r]["log_loss"])
     # The figures are the bundle's own cross-fit of those members.
     full = next(r for r in result["rows"] if len(r["members"]) == 3)
-    with np.load(os.path.join(a, PREDICTIONS)) as pa, np.load(os.path.join(b, PREDICTIONS)) as pb:
-        members = {"run_a:m1": pa["probs_raw__m1"], "run_a:m2": pa["probs_raw__m2"], "run_b:m1": pb["probs_raw__m1"]}
+    pa, pb = read_val_predictions(a), read_val_predictions(b)
+    members = {"run_a:m1": pa.raw_probs["m1"], "run_a:m2": pa.raw_probs["m2"], "run_b:m1": pb.raw_probs["m1"]}
     expected = cross_fitted(members, labels, fit_member_calibration=True, rule="log-linear")["metrics"]
     assert full["log-linear"]["accuracy"] == expected["accuracy"]
     assert sum(result["lower_log_loss_count"].values()) == 4

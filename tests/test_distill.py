@@ -38,8 +38,8 @@ def test_soft_labels_are_the_served_ensemble_on_the_images(run, faces_root, tmp_
     labels = teacher_soft_labels(run_dir, source)
     served = {n: w for n, w in manifest["ensemble"]["weights"].items() if w > 0}
     assert labels.teachers == pytest.approx(served)
-    with np.load(os.path.join(run_dir, rundir.PREDICTIONS)) as npz:
-        expected, val_labels = npz["probs__ensemble"], npz["labels"]
+    saved = rundir.read_val_predictions(run_dir)
+    expected, val_labels = saved.probs["ensemble"], saved.labels
     order = np.argsort(labels.uids)
     np.testing.assert_array_equal(np.asarray(source.split("train").labels)[labels.uids[order]], val_labels)
     np.testing.assert_allclose(labels.probs[order], expected, atol=1e-4)

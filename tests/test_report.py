@@ -93,7 +93,7 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
     ``raymotion.export.ensemble``; ``full=False`` has only the records rundir requires (no tune history,
     member metrics without ECE or log loss) and predictions of the members only."""
     run_dir = root / ("full" if full else "minimal")
-    os.makedirs(run_dir / "predictions")
+    os.makedirs(run_dir)
     arrays = make_predictions(seed)
     labels = arrays["labels"]
     member_probs = {m: arrays[f"probs__{m}"] for m in MEMBERS}
@@ -144,9 +144,13 @@ def make_run(root, full: bool = True, predictions: bool = True, seed: int = 0) -
                                                         data=data, models=models,
                                                         ensemble=rundir.Ensemble(**ens)))
     if predictions:
-        if not full:  # an older predictions file: members only, no thumbnails
-            arrays = {k: v for k, v in arrays.items() if k == "labels" or k in {f"probs__{m}" for m in MEMBERS}}
-        np.savez(run_dir / rundir.PREDICTIONS, **arrays)
+        probs = {m: arrays[f"probs__{m}"] for m in MEMBERS}
+        if full:
+            probs.update(ensemble=arrays["probs__ensemble"], ensemble_raw=arrays["probs__ensemble_raw"])
+        # not full: an older predictions file, members only, no thumbnails
+        rundir.write_val_predictions(str(run_dir), rundir.ValPredictions(
+            labels=labels, probs=probs, thumb_index=arrays["thumb_index"] if full else None,
+            thumbs=arrays["thumbs"] if full else None))
     return str(run_dir)
 
 
@@ -223,8 +227,8 @@ def test_results_table_holds_the_manifest_numbers(full_report):
 
 def test_per_class_table_matches_confusion(full_report):
     run_dir, _, report = full_report
-    arrays = np.load(os.path.join(run_dir, "predictions", "val.npz"))
-    labels, probs = arrays["labels"], arrays["probs__ensemble"]
+    saved = rundir.read_val_predictions(run_dir)
+    labels, probs = saved.labels, saved.probs["ensemble"]
     for i, c in enumerate(CLASSES):
         row = report.row(c, section="per-class")
         true, pred = labels == i, probs.argmax(1) == i
@@ -237,8 +241,8 @@ def test_per_class_table_matches_confusion(full_report):
 
 def test_grid_lists_mistakes_first(full_report):
     run_dir, _, report = full_report
-    arrays = np.load(os.path.join(run_dir, "predictions", "val.npz"))
-    index, labels, probs = arrays["thumb_index"], arrays["labels"], arrays["probs__ensemble"]
+    saved = rundir.read_val_predictions(run_dir)
+    index, labels, probs = saved.thumb_index, saved.labels, saved.probs["ensemble"]
     wrong_expected = int((probs[index].argmax(1) != labels[index]).sum())
     assert 0 < wrong_expected < K  # the fixture has both kinds
     kinds = ["wrong" if "wrong" in cell["class"] else "right" for cell in report.cells]
@@ -259,10 +263,11 @@ def test_minimal_manifest_still_renders(tmp_path):
     report = parse(path)
     assert_all_sections(report)
     assert_images_exist(report, path)
-    arrays = np.load(os.path.join(run_dir, "predictions", "val.npz"))
+    saved = rundir.read_val_predictions(run_dir)
+    assert set(saved.probs) == set(MEMBERS) and saved.thumbs is None
     for name in MEMBERS:
         # ECE absent from the manifest: computed from the saved predictions.
-        ece = expected_calibration_error(arrays[f"probs__{name}"], arrays["labels"])
+        ece = expected_calibration_error(saved.probs[name], saved.labels)
         assert report.row(name)[12] == f"{ece:.3f}"
         assert report.row(name)[3] == "n/a"  # no history: no train minutes
     figures = {os.path.basename(s) for s in report.imgs}

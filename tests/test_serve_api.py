@@ -18,6 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
+from raymotion import rundir
 from serve.schema import MAX_BATCH_IMAGES
 
 TIMEOUT_S = 30
@@ -94,7 +95,7 @@ def _strings(value):
 def test_models_describes_what_answers_without_the_servers_paths(served_url, run):
     run_dir, manifest = run
     body = requests.get(f"{served_url}/models", timeout=TIMEOUT_S).json()
-    with open(os.path.join(run_dir, "manifest.json"), "rb") as f:
+    with open(os.path.join(run_dir, rundir.MANIFEST), "rb") as f:
         version = hashlib.sha256(f.read()).hexdigest()[:16]
     assert body["run"] == {"id": os.path.basename(run_dir), "version": version, "created_at": manifest["created_at"]}
     assert sorted(body["models"]) == sorted(manifest["ensemble"]["served"])
@@ -153,9 +154,9 @@ def linear_pool_copy(run_dir: str, new_run: str) -> dict:
 
     shutil.copytree(run_dir, new_run)
     manifest = rundir.read_manifest(new_run)
-    with np.load(os.path.join(new_run, rundir.PREDICTIONS)) as npz:
-        members = {n: npz[rundir.PredictionKeys.probs(n)].astype(np.float64) for n in manifest.ensemble.members}
-        fitted = ensemble.fit(members, npz[rundir.PredictionKeys.LABELS], rule="linear")
+    saved = rundir.read_val_predictions(new_run)
+    members = {n: saved.probs[n] for n in manifest.ensemble.members}
+    fitted = ensemble.fit(members, saved.labels, rule="linear")
     manifest.ensemble = rundir.Ensemble.model_validate({
         **manifest.ensemble.model_dump(), "rule": "linear", "bias": None, "weights": fitted.weights,
         "temperature": fitted.temperature, "served": ensemble.served_members(fitted.weights),

@@ -53,9 +53,9 @@ def test_two_worker_training_survives_a_killed_worker_and_keeps_the_best_checkpo
     assert last["val_top2_accuracy"] >= last["val_accuracy"]
     best = result.get_best_checkpoint(metric=cfg.metric, mode=cfg.mode)
     model, meta = load_checkpoint(best.path)
-    assert meta["classes"] == folders.classes and meta["input_size"] == 32
+    assert meta.classes == folders.classes and meta.input_size == 32
     # The kept checkpoint is the best epoch: never worse than the last one.
-    assert meta["metrics"][cfg.metric] >= last[cfg.metric]
+    assert meta.metrics[cfg.metric] >= last[cfg.metric]
     assert os.path.isfile(os.path.join(best.path, "model.pt"))
 
 
@@ -77,7 +77,7 @@ def test_two_phase_transfer_with_two_workers(ray_session, faces_root, tmp_path):
     backbone_init, _ = split_head_parameters(imagenet, "mobilenet_v2")
     same = all(torch.equal(a, b) for a, b in zip(backbone_ckpt, backbone_init))
     # The head phase must leave the backbone exactly as loaded; the full phase must move it.
-    assert same == (meta["epoch"] == 1), meta["epoch"]
+    assert same == (meta.epoch == 1), meta.epoch
 
 
 def test_early_stopping_rule():
@@ -110,7 +110,7 @@ def test_early_stopping_and_the_kept_checkpoint_follow_the_metric_and_mode(ray_s
     result = trainer.fit()
     assert (result.metrics["epoch"], result.metrics["best_epoch"]) == (3, 1)
     _, meta = load_checkpoint(result.get_best_checkpoint(metric="epoch", mode="min").path)
-    assert meta["epoch"] == 1
+    assert meta.epoch == 1
 
 
 def test_transfer_phases_train_the_head_first_only_with_pretrained_weights():

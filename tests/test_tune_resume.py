@@ -103,8 +103,8 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     student_dir = os.path.join(run_dir, "student")
     student = read_manifest(student_dir)
     assert list(student.models) == ["lenet"] and student.ensemble.served_weights == {"lenet": 1.0}
-    assert student.models["lenet"].train_config["soft_labels"] == os.path.join(run_dir, "distill", "ensemble.npz")
-    assert read_soft_labels(student.models["lenet"].train_config["soft_labels"]).teachers == {"lenet": 1.0}
+    assert student.models["lenet"].train_config.soft_labels == os.path.join(run_dir, "distill", "ensemble.npz")
+    assert read_soft_labels(student.models["lenet"].train_config.soft_labels).teachers == {"lenet": 1.0}
     assert "distilled student lenet" in resumed.stdout
 
 

@@ -45,8 +45,8 @@ class DistillBenchConfig:
 
 def teacher_checkpoints(manifest: rundir.Manifest, run_dir: str) -> list[str]:
     """The checkpoints of the run's members that trained on labels alone: the teachers its students had."""
-    return [os.path.join(run_dir, rundir.CHECKPOINTS_DIR, name) for name, entry in manifest.models.items()
-            if not entry.train_config.get("soft_labels") and not entry.train_config.get("teacher_checkpoints")]
+    return [rundir.member_checkpoint_dir(run_dir, name) for name, entry in manifest.models.items()
+            if not entry.train_config.soft_labels and not entry.train_config.teacher_checkpoints]
 
 
 def variant_config(member: TrainConfig, variant: str, teachers: list[str], epochs: int) -> TrainConfig:
@@ -83,7 +83,7 @@ def run_distill_bench(cfg: DistillBenchConfig, log: Callable[[str], None] = prin
     manifest = rundir.read_manifest(cfg.run_dir)
     if cfg.model not in manifest.models:
         raise ValueError(f"{cfg.run_dir} has no member {cfg.model!r} (it has {', '.join(manifest.models)})")
-    member = TrainConfig(**manifest.models[cfg.model].train_config)
+    member = manifest.models[cfg.model].train_config
     teachers = [t for t in teacher_checkpoints(manifest, cfg.run_dir) if os.path.basename(t) != cfg.model]
     configs = {v: variant_config(member, v, teachers, cfg.epochs) for v in cfg.variants}
     source = open_sources([cfg.data] if cfg.data else manifest.data.roots, manifest.classes)

@@ -1,6 +1,6 @@
 """``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members.
 
-Reads each run's ``predictions/val.npz`` (every member's val probabilities as its served file gives them,
+Reads each run's val predictions (rundir.read_val_predictions: every member's val probabilities as its served file gives them,
 before calibration), so nothing runs but the fits: runs on the same val set can be pooled across run
 directories (a member is named ``<run>:<model>``). For every set of ``min_members`` to ``max_members``
 members (``--min-members 7 --max-members 7`` on a full run: its seven members only), both
@@ -21,7 +21,7 @@ import numpy as np
 
 from raymotion.export.ensemble import cross_fitted, cross_fitted_calibration
 from raymotion.export.mixture import RULES
-from raymotion.rundir import PREDICTIONS, PredictionKeys
+from raymotion.rundir import read_val_predictions
 
 
 @dataclass
@@ -38,14 +38,15 @@ def load_members(run_dirs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.n
     members, labels = {}, None
     for run_dir in run_dirs:
         run = os.path.basename(os.path.normpath(run_dir))
-        with np.load(os.path.join(run_dir, PREDICTIONS)) as npz:
-            if labels is None:
-                labels = npz["labels"]
-            elif not np.array_equal(labels, npz["labels"]):
-                raise ValueError(f"{run_dir}: its val labels differ from {run_dirs[0]}'s (another val set)")
-            for key in npz.files:
-                if key.startswith(PredictionKeys.RAW_PREFIX):
-                    members[f"{run}:{key[len(PredictionKeys.RAW_PREFIX):]}"] = npz[key].astype(np.float64)
+        predictions = read_val_predictions(run_dir)
+        if predictions is None:
+            raise ValueError(f"{run_dir}: no val predictions (is it a run directory the export wrote?)")
+        if labels is None:
+            labels = predictions.labels
+        elif not np.array_equal(labels, predictions.labels):
+            raise ValueError(f"{run_dir}: its val labels differ from {run_dirs[0]}'s (another val set)")
+        for name, probs in predictions.raw_probs.items():
+            members[f"{run}:{name}"] = probs
     if labels is None or len(members) < 2:
         raise ValueError(f"need at least two members across {list(run_dirs)}, found {sorted(members)}")
     return members, labels

@@ -9,7 +9,6 @@ runs the smoke preset with ``--device cuda`` and then this, with ``--require-gpu
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -35,11 +34,10 @@ def run_usage(run_dir: str) -> dict[str, Any]:
     manifest = rundir.read_manifest(run_dir)
     models = {}
     for name in manifest.ensemble.served:
-        meta_path = os.path.join(run_dir, rundir.CHECKPOINTS_DIR, name, rundir.CHECKPOINT_META)
-        runtime = None
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                runtime = json.load(f).get("runtime")
+        checkpoint = rundir.member_checkpoint_dir(run_dir, name)
+        meta = rundir.read_checkpoint_meta(checkpoint) if os.path.isfile(rundir.checkpoint_meta_path(checkpoint)) else None
+        # The JSON's own shape (the bench's output is JSON): the record's fields, or None without one.
+        runtime = meta.runtime.model_dump() if meta and meta.runtime else None
         served = os.path.join(run_dir, manifest.models[name].serve.file)
         sessions = {d: {"asked": session_providers(d), "running": create_session(served, device=d).get_providers()}
                     for d in DEVICES}

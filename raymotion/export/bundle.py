@@ -61,7 +61,6 @@ def export_member(checkpoint_dir: str, run_dir: str, val_images: np.ndarray,
     the logits of the image and its mirror image (raymotion.models.tta.FlipAveraged).
     """
     model, meta = load_checkpoint(checkpoint_dir)
-    meta = rundir.CheckpointMeta.model_validate(meta)
     if flip_tta:
         model = FlipAveraged(model).eval()
     relative = os.path.join(rundir.MODELS_DIR, f"{meta.model}.onnx")
@@ -183,7 +182,7 @@ class ValRows:
 
 def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
                      extra: dict[str, dict[str, Any]] | None = None,
-                     export: ExportConfig | None = None, exported: ExportedMembers | None = None) -> dict[str, Any]:
+                     export: ExportConfig | None = None, exported: ExportedMembers | None = None) -> Manifest:
     """Export every checkpoint (and its int8 candidates), fit the ensemble's weights and temperature on
     val, score everything on val, write the manifest and ``predictions/val.npz``.
 
@@ -214,8 +213,7 @@ def build_run_bundle(run_dir: str, checkpoints: dict[str, str], source,
     write_predictions(run_dir, rows, member_probs, raw_member_probs, fitted["raw"], fitted["calibrated"],
                       images=val_cache[max(val_cache)][0])
     rundir.write_manifest(run_dir, manifest)
-    # The JSON as written (the tune command's summary reads it by key).
-    return rundir.manifest_json(manifest)
+    return manifest
 
 
 def export_members(run_dir: str, checkpoints: dict[str, str], source: Sources, extra: dict[str, dict[str, Any]],
@@ -403,13 +401,9 @@ def thumbnails(images: np.ndarray, index: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_rgb(Image.fromarray(images[i]), size) for i in index]).astype(np.uint8)
 
 
-def results_table(manifest: Manifest | dict[str, Any]) -> str:
+def results_table(manifest: Manifest) -> str:
     """Model, input, val accuracy, macro-F1, ECE, best config — a row per member, then the ensemble:
-    fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble.
-
-    ``manifest``: a Manifest, or the JSON build_run_bundle returns."""
-    if isinstance(manifest, dict):
-        manifest = Manifest.model_validate(manifest)
+    fitted (in-sample), equal-weight mean, and the out-of-fold estimate of the fitted ensemble."""
     rows = [("model", "input", "served", "val_acc", "macro_f1", "ece", "degraded_acc", "best config / ensemble")]
 
     def fmt(val: dict[str, Any], key: str) -> str:
@@ -417,7 +411,8 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
 
     for name, m in manifest.models.items():
         cfg = m.train_config
-        best = f"lr={cfg['lr']:.2e} wd={cfg['weight_decay']:.2e} bs={cfg['batch_size']} rot={cfg['augmentation']['rotation_deg']:.1f} contrast={cfg['augmentation']['contrast']:.2f}"
+        best = (f"lr={cfg.lr:.2e} wd={cfg.weight_decay:.2e} bs={cfg.batch_size} rot={cfg.augmentation.rotation_deg:.1f} "
+                f"contrast={cfg.augmentation.contrast:.2f}")
         v = m.val
         served = m.serve.variant
         rows.append((name, str(m.input_size), served if served == "fp32" else f"int8 {served}", fmt(v, "accuracy"),
@@ -439,11 +434,9 @@ def results_table(manifest: Manifest | dict[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def source_table(manifest: Manifest | dict[str, Any]) -> str:
+def source_table(manifest: Manifest) -> str:
     """Per data source, a row per member and the ensemble: images, val, out-of-fold and degraded accuracy and
     macro-F1, weight; then the ensemble's out-of-fold gain over the source's best member. "" with one source."""
-    if isinstance(manifest, dict):
-        manifest = Manifest.model_validate(manifest)
     ens = manifest.ensemble
     if not ens.by_source:
         return ""

@@ -109,12 +109,12 @@ def _results(run: RunData, out: str, files: _FileNames) -> str:
     rows, classes = [], []
     for name in run.members:
         entry = run.manifest.models[name]
-        # Open-ended records: the train config of its day, and the tune command's record (absent when exported alone).
+        # The tune command's record is open-ended (absent when the bundle was exported alone).
         cfg, tune = entry.train_config, entry.tune or {}
         seconds = train_seconds(history_of(run, name))
         trials = f"{tune['trials']} ({tune.get('stopped_early', 'n/a')}, {tune.get('failed', 'n/a')})" \
             if "trials" in tune else "n/a"
-        rows.append([name, entry.input_size, f"{entry.epoch} / {cfg.get('epochs', 'n/a')}",
+        rows.append([name, entry.input_size, f"{entry.epoch} / {cfg.epochs}",
                      page.fmt(seconds / 60 if seconds is not None else None, ".1f"),
                      page.fmt(tune["seconds"] / 60 if is_number(tune.get("seconds")) else None, ".1f"),
                      trials, page.fmt(entry.bytes / 2**20, ".2f"),

@@ -9,7 +9,6 @@ exist, and left as ``None`` (shown as "n/a") when they do not.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,25 +42,21 @@ class RunData:
 
 
 def load_run(run_dir: str) -> RunData:
-    """The manifest is required; ``predictions/val.npz`` is used when present and consistent with it."""
+    """The manifest is required; the val predictions (rundir.read_val_predictions) are used when present and
+    consistent with it."""
     manifest = rundir.read_manifest(run_dir)
     run = RunData(run_dir=run_dir, manifest=manifest, classes=list(manifest.classes))
-    path = os.path.join(run_dir, rundir.PREDICTIONS)
-    if not os.path.exists(path):
+    predictions = rundir.read_val_predictions(run_dir)
+    if predictions is None:
         return run
-    keys = PredictionKeys
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    if keys.LABELS not in arrays:
-        return run
-    run.labels = np.asarray(arrays[keys.LABELS], np.int64)
+    run.labels = np.asarray(predictions.labels, np.int64)
     n = len(run.labels)
-    for key, value in arrays.items():
-        # Probabilities of another length or class count would silently misalign every figure: skip them.
-        if key.startswith(keys.PROBS_PREFIX) and value.ndim == 2 and value.shape == (n, len(run.classes)):
-            run.probs[key[len(keys.PROBS_PREFIX):]] = np.asarray(value, np.float64)
-    if keys.THUMB_INDEX in arrays and keys.THUMBS in arrays:
-        index, thumbs = np.asarray(arrays[keys.THUMB_INDEX], np.int64), arrays[keys.THUMBS]
+    for name, value in predictions.probs.items():
+        # Probabilities of another class count would silently misalign every figure: skip them.
+        if value.shape == (n, len(run.classes)):
+            run.probs[name] = np.asarray(value, np.float64)
+    if predictions.thumb_index is not None and predictions.thumbs is not None:
+        index, thumbs = np.asarray(predictions.thumb_index, np.int64), predictions.thumbs
         keep = (index >= 0) & (index < n)
         if thumbs.ndim == 4 and len(thumbs) == len(index):
             run.thumb_index, run.thumbs = index[keep], thumbs[keep]

@@ -39,13 +39,13 @@ def load_train_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str,
     return read_model_state(directory), torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (no pretrained download: the state dict holds every weight) in eval mode; the meta
-    as its JSON (validated by rundir.CheckpointMeta)."""
+def load_checkpoint(directory: str) -> tuple[nn.Module, rundir.CheckpointMeta]:
+    """Rebuild the model (no pretrained download: the state dict holds every weight) in eval mode, with its
+    meta."""
     meta = rundir.read_checkpoint_meta(directory)
     model = create_model(meta.model, num_classes=len(meta.classes), pretrained=False)
     model.load_state_dict(read_model_state(directory), strict=True)
-    return model.eval(), meta.model_dump(exclude_none=True)
+    return model.eval(), meta
 
 
 def read_model_state(directory: str) -> dict[str, torch.Tensor]:

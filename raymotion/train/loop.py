@@ -20,6 +20,7 @@ import ray.tune
 import torch
 import torch.nn as nn
 
+from raymotion import rundir
 from raymotion.config import TrainConfig
 from raymotion.data.pipeline import SHUFFLE_BUFFER_ROWS
 from raymotion.models import create_model, get_model_spec, split_head_parameters
@@ -137,13 +138,13 @@ def load_teachers(directories: Iterable[str], classes: list[str], device: torch.
     teachers = []
     for directory in directories:
         model, meta = load_checkpoint(directory)
-        if list(meta["classes"]) != list(classes):
-            raise ValueError(f"teacher {directory}: a {meta['model']} of classes {meta['classes']}, "
+        if list(meta.classes) != list(classes):
+            raise ValueError(f"teacher {directory}: a {meta.model} of classes {meta.classes}, "
                              f"not of this run's classes {classes}")
         model.requires_grad_(False)
-        teachers.append(Teacher(model.to(device, memory_format=layout), int(meta["input_size"]),
-                                torch.tensor(meta["mean"], dtype=torch.float32, device=device),
-                                torch.tensor(meta["std"], dtype=torch.float32, device=device)))
+        teachers.append(Teacher(model.to(device, memory_format=layout), meta.input_size,
+                                torch.tensor(meta.mean, dtype=torch.float32, device=device),
+                                torch.tensor(meta.std, dtype=torch.float32, device=device)))
     return teachers
 
 
@@ -435,21 +436,21 @@ def report_epoch(run: WorkerRun, model: nn.Module, metrics: dict[str, Any], trai
             save_checkpoint(tmp, unwrap(model), {
                 "model": run.cfg.model, "classes": run.classes, "input_size": run.cfg.input_size or spec.input_size,
                 "mean": list(spec.mean), "std": list(spec.std), "epoch": metrics["epoch"],
-                "train_config": run.cfg.to_dict(), "metrics": metrics, "runtime": runtime_record(run),
+                "train_config": run.cfg, "metrics": metrics, "runtime": runtime_record(run),
             }, train_state)
             checkpoint_dir = tmp
         run.session.report(metrics, checkpoint_dir)
 
 
-def runtime_record(run: WorkerRun) -> dict[str, Any]:
-    """What this run actually used: the checkpoint's meta.json "runtime" (scripts/gpu_check.sh prints it)."""
+def runtime_record(run: WorkerRun) -> rundir.TrainRuntime:
+    """What this run actually used: the checkpoint meta's ``runtime`` (scripts/gpu_check.sh prints it)."""
     gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
     loader = {k: v for k, v in iterator_options(run.cfg, run.device).items() if k != "device"}
-    return {"device": str(run.device), "gpu": gpu, "torch": torch.__version__,
-            "autocast": str(run.amp.dtype).removeprefix("torch.") if run.amp.enabled else "off",
-            "grad_scaler": run.amp.grad_scaler, "channels_last": run.cfg.channels_last,
-            "torch_compile": run.cfg.torch_compile, **loader,
-            "workers": run.world, "torch_threads": torch.get_num_threads()}
+    return rundir.TrainRuntime(device=str(run.device), gpu=gpu, torch=torch.__version__,
+                               autocast=str(run.amp.dtype).removeprefix("torch.") if run.amp.enabled else "off",
+                               grad_scaler=run.amp.grad_scaler, channels_last=run.cfg.channels_last,
+                               torch_compile=run.cfg.torch_compile, **loader,
+                               workers=run.world, torch_threads=torch.get_num_threads())
 
 
 @dataclass

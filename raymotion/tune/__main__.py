@@ -31,8 +31,9 @@ from raymotion.export.bundle import ExportedMembers, build_run_bundle, results_t
 from raymotion.export.distill import cached_soft_labels
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
-from raymotion.rundir import (COMMAND, MANIFEST, STUDENT_DIR, Command, read_command, read_manifest, read_tune_result,
-                              soft_labels_path, write_command, write_tune_result)
+from raymotion.rundir import (COMMAND, MANIFEST, STUDENT_DIR, Command, Manifest, log_path, member_checkpoint_dir,
+                              read_command, read_manifest, read_tune_result, soft_labels_path, write_command,
+                              write_tune_result)
 from raymotion.runtime import init_ray
 from raymotion.train.trainer import input_size_of, source_rates
 from raymotion.tune.experiment import copy_checkpoint, tune_model
@@ -214,7 +215,7 @@ def tune_stage(ctx: RunContext, bases: dict[str, TrainConfig], trials: dict[str,
             print(f"\n{label}: already tuned in this run ({result.trials} trials); kept", flush=True)
         else:
             result = tune_one(label, base, dataclasses.replace(ctx.settings, num_samples=trials[model]), ctx, run_dir)
-        checkpoints[model] = copy_checkpoint(result, os.path.join(run_dir, "checkpoints", model))
+        checkpoints[model] = copy_checkpoint(result, member_checkpoint_dir(run_dir, model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
                                  "failed": result.failed, "restarted": result.restarted,
                                  "seconds": round(result.seconds, 1), "history": result.history}}
@@ -222,7 +223,7 @@ def tune_stage(ctx: RunContext, bases: dict[str, TrainConfig], trials: dict[str,
 
 
 def export_stage(ctx: RunContext, run_dir: str, checkpoints: dict[str, str], extra: dict[str, dict],
-                 what: str) -> dict:
+                 what: str) -> Manifest:
     print(f"\nexporting {what} ({', '.join(checkpoints)}): ONNX, int8 candidates, calibration, ensemble", flush=True)
     started = time.perf_counter()
     manifest = build_run_bundle(run_dir, checkpoints, ctx.source, extra, ExportConfig.from_arguments(ctx.args),
@@ -280,7 +281,7 @@ def student_config(base: TrainConfig, preset: Preset, soft_labels: str, member_c
 
 
 def student_stage(ctx: RunContext, base: TrainConfig, member_checkpoint: str | None = None,
-                  teachers: tuple[str, ...] = ()) -> dict:
+                  teachers: tuple[str, ...] = ()) -> Manifest:
     """The distilled single student: trained (``student_config``) into a run directory of its own
     (RUN_DIR/student), servable alone. ``teachers``: the served members' checkpoints."""
     online = ctx.preset.student_online_teachers
@@ -321,7 +322,7 @@ def start_run(args: argparse.Namespace, argv: list[str], on_run_dir) -> tuple[Ru
 
 
 def tune_and_export(args: argparse.Namespace, argv: list[str],
-                    on_run_dir: Callable[[str], None] | None = None) -> tuple[str, dict, bool]:
+                    on_run_dir: Callable[[str], None] | None = None) -> tuple[str, Manifest, bool]:
     """Returns the run directory, its manifest, and whether this process started its own Ray.
     ``on_run_dir``: called once the data root is valid and the run directory exists, before Ray starts.
 
@@ -361,7 +362,7 @@ def tune_and_export(args: argparse.Namespace, argv: list[str],
     manifest = export_stage(ctx, ctx.run_dir, checkpoints, extra, what="every model")
     if student:
         student_stage(ctx, student, checkpoints.get(student.model),
-                      tuple(checkpoints[m] for m in manifest["ensemble"]["served"]))
+                      tuple(checkpoints[m] for m in manifest.ensemble.served))
     ctx.cached_by_size.clear()
     print(f"report: {write_report(ctx.run_dir)}", flush=True)
     return ctx.run_dir, manifest, ctx.owns_ray
@@ -397,30 +398,30 @@ def checked_configs(args: argparse.Namespace, preset: Preset, models: list[str],
     return bases, student
 
 
-def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> str:
+def summary(manifest: Manifest, run_dir: str, elapsed: float, url: str | None) -> str:
     """The run at a glance: the last thing the command prints."""
     rows = []
-    for name, entry in manifest["models"].items():
-        t, val, oof = entry.get("tune", {}), entry["val"], entry.get("val_out_of_fold", {})
+    ens = manifest.ensemble
+    for name, entry in manifest.models.items():
+        t, val, oof = entry.tune or {}, entry.val, entry.val_out_of_fold
         rows.append({"model": name, "trials all epochs/stopped early/failed":
                      f"{t.get('trials', 0) - t.get('failed', 0) - t.get('stopped_early', 0)}/"
                      f"{t.get('stopped_early', 0)}/{t.get('failed', 0)}",
                      "val acc": f"{val['accuracy']:.4f}", "macro-F1": f"{val['macro_f1']:.4f}",
                      "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-",
-                     "degraded val acc": f"{entry['val_degraded']['accuracy']:.4f}" if entry.get("val_degraded") else "-",
+                     "degraded val acc": f"{entry.val_degraded['accuracy']:.4f}" if entry.val_degraded else "-",
                      "minutes": f"{t.get('seconds', 0) / 60:.1f}",
-                     "weight": f"{manifest['ensemble']['weights'].get(name, 0):.2f}",
-                     "served": entry.get("serve", {}).get("variant", "fp32")})
-    ens = manifest["ensemble"]
-    oof = ens.get("val_out_of_fold", {})
+                     "weight": f"{ens.weights.get(name, 0):.2f}",
+                     "served": entry.serve.variant})
+    oof = ens.val_out_of_fold
     rows.append({"model": "ensemble", "trials all epochs/stopped early/failed": "-",
-                 "val acc": f"{ens['val']['accuracy']:.4f}", "macro-F1": f"{ens['val']['macro_f1']:.4f}",
+                 "val acc": f"{ens.val['accuracy']:.4f}", "macro-F1": f"{ens.val['macro_f1']:.4f}",
                  "out-of-fold acc": f"{oof['accuracy']:.4f}" if oof else "-",
-                 "degraded val acc": f"{ens['val_degraded']['accuracy']:.4f}" if ens.get("val_degraded") else "-",
+                 "degraded val acc": f"{ens.val_degraded['accuracy']:.4f}" if ens.val_degraded else "-",
                  "minutes": f"{elapsed / 60:.1f}",
-                 "weight": "-", "served": "+".join(ens["served"])})
-    gain = ens.get("gain_out_of_fold")
-    gain_line = [f"ensemble ({ens.get('rule', 'linear')} pool) - best member ({gain['best_member']}), out-of-fold: "
+                 "weight": "-", "served": "+".join(ens.served)})
+    gain = ens.gain_out_of_fold
+    gain_line = [f"ensemble ({ens.rule} pool) - best member ({gain['best_member']}), out-of-fold: "
                  f"{gain['accuracy_points']:+.1f} points accuracy, {gain['macro_f1_points']:+.1f} macro-F1"] if gain else []
     by_source = source_table(manifest)
     lines = ["", "=" * 40 + " summary " + "=" * 40, summary_table(rows), *gain_line,
@@ -429,8 +430,8 @@ def summary(manifest: dict, run_dir: str, elapsed: float, url: str | None) -> st
              "(val figures are in-sample for calibration and ensemble weights; out-of-fold is the honest one)",
              f"run directory: {run_dir}",
              f"served at: {url}" if url else f"serve it: serve run serve.app:build_app run_dir={run_dir}  (or serve/config.yaml)"]
-    if manifest["data"].get("generated"):
-        lines.append(data_banner([s["root"] for s in manifest["data"].get("sources", [])] or [manifest["data"]["root"]]))
+    if manifest.data.generated:
+        lines.append(data_banner(manifest.data.roots))
     return "\n".join(lines)
 
 
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     def on_run_dir(run_dir: str) -> None:
         run_dirs.append(run_dir)
         # Everything printed, Ray's noise included, goes to the run's log; the terminal gets what matters.
-        filter_terminal(os.path.join(run_dir, "logs", "tune.log"))
+        filter_terminal(log_path(run_dir))
 
     try:
         args, argv = resolve_arguments(argv)

@@ -34,7 +34,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGen
 from ray.tune.search.optuna import OptunaSearch
 
 from raymotion.config import TrainConfig, TuneSettings
-from raymotion.rundir import TuneResult, trials_path
+from raymotion.rundir import TUNE_DIR, TuneResult, trials_path
 from raymotion.train.checkpoint import TRAIN_STATE_FILE
 from raymotion.train.loop import TrialSession, train_loop_per_worker
 from raymotion.train.trainer import build_trainer, loop_config_of, worker_datasets
@@ -233,7 +233,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
     space = load_search_space(base.model, spaces_dir, pretrained=bool(base.pretrained), pinned=base.pinned)
     # Tune's objective is also what Train keeps and early-stops on: one (metric, mode) pair for all three.
     base = base.replace("TuneSettings", metric=settings.metric, mode=settings.mode)
-    storage_path = os.path.join(run_dir, "tune")
+    storage_path = os.path.join(run_dir, TUNE_DIR)
     in_trial = trains_in_trial(base, settings)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), classes=classes, class_counts=class_counts, cached=cached,
