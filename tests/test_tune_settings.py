@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -37,11 +38,24 @@ def test_a_space_with_every_key_pinned_runs_the_base_config_not_optuna():
     assert isinstance(generator, BasicVariantGenerator) and generator.max_concurrent == 1
 
 
-def test_random_search_runs_no_more_trials_at_once_than_the_settings_allow():
+def test_random_search_runs_no_more_trials_at_once_than_the_settings_allow(tmp_path):
     """Tune applies max_concurrent_trials to a Searcher only: a generator passed in runs every trial at
     once unless it is told itself (on 2 CPUs that was ten Train controllers waiting for one CPU each)."""
-    generator = search_algorithm(TuneSettings(search="random", max_concurrent_trials=1), load_search_space("lenet"))
-    assert generator.max_concurrent == 1
+    space = load_search_space("lenet")
+    for settings in (TuneSettings(search="random", max_concurrent_trials=2), TuneSettings(search="optuna"),
+                     TuneSettings(search="random", max_concurrent_trials=1)):
+        generator = search_algorithm(settings, space if settings.search == "random" else SearchSpace({}, []))
+        # Tune's own loop, without Ray: trials are asked for until the generator holds back.
+        generator.add_configurations([tune.Experiment("t", lambda config: None, config=space.param_space,
+                                                      num_samples=5, storage_path=str(tmp_path))])
+        handed = [generator.next_trial() for _ in range(4)]
+        running = [trial for trial in handed if trial is not None]
+        assert len(running) == settings.max_concurrent_trials and handed[len(running):] == [None] * (4 - len(running))
+        if settings.search == "random":  # its first trial is the space's start point
+            assert running[0].config == space.start[0]
+        # A trial that ends frees its place, and only one.
+        generator.on_trial_complete(running[0].trial_id)
+        assert generator.next_trial() is not None and generator.next_trial() is None
 
 
 def test_a_restored_search_counts_every_trial_of_the_snapshot(tmp_path):
