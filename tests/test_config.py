@@ -264,3 +264,26 @@ def test_what_a_preset_or_the_cli_sets_is_pinned_and_tune_does_not_search_it():
     assert "rotation_deg" not in load_search_space("lenet", pinned=cli.pinned).param_space
     with pytest.raises(ConfigError, match="TrainConfig.pinned"):
         TrainConfig(pinned=("learning_rate",))
+
+
+def test_session_options_stop_reasons_and_phases_are_named_choices():
+    import typing
+
+    from raymotion.export.sessions import session_options, session_providers
+    from raymotion.train.loop import Phase, transfer_phases
+    from raymotion.tune.experiment import StopReason, stop_reason
+
+    with pytest.raises(ValueError, match=r"graph_optimization 'full': use disable, basic, extended, all"):
+        session_options(graph_optimization="full")
+    with pytest.raises(ValueError, match=r"execution_mode 'parallell': use sequential, parallel"):
+        session_options(execution_mode="parallell")
+    with pytest.raises(ValueError, match=r"device 'gpu': use cpu, cuda, tensorrt"):
+        session_providers("gpu")
+    base = TrainConfig(epochs=4, early_stopping_patience=2)
+    ok, failed = SimpleNamespace(error=None), SimpleNamespace(error=RuntimeError("x"))
+    reasons = [stop_reason(failed, [], base), stop_reason(ok, [], base), stop_reason(ok, [{"epoch": 4}], base),
+               stop_reason(ok, [{"epoch": 3, "best_epoch": 1}], base), stop_reason(ok, [{"epoch": 2, "best_epoch": 2}], base)]
+    assert reasons == ["error", "no epoch", "all epochs", "early stopping", "asha"]
+    assert set(reasons) == set(typing.get_args(StopReason))
+    phases = transfer_phases(TrainConfig(model="mobilenet_v2", epochs=3, head_epochs=1), pretrained=True)
+    assert [p[0] for p in phases] == list(typing.get_args(Phase))

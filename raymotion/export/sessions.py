@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import onnx
@@ -52,12 +52,24 @@ SESSION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, **OFFLI
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 DEFAULT_OFFLINE_LEVEL = "basic"
 EXECUTION_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+# The session options' names, as types: a misspelt one fails naming the choices, not as a KeyError.
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+ExecutionMode = Literal["sequential", "parallel"]
+Device = Literal["cpu", "cuda", "tensorrt"]
 
 
-def session_options(*, intra_op_threads: int = 0, inter_op_threads: int = 1, graph_optimization: str = "all",
-                    enable_mem_arena: bool = True, execution_mode: str = "sequential",
-                    allow_spinning: bool = True, stop_spinning_after_run: bool = False) -> ort.SessionOptions:
+def _choice(name: str, value: str, kind) -> None:
+    if value not in get_args(kind):
+        raise ValueError(f"{name} {value!r}: use {', '.join(get_args(kind))}")
+
+
+def session_options(*, intra_op_threads: int = 0, inter_op_threads: int = 1,
+                    graph_optimization: GraphOptimization = "all", enable_mem_arena: bool = True,
+                    execution_mode: ExecutionMode = "sequential", allow_spinning: bool = True,
+                    stop_spinning_after_run: bool = False) -> ort.SessionOptions:
     """SessionOptions from plain arguments (see ``create_session`` for what the defaults rest on)."""
+    _choice("graph_optimization", graph_optimization, GraphOptimization)
+    _choice("execution_mode", execution_mode, ExecutionMode)
     options = ort.SessionOptions()
     options.graph_optimization_level = SESSION_LEVELS[graph_optimization]
     if intra_op_threads:
@@ -72,13 +84,12 @@ def session_options(*, intra_op_threads: int = 0, inter_op_threads: int = 1, gra
     return options
 
 
-def session_providers(device: str = "cpu") -> list[str]:
+def session_providers(device: Device = "cpu") -> list[str]:
     """Execution providers for ``device`` ("cpu", "cuda", "tensorrt"), best first, CPU always last.
 
     A provider this onnxruntime build lacks is skipped (so "cuda" on a CPU-only machine runs on CPU).
     """
-    if device not in ("cpu", "cuda", "tensorrt"):
-        raise ValueError(f"device {device!r}: use cpu, cuda or tensorrt")
+    _choice("device", device, Device)
     wanted = {"cpu": [], "cuda": ["CUDAExecutionProvider"],
               "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}[device]
     available = set(ort.get_available_providers())
@@ -100,9 +111,9 @@ def preload_cuda_libraries() -> bool:
         return False
 
 
-def create_session(path: str, *, device: str = "cpu", intra_op_threads: int = 0, inter_op_threads: int = 1,
-                   graph_optimization: str = "all", enable_mem_arena: bool = True,
-                   execution_mode: str = "sequential", allow_spinning: bool = True,
+def create_session(path: str, *, device: Device = "cpu", intra_op_threads: int = 0, inter_op_threads: int = 1,
+                   graph_optimization: GraphOptimization = "all", enable_mem_arena: bool = True,
+                   execution_mode: ExecutionMode = "sequential", allow_spinning: bool = True,
                    stop_spinning_after_run: bool = False) -> ort.InferenceSession:
     """An onnxruntime session; ``device`` picks CUDA / TensorRT first when present, CPU stays the fallback.
 

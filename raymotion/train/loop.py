@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Literal, NamedTuple
 
 import numpy as np
 import ray.data
@@ -221,7 +221,11 @@ def set_backbone_frozen(model: nn.Module, name: str, frozen: bool) -> None:
                 module.eval()
 
 
-def transfer_phases(cfg: TrainConfig, pretrained: bool) -> list[tuple[str, int, float]]:
+# A transfer phase: the new head alone (backbone frozen), or the whole network.
+Phase = Literal["head", "full"]
+
+
+def transfer_phases(cfg: TrainConfig, pretrained: bool) -> list[tuple[Phase, int, float]]:
     """[(phase, epochs, peak lr)]: head-only then the whole network for pretrained models with
     ``head_epochs`` > 0 (the backbone's features are worth keeping while the new head is random), else one
     phase. The head phase never takes every epoch: at least one epoch fine-tunes."""
@@ -372,7 +376,7 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
     return run, model
 
 
-def start_phase(run: WorkerRun, model: nn.Module, phase: tuple[str, int, float]):
+def start_phase(run: WorkerRun, model: nn.Module, phase: tuple[Phase, int, float]):
     """(Re)wrap the model for a transfer phase, with its own optimizer and schedule (warm-up, then cosine
     to 0 over the phase). DDP only synchronises parameters that require grad when it is built, so the
     full phase needs a new wrapper after the head phase."""

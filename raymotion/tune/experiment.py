@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import pandas as pd
 
@@ -177,7 +177,12 @@ def make_tuner(trainable, space: SearchSpace, base: TrainConfig, settings: TuneS
     )
 
 
-def stop_reason(result, rows: list[dict[str, Any]], base: TrainConfig) -> str:
+# Why a trial ended (trials/<model>.csv's stop_reason; the manifest counts the early stops and failures).
+StopReason = Literal["error", "all epochs", "no epoch", "early stopping", "asha"]
+STOPPED_EARLY: tuple[StopReason, ...] = ("asha", "early stopping")
+
+
+def stop_reason(result, rows: list[dict[str, Any]], base: TrainConfig) -> StopReason:
     """Why a trial ended: "error", "all epochs", "early stopping" (its own patience), or "asha"."""
     if result.error:
         return "error"
@@ -265,7 +270,7 @@ def tune_model(base: TrainConfig, *, classes: list[str], class_counts: list[int]
         metrics={k: v for k, v in best_row.items() if k.startswith(("val_", "train_", "epoch"))},
         checkpoint_path=best_row[CHECKPOINT_PATH_KEY],
         trials=len(grid),
-        stopped_early=sum(r["stop_reason"] in ("asha", "early stopping") for r in rows),
+        stopped_early=sum(r["stop_reason"] in STOPPED_EARLY for r in rows),
         failed=sum(r["stop_reason"] == "error" for r in rows),
         restarted=sum(r["restarted"] for r in rows),
         seconds=seconds,
