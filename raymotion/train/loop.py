@@ -361,7 +361,7 @@ def setup_worker(loop_config: dict[str, Any], session: Session) -> tuple[WorkerR
     device = select_device(cfg, session.device())
     amp = amp_settings(cfg, device)
     world = session.world
-    steps_per_epoch = max(1, loop_config["train_rows"] // (cfg.batch_size * world))
+    steps_per_epoch = max(1, (cfg.epoch_rows or loop_config["train_rows"]) // (cfg.batch_size * world))
     if cfg.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches_per_epoch)
     weights = loop_config.get("class_weights")

@@ -49,11 +49,16 @@ def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
 
 
 def source_rates(cfg: TrainConfig, source_counts: dict[str, int] | None) -> list[float] | None:
-    """Per source, how often a training row is drawn per epoch (data.sources.sampling_rates); None with one
-    source (every row once, and no draw that would change a single-source run's batches)."""
-    if not source_counts or len(source_counts) < 2:
+    """Per source, how often a training row is drawn per epoch (data.sources.sampling_rates), all scaled
+    so that an epoch draws ``cfg.epoch_rows`` rows when that is set; None with one source and no
+    epoch_rows (every row once, and no draw that would change a single-source run's batches)."""
+    counts = source_counts or {}
+    if len(counts) < 2 and not (cfg.epoch_rows and counts):
         return None
-    return sampling_rates(source_counts, cfg.source_share_power, cfg.source_shares)
+    rates = sampling_rates(counts, cfg.source_share_power, cfg.source_shares) if len(counts) > 1 else [1.0]
+    if cfg.epoch_rows:
+        rates = [r * cfg.epoch_rows / sum(counts.values()) for r in rates]
+    return rates
 
 
 def worker_datasets(cfg: TrainConfig, *, classes: list[str], cached: dict[str, ray.data.Dataset],

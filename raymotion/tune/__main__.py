@@ -122,7 +122,7 @@ def plan_model(base: TrainConfig, trials: int, train_images: int, val_images: in
     """What the time-left estimate needs of a model before it starts (FLOPs from its untrained graph, and
     from its online ``teachers``' graphs at their input sizes)."""
     per_step = base.batch_size * base.num_workers
-    steps = max(1, train_images // per_step)
+    steps = max(1, (base.epoch_rows or train_images) // per_step)
     if base.max_batches_per_epoch:
         steps = min(steps, base.max_batches_per_epoch)
     flops = count_flops(create_model(base.model, pretrained=False), base.input_size)
