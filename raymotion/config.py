@@ -540,7 +540,7 @@ PRESETS: dict[str, Preset] = {
             "mobilenet_v2": {"epochs": 3, "input_size": 80, "head_epochs": 1, "epoch_rows": 0},
             # A second view: balanced class weights, and the sources as large as they are (the webcam faces,
             # the larger source, weigh more than in the other members).
-            "efficientnet_lite0": {"epochs": 2, "input_size": 64, "head_epochs": 1, "class_weighting": "balanced",
+            "efficientnet_lite0": {"epochs": 3, "input_size": 80, "head_epochs": 1, "class_weighting": "balanced",
                                    "source_share_power": 1.0},
             # Equal source shares: the third way of weighting them.
             "lenet": {"epochs": 6, "input_size": 64, "label_smoothing": 0.0, "early_stopping_patience": 3,
