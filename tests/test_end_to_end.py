@@ -12,15 +12,12 @@ import requests
 
 from raymotion import rundir
 from raymotion.console import NOISE, plain
-from raymotion.export.mixture import combine, temper
 from raymotion.rundir import sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLASSES = ["angry", "happy", "sad"]
 TIMEOUT_S = 30  # per request; every loop below is bounded by the val set size (60 images)
-NPZ_KEYS = {"labels", "probs__lenet", "probs__mobilenet_v2", "probs_raw__lenet", "probs_raw__mobilenet_v2",
-            "probs__ensemble_raw", "probs__ensemble", "thumb_index", "thumbs", "sources", "source_names", "paths"}
 
 
 def test_terminal_shows_progress_and_summary_without_rays_noise(cli_run, run):
@@ -51,7 +48,7 @@ def test_terminal_shows_progress_and_summary_without_rays_noise(cli_run, run):
     assert any("GENERATED FACES, NOT PHOTOS" in line for line in lines[header:])
     # Ray's known noise is hidden from the terminal, never from the log, which holds every terminal line.
     assert not [line for line in lines if any(n.pattern.search(plain(line)) for n in NOISE)]
-    with open(os.path.join(run_dir, "logs", "tune.log"), errors="replace") as f:
+    with open(rundir.log_path(run_dir), errors="replace") as f:
         logged = f.read().splitlines()
     assert set(lines) <= set(logged) and len(logged) > len(lines)
 
@@ -141,25 +138,50 @@ def test_run_directory_is_self_contained(run):
     assert ens["rules_out_of_fold"]["log-linear"]["accuracy"] == ens["val_out_of_fold"]["accuracy"]
     with open(os.path.join(run_dir, rundir.MANIFEST)) as f:  # the typed read loses nothing of the file
         assert json.load(f) == json.loads(json.dumps(manifest))
-    with np.load(os.path.join(run_dir, "predictions", "val.npz")) as npz:
-        assert set(npz.files) == NPZ_KEYS
-        labels, k = npz["labels"], len(npz["thumb_index"])
-        assert labels.dtype == np.int64 and labels.shape == (60,)
-        assert npz["thumbs"].dtype == np.uint8 and npz["thumbs"].shape == (k, 64, 64, 3) and 0 < k <= 96
-        members = {n: npz[f"probs__{n}"].astype(np.float64) for n in ens["members"]}
-        # Each member is mixed through its own calibration (temperature and one bias per class).
-        for n in ens["members"]:
-            m = manifest["models"][n]
-            assert m["temperature"] > 0 and len(m["bias"]) == len(CLASSES)
-            np.testing.assert_allclose(members[n], temper(npz[f"probs_raw__{n}"].astype(np.float64), temperature=m["temperature"], bias=m["bias"]), atol=1e-5)
-        # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
-        np.testing.assert_allclose(npz["probs__ensemble"], combine(members, ens["weights"], ens["temperature"],
-                                                                   ens["bias"], ens["rule"]), atol=1e-5)
-        ensemble_preds = npz["probs__ensemble"].argmax(1)
-        assert (ensemble_preds == labels).mean() == pytest.approx(ens["val"]["accuracy"])
-        # Mistakes come first in the thumbnails.
-        wrong = ensemble_preds[npz["thumb_index"]] != labels[npz["thumb_index"]]
-        assert not (np.diff(wrong.astype(int)) > 0).any()
+    saved = rundir.read_val_predictions(run_dir)
+    assert set(saved.probs) == {"lenet", "mobilenet_v2", "ensemble", "ensemble_raw"}
+    assert set(saved.raw_probs) == {"lenet", "mobilenet_v2"} and saved.source_names == [
+        source["name"] for source in manifest["data"]["sources"]]
+    labels, k = saved.labels, len(saved.thumb_index)
+    assert labels.shape == (60,) and len(saved.paths) == 60 and (saved.sources == 0).all()
+    assert saved.thumbs.dtype == np.uint8 and saved.thumbs.shape == (k, 64, 64, 3) and 0 < k <= 96
+    # Each member is mixed through its own calibration (temperature and one bias per class): the formula
+    # written out here, not through the functions that wrote the file.
+    for n in ens["members"]:
+        m = manifest["models"][n]
+        assert m["temperature"] > 0 and len(m["bias"]) == len(CLASSES)
+        np.testing.assert_allclose(saved.probs[n], reference_calibration(saved.raw_probs[n], m["temperature"], m["bias"]),
+                                   atol=1e-5)
+    # float32 storage, and 1/T (up to 20) magnifies its rounding in log space: 1e-5, as for served answers.
+    np.testing.assert_allclose(saved.probs["ensemble"], reference_pool(
+        {n: saved.probs[n] for n in ens["members"]}, ens["weights"], ens["temperature"], ens["bias"], ens["rule"]), atol=1e-5)
+    ensemble_preds = saved.probs["ensemble"].argmax(1)
+    assert (ensemble_preds == labels).mean() == pytest.approx(ens["val"]["accuracy"])
+    # Mistakes come first in the thumbnails.
+    wrong = ensemble_preds[saved.thumb_index] != labels[saved.thumb_index]
+    assert not (np.diff(wrong.astype(int)) > 0).any()
+
+
+def reference_calibration(probs: np.ndarray, temperature: float, bias) -> np.ndarray:
+    """softmax(log p / T + b), written out independently of raymotion.export.mixture."""
+    z = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, None)) / temperature + np.asarray(bias or 0.0)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def reference_pool(members: dict[str, np.ndarray], weights: dict[str, float], temperature: float, bias,
+                   rule: str) -> np.ndarray:
+    """The pool of the served members (positive weights, renormalised): their weighted mean ("linear") or
+    weighted geometric mean, renormalised ("log-linear"); then the pool's own temperature and bias."""
+    used = {n: w for n, w in weights.items() if w > 0}
+    total = sum(used.values())
+    if rule == "linear":
+        mix = sum(np.asarray(members[n], np.float64) * w / total for n, w in used.items())
+    else:
+        mix = np.exp(sum(np.log(np.clip(np.asarray(members[n], np.float64), 1e-12, None)) * w / total
+                         for n, w in used.items()))
+        mix /= mix.sum(axis=1, keepdims=True)
+    return reference_calibration(mix, temperature, bias)
 
 
 def test_health_and_models(served_url, run):
@@ -182,7 +204,8 @@ def _check_contract(body: dict, manifest: dict) -> None:
     # The answer is the manifest's ensemble of the served members' answers.
     ens = manifest["ensemble"]
     members = {n: np.array([list(p.values())]) for n, p in body["models"].items()}
-    expected = combine(members, {n: ens["weights"][n] for n in members}, ens["temperature"], ens["bias"], ens["rule"])[0]
+    expected = reference_pool(members, {n: ens["weights"][n] for n in members}, ens["temperature"], ens["bias"],
+                              ens["rule"])[0]
     np.testing.assert_allclose(list(body["probabilities"].values()), expected, atol=1e-5)
 
 
@@ -192,8 +215,8 @@ def test_predict_over_http_matches_the_offline_ensemble(served_url, run, faces_r
     pools exactly as the offline ensemble did. (No accuracy floor: the session's 2-epoch run on generated
     faces scores 0.43-0.60, by chance above or below any floor; how well training learns is measured on the
     real data by the tune command's summary and the bench commands, not asserted here.)"""
-    with np.load(os.path.join(run[0], rundir.PREDICTIONS)) as npz:
-        offline, labels = npz["probs__ensemble"].astype(np.float64), npz["labels"]
+    saved = rundir.read_val_predictions(run[0])
+    offline, labels = saved.probs["ensemble"], saved.labels
     served = []
     for label in CLASSES:
         folder = os.path.join(faces_root, "val", label)

@@ -106,17 +106,53 @@ def test_models_describes_what_answers_without_the_servers_paths(served_url, run
     assert not leaked, leaked
 
 
-def test_openapi_documents_bodies_answers_and_errors(served_url):
-    spec = requests.get(f"{served_url}/openapi.json", timeout=TIMEOUT_S).json()
+def _resolved(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _answer_fields(spec: dict, response: dict) -> list[tuple[set, set]]:
+    """(properties, required) of each JSON schema a response may have (a union lists several)."""
+    schema = _resolved(spec, response["content"]["application/json"]["schema"])
+    options = [_resolved(spec, option) for option in schema.get("anyOf", [schema])]
+    return [(set(o.get("properties", {})), set(o.get("required", []))) for o in options]
+
+
+def check_openapi(spec: dict) -> None:
+    """What a client generated from the schema relies on: each route's bodies, the fields of each answer, and
+    one error shape, {"error": string}, for every documented error."""
     predict = spec["paths"]["/predict"]["post"]
     content = predict["requestBody"]["content"]
     assert "image/jpeg" in content and "multipart/form-data" in content
-    assert {"400", "413", "503"} <= set(predict["responses"])
-    assert "faces" in [p["name"] for p in predict["parameters"]]
+    assert content["image/jpeg"]["schema"] == {"type": "string", "format": "binary"}
+    assert "file" in _resolved(spec, content["multipart/form-data"]["schema"])["properties"]
+    faces = next(p for p in predict["parameters"] if p["name"] == "faces")
+    assert faces["in"] == "query" and not faces.get("required", False)
+    assert sorted(_answer_fields(spec, predict["responses"]["200"])) == sorted([
+        ({"label", "probabilities", "models"}, {"label", "probabilities", "models"}),  # a face crop
+        ({"image", "faces"}, {"image", "faces"})])  # ?faces=1: a whole photo
     batch = spec["paths"]["/predict/batch"]["post"]
-    assert "multipart/form-data" in batch["requestBody"]["content"] and {"400", "413"} <= set(batch["responses"])
-    for path in ("/healthz", "/models"):
-        assert "200" in spec["paths"][path]["get"]["responses"]
+    assert "multipart/form-data" in batch["requestBody"]["content"]
+    assert _answer_fields(spec, batch["responses"]["200"]) == [({"results"}, {"results"})]
+    item = _resolved(spec, _resolved(spec, batch["responses"]["200"]["content"]["application/json"]["schema"])
+                     ["properties"]["results"]["items"])
+    assert set(item["properties"]) == {"index", "filename", "status", "prediction", "error"}
+    error = ({"error"}, {"error"})
+    for route, codes in ((predict, ("400", "413", "422", "503")), (batch, ("400", "413", "503"))):
+        for code in codes:
+            assert _answer_fields(spec, route["responses"][code]) == [error], code
+            body = _resolved(spec, route["responses"][code]["content"]["application/json"]["schema"])
+            assert body["properties"]["error"]["type"] == "string", code
+    health = spec["paths"]["/healthz"]["get"]["responses"]
+    assert _answer_fields(spec, health["200"]) == _answer_fields(spec, health["503"]) == [({"status", "models", "error"}, {"status"})]
+    models = spec["paths"]["/models"]["get"]["responses"]["200"]
+    assert _answer_fields(spec, models) == [({"run", "classes", "colors", "models", "ensemble"},
+                                             {"run", "classes", "colors", "models", "ensemble"})]
+
+
+def test_openapi_documents_bodies_answers_and_errors(served_url):
+    check_openapi(requests.get(f"{served_url}/openapi.json", timeout=TIMEOUT_S).json())
 
 
 def _hammer(url: str, data: bytes, n: int, workers: int) -> list[requests.Response]:
