@@ -101,3 +101,28 @@ def test_a_checkpoint_exported_earlier_in_the_run_is_not_exported_again(faces_ro
     save(1)  # new weights under the same name: exported anew
     other, _ = export_member_once(checkpoint, run_dir, images, False, exported)
     assert os.stat(path).st_mtime_ns != written and other["sha256"] != first["sha256"]
+
+
+def test_the_bundle_returns_the_typed_manifest_it_wrote(faces_root, tmp_path):
+    """build_run_bundle hands its caller the Manifest record (what the tune command's summary reads by
+    field), the same one a reader of the run directory gets."""
+    import torch
+
+    from raymotion import rundir
+    from raymotion.config import ExportConfig
+    from raymotion.export.bundle import build_run_bundle, results_table
+    from raymotion.train.checkpoint import save_checkpoint
+
+    spec = get_model_spec("lenet")
+    checkpoint, run_dir = str(tmp_path / "lenet"), str(tmp_path / "run")
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, create_model("lenet", num_classes=3).eval(),
+                    {"model": "lenet", "classes": ["angry", "happy", "sad"], "input_size": 32, "mean": list(spec.mean),
+                     "std": list(spec.std), "epoch": 1, "metrics": {}, "train_config": {"lr": 0.02}})
+    manifest = build_run_bundle(run_dir, {"lenet": checkpoint}, index_image_folders(faces_root),
+                                export=ExportConfig(int8=False, flip_tta=False))
+    assert isinstance(manifest, rundir.Manifest)
+    assert rundir.manifest_json(manifest) == rundir.manifest_json(rundir.read_manifest(run_dir))
+    assert manifest.ensemble.served == ["lenet"] and manifest.models["lenet"].train_config.lr == 0.02
+    assert "lr=2.00e-02" in results_table(manifest)
+    assert len(rundir.read_val_predictions(run_dir).labels) == sum(manifest.data.val.values())

@@ -54,6 +54,9 @@ def test_two_worker_training_survives_a_killed_worker_and_keeps_the_best_checkpo
     best = result.get_best_checkpoint(metric=cfg.metric, mode=cfg.mode)
     model, meta = load_checkpoint(best.path)
     assert meta.classes == folders.classes and meta.input_size == 32
+    # Typed records: the config it trained with, and what it ran on (a CPU here, float32).
+    assert meta.train_config.model == cfg.model and meta.train_config.epochs == cfg.epochs
+    assert meta.runtime.device == "cpu" and meta.runtime.autocast == "off" and meta.runtime.workers == cfg.num_workers
     # The kept checkpoint is the best epoch: never worse than the last one.
     assert meta.metrics[cfg.metric] >= last[cfg.metric]
     assert os.path.isfile(os.path.join(best.path, "model.pt"))
