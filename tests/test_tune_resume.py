@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 
-from raymotion.rundir import read_manifest, read_soft_labels, read_tune_result, trials_path
+from raymotion.rundir import MANIFEST, read_manifest, read_soft_labels, read_tune_result, soft_labels_path, trials_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 6  # per trial: trial 2 is still running when a snapshot of it midway is on disk
@@ -103,7 +103,7 @@ def test_a_run_killed_mid_trial_resumes_and_counts_each_trial_once(ray_session, 
     student_dir = os.path.join(run_dir, "student")
     student = read_manifest(student_dir)
     assert list(student.models) == ["lenet"] and student.ensemble.served_weights == {"lenet": 1.0}
-    assert student.models["lenet"].train_config.soft_labels == os.path.join(run_dir, "distill", "ensemble.npz")
+    assert student.models["lenet"].train_config.soft_labels == soft_labels_path(run_dir, "ensemble")
     assert read_soft_labels(student.models["lenet"].train_config.soft_labels).teachers == {"lenet": 1.0}
     assert "distilled student lenet" in resumed.stdout
 
@@ -121,7 +121,7 @@ def test_ctrl_c_stops_the_run_where_it_is_and_resume_continues_it(ray_session, f
     search must stop the run too, not be swallowed by the handler Tune leaves installed."""
     address = ray_session.get_runtime_context().gcs_address
     run_dir = str(tmp_path / "run")
-    manifest = os.path.join(run_dir, "manifest.json")
+    manifest = os.path.join(run_dir, MANIFEST)
     epochs = 4
     first = tune_command(address, "--data", faces_root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1",
                          "--epochs", str(epochs), "--set", "input_size=32", "--no-int8", "--student", "", "--out", run_dir)
