@@ -96,7 +96,7 @@ def run_distill_bench(cfg: DistillBenchConfig, log: Callable[[str], None] = prin
             rows.append(train_variant(variant_cfg, source, cached, storage, variant))
             log(f"{variant}: val acc {rows[-1]['val_accuracy']:.4f}, macro-F1 {rows[-1]['val_macro_f1']:.4f} "
                 f"(epoch {rows[-1]['best_epoch']}), {rows[-1]['minutes']:.1f} min")
-    return {"benchmark": "distill", "config": asdict(cfg), "data": root, "teachers": teachers,
+    return {"benchmark": "distill", "config": asdict(cfg), "data": source.root, "teachers": teachers,
             "train_config": {v: c.to_dict() for v, c in configs.items()}, "machine": describe_machine(), "rows": rows}
 
 
