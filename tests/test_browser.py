@@ -298,7 +298,9 @@ def four_class_url(ray_session, served_url, tmp_path_factory):
                                 seed=4)
     for split in ("train", "val"):
         shutil.copytree(os.path.join(root, split, "sad"), os.path.join(root, split, "surprised"))
-    out = str(tmp_path_factory.mktemp("four-run"))
+    # A folder of its own: the tune command points <runs>/latest at its run, and the session's other run
+    # (what test_end_to_end checks <runs>/latest against) lives beside the temp folders.
+    out = str(tmp_path_factory.mktemp("four") / "run")
     proc = subprocess.run(
         [sys.executable, "-m", "raymotion.tune", "--address", ray_session.get_runtime_context().gcs_address,
          "--data", root, "--models", "lenet", "--preset", "smoke", "--num-samples", "1", "--epochs", "1",
