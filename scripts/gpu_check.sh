@@ -34,4 +34,4 @@ EOF
 
 echo
 echo "=== what the run used ($OUT) ==="
-"$PY" -m raymotion.bench gpu "$OUT" --require-gpu --json "$OUT/gpu_check.json"
+"$PY" -m bench gpu "$OUT" --require-gpu --json "$OUT/gpu_check.json"

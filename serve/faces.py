@@ -9,7 +9,7 @@ This runs inside Serve replicas: numpy, PIL, OpenCV and yuface only (no torch). 
 inside its wheel, so nothing is downloaded at run time. It parallelises with OpenMP: a replica should
 run with OMP_NUM_THREADS set to its CPU share (Ray sets it for its workers).
 
-The constants of ``training_crop_box`` were fitted by ``python -m serve.face_fit`` (see the README,
+The constants of ``training_crop_box`` were fitted by ``python -m bench.face_fit`` (see the README,
 "Faces in whole photos").
 """
 
@@ -41,7 +41,7 @@ class CropFit:
     aspect: float  # box height / width: restores the clipped side of a face cut by the image border
 
 
-# Medians over val crops pasted at known squares into photos, from `python -m serve.face_fit` (README).
+# Medians over val crops pasted at known squares into photos, from `python -m bench.face_fit` (README).
 CROP_FIT = CropFit(side=1.142, shift_x=0.0, shift_y=-0.019, aspect=1.27)
 
 

@@ -1,11 +1,11 @@
-"""``python -m raymotion.bench data`` runs end to end on a tiny data set (figures: the real data, not here)."""
+"""``python -m bench data`` runs end to end on a tiny data set (figures: the real data, not here)."""
 
 import glob
 import json
 import math
 import re
 
-from raymotion.bench.__main__ import main
+from bench.__main__ import main
 
 
 STEPS, WARMUP, BATCH = 6, 2, 16

@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench distill``: the session run's distilled LeNet trained again against its stored
+"""``python -m bench distill``: the session run's distilled LeNet trained again against its stored
 soft labels and against its teacher online, each variant the member's own config with only the
 distillation and epochs changed (no accuracy is asserted: one epoch on generated faces says nothing)."""
 
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from raymotion.bench.__main__ import main
-from raymotion.bench.distill import DistillBenchConfig, variant_config
+from bench.__main__ import main
+from bench.distill import DistillBenchConfig, variant_config
 from raymotion.config import TrainConfig
 
 

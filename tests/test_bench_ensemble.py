@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench ensemble RUN_DIR ...`` on predictions files written here (no model runs)."""
+"""``python -m bench ensemble RUN_DIR ...`` on predictions files written here (no model runs)."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from raymotion.bench.__main__ import main
+from bench.__main__ import main
 from raymotion.export.ensemble import cross_fitted
 from raymotion.rundir import ValPredictions, read_val_predictions, write_val_predictions
 from raymotion.train.metrics import softmax

@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench models RUN_DIR`` on a tiny run directory (untrained models, generated faces)."""
+"""``python -m bench models RUN_DIR`` on a tiny run directory (untrained models, generated faces)."""
 
 import json
 import math
@@ -62,7 +62,7 @@ def test_bench_models_command_on_a_tiny_run(faces_root, tmp_path):
     make_run_dir(run_dir, faces_root)
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "raymotion.bench", "models", str(run_dir), "--iters", "5", "--json", str(out),
+        [sys.executable, "-m", "bench", "models", str(run_dir), "--iters", "5", "--json", str(out),
          "--int8-range-images", "48", "--max-seconds", "0.5", "--rounds", "1", "--int8-max-latency-ratio", "inf",
          "--tolerance", "100"],
         cwd=REPO, capture_output=True, text=True, timeout=240)
@@ -96,7 +96,7 @@ def test_bench_models_command_on_a_tiny_run(faces_root, tmp_path):
 
 
 def test_a_rejected_int8_is_shown_with_its_reason_and_the_ensemble_row_keeps_fp32(faces_root, tmp_path):
-    from raymotion.bench.models import BenchConfig, run_models_bench
+    from bench.models import BenchConfig, run_models_bench
 
     run_dir = tmp_path / "run"
     make_run_dir(run_dir, faces_root, {"lenet": 64})

@@ -1,4 +1,4 @@
-"""bench peer (raymotion/bench/peer.py) without fer: the by-name restriction of the peer's 7 classes to the
+"""bench peer (bench/peer.py) without fer: the by-name restriction of the peer's 7 classes to the
 run's, the per-source table from a real predictions/val.npz, and the refusal of a file without paths.
 fer itself runs only in its own venv (make peer) and is checked by hand (peer_worker.py --check)."""
 
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from raymotion.bench import peer
+from bench import peer
 from raymotion.rundir import ValPredictions, read_val_predictions, write_val_predictions
 
 FER = list(peer.FER_LABELS)  # angry, disgust, fear, happy, sad, surprise, neutral
@@ -92,7 +92,7 @@ def test_predictions_without_paths_are_refused(tmp_path):
     with pytest.raises(peer.PeerError, match=r"no image paths.*re-export it with python -m raymotion.export"):
         peer.load_val_with_paths(str(tmp_path))
     # Through the command line too: a message and a non-zero exit, before any manifest or peer is read.
-    from raymotion.bench.__main__ import main
+    from bench.__main__ import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["peer", str(tmp_path), "--peer-python", str(tmp_path / "no-such-python")])

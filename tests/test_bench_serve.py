@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench serve`` end to end on the session's run, every phase cut to about a second
+"""``python -m bench serve`` end to end on the session's run, every phase cut to about a second
 (the figures: the real data's run, README; here only that each phase ran and was reported)."""
 
 import json
@@ -14,7 +14,7 @@ def test_bench_serve_measures_every_phase_and_writes_table_and_json(run, faces_r
     out = tmp_path / "serve.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, "-m", "raymotion.bench", "serve", run[0], "--data", faces_root, "--concurrency", "2",
+        [sys.executable, "-m", "bench", "serve", run[0], "--data", faces_root, "--concurrency", "2",
          "--seconds", "1.5", "--max-requests", "40", "--batch-images", "4", "--inprocess-seconds", "1.5",
          "--fault-seconds", "4", "--fault-concurrency", "2",
          # One fault run (a replica killed, the only one of its model): the mechanism; both runs are README's.
@@ -42,13 +42,13 @@ def test_bench_serve_measures_every_phase_and_writes_table_and_json(run, faces_r
 
 
 def test_serve_floor_app_answers_like_the_served_app(served_url):
-    """The no-work app of bench serve's floor (raymotion.bench.serve_floor), beside the session's app: the
+    """The no-work app of bench serve's floor (bench.serve_floor), beside the session's app: the
     same POST /predict and GET /healthz, every member called, answered 200 (a 422 meant FastAPI had read
     the route's Request as a query parameter)."""
     import requests
     from ray import serve
 
-    from raymotion.bench.serve_floor import build_floor_app
+    from bench.serve_floor import build_floor_app
 
     serve.run(build_floor_app(2, 0.05, 0.05, 8), name="floor-test", route_prefix="/floor-test", blocking=False)
     try:

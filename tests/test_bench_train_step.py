@@ -1,11 +1,11 @@
-"""``python -m raymotion.bench train-step``: each variant runs the train loop's own step in its own layout
+"""``python -m bench train-step``: each variant runs the train loop's own step in its own layout
 and precision, and the table's ratios are the measured speeds' (no speed is asserted: machines differ)."""
 
 import json
 
 import torch
 
-from raymotion.bench.__main__ import main
+from bench.__main__ import main
 
 
 def test_bench_train_step_times_every_variant_in_its_layout_and_precision(tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_bench_train_step_reports_the_median_round_and_its_ratio_to_float32(monk
     """Timings the test chooses (rounds in order, each timing every variant once): the reported speed is a
     variant's median round and its ratio the ratio of medians; a mean, or a median of per-round ratios,
     would give other figures."""
-    from raymotion.bench import train_step
+    from bench import train_step
 
     timings = iter([100.0, 120.0, 90.0,  # round 1: float32, channels_last, channels_last+bf16
                     300.0, 330.0, 600.0,  # round 2

@@ -3,7 +3,7 @@ a test of Tune's trials is tests/test_tune_resume.py)."""
 
 import math
 
-from raymotion.bench.tune import TuneBenchConfig, cost_to_reach, summarize
+from bench.tune import TuneBenchConfig, cost_to_reach, summarize
 
 
 def trial(f1s, seconds=30.0):

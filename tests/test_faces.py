@@ -2,7 +2,7 @@
 the pixel limit) in raymotion.data.transforms.
 
 The photos are built here from tests/data/faces: nine val crops (three per class, drawn at random among
-those yuface scored >= 0.85 on every background of `python -m serve.face_fit`), 112 px JPEG. No
+those yuface scored >= 0.85 on every background of `python -m bench.face_fit`), 112 px JPEG. No
 ../shared is needed.
 """
 
@@ -23,7 +23,8 @@ from PIL import Image, ImageFile
 
 from raymotion.data import transforms
 from raymotion.data.transforms import InvalidImage, decode_image, decode_image_kind
-from serve import face_fit, faces
+from bench import face_fit
+from serve import faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "data", "faces")

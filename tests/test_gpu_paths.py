@@ -228,7 +228,7 @@ def test_a_gpu_session_loads_the_cuda_libraries_without_torch(device, tmp_path):
 def test_the_gpu_check_reports_what_a_run_trained_and_serves_on(run):
     """``bench gpu`` (what scripts/gpu_check.sh prints) on the session's CPU run: every checkpoint says it
     trained on the CPU in float32, and each served file asked for the GPU providers falls back to the CPU."""
-    from raymotion.bench.gpu import describe, environment, run_usage, used_gpu
+    from bench.gpu import describe, environment, run_usage, used_gpu
 
     usage = run_usage(run[0])
     assert set(usage["models"]) == set(run[1]["ensemble"]["served"])

@@ -1,4 +1,4 @@
-"""A 3-node Ray cluster on this one machine (``python -m raymotion.bench cluster``, raymotion/bench/cluster.py):
+"""A 3-node Ray cluster on this one machine (``python -m bench cluster``, bench/cluster.py):
 Train workers and Serve replicas on distinct nodes, read from Ray's State API; a worker node removed mid-trial
 (the trial resumes from its last checkpoint and completes); a Serve replica's node removed under load (the
 service keeps answering); the spread run against the same run packed on one node.
@@ -28,7 +28,7 @@ def start_cluster_check(out: str) -> subprocess.Popen:
     own, and spends much of its time waiting for nodes and replicas to come and go)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
     with open(os.path.join(out, "cluster.log"), "w") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "raymotion.bench", "cluster", "--out", out,
+        return subprocess.Popen([sys.executable, "-m", "bench", "cluster", "--out", out,
                                  "--epochs", str(EPOCHS)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -3,7 +3,7 @@ choose_int8 keeps fp32 when no int8 variant is acceptable and records why.
 
 On the task itself (a run's trained MobileNetV2, 96 px, 1735 val faces) static int8 agrees with fp32 on
 96.7% of top-1 predictions and loses 0.05 points of accuracy: that is a benchmark figure
-(``python -m raymotion.bench models``), not a test, since tests do not train."""
+(``python -m bench models``), not a test, since tests do not train."""
 
 import os
 

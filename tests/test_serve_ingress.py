@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from serve import face_fit
+from bench import face_fit
 from serve.app import MAX_BODY_BYTES
 from serve.photo import MAX_JPEG_PIXELS
 

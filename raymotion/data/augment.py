@@ -6,7 +6,7 @@ uint8 pixels. The random parameters are drawn for the whole batch at once (numpy
 
 Why uint8 and OpenCV: on one core, torch's float path (to float, grid_sample, back to uint8) cost
 0.25 ms per 96 px image, this one 0.09 ms with CutMix/MixUp (augment stage of ``python -m
-raymotion.bench data``: 2,700-3,200 -> 6,700 img/s). On a 2-CPU node the data workers share the cores
+bench data``: 2,700-3,200 -> 6,700 img/s). On a 2-CPU node the data workers share the cores
 with the trainer, so every millisecond here is taken from it.
 Nothing here imports torch: data workers start without it.
 """

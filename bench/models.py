@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench models RUN_DIR``: torch eager vs ONNX fp32 vs ONNX int8, per model and for
+"""``python -m bench models RUN_DIR``: torch eager vs ONNX fp32 vs ONNX int8, per model and for
 the ensemble — batch-1 latency (p50/p95), batch-32 throughput, file size, val accuracy / macro-F1, FLOPs
 per image and the fraction of the machine's measured matmul peak that the batch-1 latency achieves.
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from raymotion import rundir
-from raymotion.bench.machine import describe_machine, measured_peak_gflops
+from bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
 from raymotion.export.mixture import ensemble_probabilities, temper
 from raymotion.export.quantize import DEFAULT_RANGE_IMAGES, choose_int8, int8_image_sets

@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench data``: is the input pipeline the bottleneck?
+"""``python -m bench data``: is the input pipeline the bottleneck?
 
 (a) Ray Data -> Ray Train worker and (b) a plain ``torch.utils.data.DataLoader`` feed the same model and
 the same train step with the same transforms and the same number of CPU workers for data, alternating

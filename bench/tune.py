@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench tune``: does Optuna + ASHA find a good model with less compute than random
+"""``python -m bench tune``: does Optuna + ASHA find a good model with less compute than random
 search that runs every trial to the end, on this problem?
 
 For each seed, two searches over the same space (the model's ``tune_spaces/`` file without its start
@@ -96,7 +96,7 @@ def run_search(cfg: TuneBenchConfig, method: str, seed: int, source, cached, spa
 
 
 def run_tune_bench(cfg: TuneBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from raymotion.bench.machine import describe_machine
+    from bench.machine import describe_machine
     from raymotion.data import open_data
     from raymotion.data.pipeline import load_cached
     from raymotion.runtime import start_local_ray

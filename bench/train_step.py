@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench train-step``: training steps per second of each model as the train loop takes
+"""``python -m bench train-step``: training steps per second of each model as the train loop takes
 them (``standardize``, autocast from ``amp_settings``, AdamW), in three memory/precision variants:
 
 - ``float32``: NCHW float32, what training was before ``TrainConfig.channels_last``;
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from raymotion.bench.machine import describe_machine
+from bench.machine import describe_machine
 from raymotion.config import TrainConfig
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.loop import amp_settings, cpu_computes_bf16, resolve_torch_threads, standardize

@@ -1,6 +1,6 @@
 """Fit and check the yuface-box -> training-crop transform of serve.faces on the training data itself.
 
-    python -m serve.face_fit [--root ../shared/data/emotions] [--count 300] [--seed 0]
+    python -m bench.face_fit [--root ../shared/data/emotions] [--count 300] [--seed 0]
 
 Val crops (224x224 Haar-cascade squares) are pasted at known squares into larger photos (one to 36 faces
 a photo, several backgrounds, photos up to 2x the detection size so the downscale path is exercised),
@@ -422,7 +422,7 @@ def report_timing() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve.face_fit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.face_fit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                        "emotions"), help="root/val/<class>/*.jpg")
     parser.add_argument("--count", type=int, default=300, help="val crops to paste")

@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench distill RUN_DIR --model vit``: one of a run's distilled members trained again, on
+"""``python -m bench distill RUN_DIR --model vit``: one of a run's distilled members trained again, on
 equal terms, against its teachers two ways (and, if asked, on labels alone):
 
 - ``stored``: the soft labels it was trained on (the teachers' ensemble on the training images as stored);
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from raymotion import rundir
-from raymotion.bench.machine import describe_machine
+from bench.machine import describe_machine
 from raymotion.config import TrainConfig
 from raymotion.data import open_sources
 from raymotion.data.pipeline import load_cached

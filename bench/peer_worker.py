@@ -2,10 +2,10 @@
 
 Runs with the peer venv's python (``make peer``: fer + TensorFlow), never the project's: it imports
 nothing from raymotion (which is not installed there), only the standard library, numpy, OpenCV and fer.
-``python -m raymotion.bench peer RUN_DIR`` starts it as a subprocess and reads what it writes.
+``python -m bench peer RUN_DIR`` starts it as a subprocess and reads what it writes.
 
-    .venv-peer/bin/python raymotion/bench/peer_worker.py --paths LIST.txt --out PROBS.npz
-    .venv-peer/bin/python raymotion/bench/peer_worker.py --check      # fer loads offline; same numbers as fer
+    .venv-peer/bin/python bench/peer_worker.py --paths LIST.txt --out PROBS.npz
+    .venv-peer/bin/python bench/peer_worker.py --check      # fer loads offline; same numbers as fer
 
 The face is the whole image (these are face crops, no detector runs), preprocessed as fer's
 ``FER.detect_emotions`` does a face box: BGR -> grey (cv2), the grey image padded by fer's PADDING with

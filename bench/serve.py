@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP against the same ONNX files
+"""``python -m bench serve RUN_DIR``: the served ensemble over HTTP against the same ONNX files
 run in-process, in one run on 127.0.0.1, every phase bounded in requests and seconds.
 
 In-process: what the ingress and the model replicas do for one request, in one process: decode the JPEG
@@ -279,7 +279,7 @@ def floor_phases(cfg: ServeBenchConfig, port: int, members: int) -> list[dict[st
     """/predict on the no-work app (serve_floor): the ingress alone, then with one handle call per member."""
     from ray import serve
 
-    from raymotion.bench.serve_floor import build_floor_app
+    from bench.serve_floor import build_floor_app
     from serve.app import AppArgs
 
     args = AppArgs(run_dir=cfg.run_dir, **cfg.app_args)
@@ -299,7 +299,7 @@ def floor_phases(cfg: ServeBenchConfig, port: int, members: int) -> list[dict[st
 
 
 def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from raymotion.bench.machine import describe_machine
+    from bench.machine import describe_machine
     from raymotion.runtime import free_port, start_local_ray
 
     manifest = read_manifest(cfg.run_dir)

@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench large-photo RUN_DIR``: how much the Serve ingress's memory grows while it
+"""``python -m bench large-photo RUN_DIR``: how much the Serve ingress's memory grows while it
 answers one phone photo of 12, 108 and 200 megapixels (``POST /predict?faces=1``), as a table and JSON.
 
 The run is served on a local Ray of its own (127.0.0.1, a free port), the photos are made here (flat grey
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import requests
 from PIL import Image
 
-FACES = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "faces")
+FACES = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "faces")
 PHOTOS = {"12MP": (4000, 3000), "108MP": (12000, 9000), "200MP": (16320, 12240)}
 
 
@@ -107,7 +107,7 @@ def table(rows: dict[str, Any]) -> str:
 def command(args: argparse.Namespace, write_result: Callable[[dict, str], None]) -> None:
     from ray import serve
 
-    from raymotion.bench.machine import describe_machine
+    from bench.machine import describe_machine
     from raymotion.runtime import start_local_ray
     from serve.app import AppArgs, build_app
 

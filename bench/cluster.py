@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench cluster``: a 3-node Ray cluster on this one machine, used as a cluster is.
+"""``python -m bench cluster``: a 3-node Ray cluster on this one machine, used as a cluster is.
 
 Ray's ``cluster_utils.Cluster`` starts a head and two worker nodes, each a raylet with its own CPUs, a custom
 resource and a node label (they share this machine's cores and file system, which stands in for the shared
@@ -225,7 +225,7 @@ def tune_both(cfg: ClusterCheckConfig, folders, cached) -> dict[str, Any]:
 def serve_under_node_loss(cfg: ClusterCheckConfig, cluster: LocalCluster, run_dir: str, image: bytes) -> dict[str, Any]:
     from ray import serve
 
-    from raymotion.bench.serve import load, summarize, wait_healthy
+    from bench.serve import load, summarize, wait_healthy
     from serve.app import AppArgs, build_app
 
     port = free_port()

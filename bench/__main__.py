@@ -1,14 +1,14 @@
-"""``python -m raymotion.bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader.
-``python -m raymotion.bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble.
-``python -m raymotion.bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults.
-``python -m raymotion.bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
-replicas on distinct nodes, a worker node removed mid-trial and under load (raymotion/bench/cluster.py).
-``python -m raymotion.bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh).
-``python -m raymotion.bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold.
-``python -m raymotion.bench train-step``: training steps per second in float32, channels_last and bf16 autocast.
-``python -m raymotion.bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers.
-``python -m raymotion.bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer).
-``python -m raymotion.bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo."""
+"""``python -m bench data [--data ROOT]``: Ray Data + Ray Train vs a plain DataLoader.
+``python -m bench models RUN_DIR``: torch vs ONNX fp32 vs ONNX int8 per model and ensemble.
+``python -m bench serve RUN_DIR``: the served ensemble over HTTP vs in-process, and under faults.
+``python -m bench cluster --out DIR``: a 3-node Ray cluster on this machine: Train workers and Serve
+replicas on distinct nodes, a worker node removed mid-trial and under load (bench/cluster.py).
+``python -m bench gpu RUN_DIR``: what a run trained on and what its served files run on (gpu_check.sh).
+``python -m bench ensemble RUN_DIR [RUN_DIR ...]``: the two pooling rules on the same members, out of fold.
+``python -m bench train-step``: training steps per second in float32, channels_last and bf16 autocast.
+``python -m bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers.
+``python -m bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer).
+``python -m bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from raymotion import rundir
-from raymotion.bench import large_photo, peer
+from bench import large_photo, peer
 from raymotion.data import index_image_folders, resolve_data_root
 
 
@@ -37,7 +37,7 @@ def run_data(args: argparse.Namespace) -> dict:
     from raymotion.data.__main__ import prepare_parquet
     from raymotion.data.parquet import ParquetCache
     from raymotion.data.pipeline import load_cached
-    from raymotion.bench.data import bench_dataloader, bench_pipeline_alone, bench_ray
+    from bench.data import bench_dataloader, bench_pipeline_alone, bench_ray
     from raymotion.runtime import init_ray
 
     root, how = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
@@ -92,7 +92,7 @@ def run_data(args: argparse.Namespace) -> dict:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    from raymotion.bench.models import BenchConfig, format_table, int8_table, plot, run_models_bench
+    from bench.models import BenchConfig, format_table, int8_table, plot, run_models_bench
 
     cfg = BenchConfig(run_dir=args.run_dir, data=args.data, iters=args.iters, batch_size=args.batch_size,
                       threads=args.threads, max_seconds=args.max_seconds, tolerance_points=args.tolerance,
@@ -127,7 +127,7 @@ def val_jpegs(root: str, n: int) -> list[bytes]:
 def run_serve(args: argparse.Namespace) -> None:
     import yaml
 
-    from raymotion.bench.serve import ServeBenchConfig, run_serve_bench, table
+    from bench.serve import ServeBenchConfig, run_serve_bench, table
     from raymotion.rundir import read_manifest
 
     root = args.data or read_manifest(args.run_dir).data.roots[0]
@@ -151,7 +151,7 @@ def run_serve(args: argparse.Namespace) -> None:
 def add_serve_arguments(sub) -> None:
     p = sub.add_parser("serve", help="the served ensemble over HTTP vs in-process; a replica killed under load")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "..", "serve", "config.yaml"),
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "serve", "config.yaml"),
                    help="the Serve config whose app args are used (default serve/config.yaml)")
     p.add_argument("--data", help="data root whose val images are sent (default: the manifest's)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
@@ -178,7 +178,7 @@ def add_cluster_arguments(sub) -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> None:
-    from raymotion.bench.cluster import ClusterCheckConfig, run_cluster_check
+    from bench.cluster import ClusterCheckConfig, run_cluster_check
     from raymotion.console import filter_terminal
 
     os.environ.pop("RAY_ADDRESS", None)  # its own cluster, never one already running
@@ -192,7 +192,7 @@ def run_cluster(args: argparse.Namespace) -> None:
 def run_gpu(args: argparse.Namespace) -> None:
     import sys
 
-    from raymotion.bench.gpu import describe, environment, run_usage, used_gpu
+    from bench.gpu import describe, environment, run_usage, used_gpu
 
     env, usage = environment(), run_usage(os.path.abspath(args.run_dir))
     print(describe(env, usage))
@@ -205,7 +205,7 @@ def run_gpu(args: argparse.Namespace) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from raymotion.bench.tune import TuneBenchConfig, run_tune_bench, table
+    from bench.tune import TuneBenchConfig, run_tune_bench, table
 
     root, _ = resolve_data_root(args.data, os.path.abspath("runs/synthetic-faces"))
     cfg = TuneBenchConfig(data_root=root, model=args.model, input_size=args.size, epochs=args.epochs,
@@ -220,7 +220,7 @@ def run_tune(args: argparse.Namespace) -> None:
 
 
 def run_ensemble(args: argparse.Namespace) -> None:
-    from raymotion.bench.ensemble import EnsembleBenchConfig, run_ensemble_bench, table
+    from bench.ensemble import EnsembleBenchConfig, run_ensemble_bench, table
 
     result = run_ensemble_bench(EnsembleBenchConfig(run_dirs=tuple(args.run_dirs), min_members=args.min_members,
                                                     max_members=args.max_members))
@@ -231,7 +231,7 @@ def run_ensemble(args: argparse.Namespace) -> None:
 
 
 def run_train_step(args: argparse.Namespace) -> None:
-    from raymotion.bench.train_step import TrainStepBenchConfig, run_train_step_bench, table
+    from bench.train_step import TrainStepBenchConfig, run_train_step_bench, table
 
     cfg = TrainStepBenchConfig(models=tuple(args.models.split(",")),
                                sizes=tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (),
@@ -245,7 +245,7 @@ def run_train_step(args: argparse.Namespace) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> None:
-    from raymotion.bench.distill import DistillBenchConfig, run_distill_bench, table
+    from bench.distill import DistillBenchConfig, run_distill_bench, table
     from raymotion.runtime import init_ray
 
     cfg = DistillBenchConfig(run_dir=args.run_dir, model=args.model, epochs=args.epochs,
@@ -296,7 +296,7 @@ def add_tune_arguments(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m raymotion.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="torch vs ONNX fp32 vs ONNX int8: latency, throughput, size, accuracy")
     models.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (manifest.json, models/, checkpoints/)")

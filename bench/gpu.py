@@ -1,4 +1,4 @@
-"""``python -m raymotion.bench gpu RUN_DIR``: what a run used and what its served files run on.
+"""``python -m bench gpu RUN_DIR``: what a run used and what its served files run on.
 
 Training: each checkpoint's ``meta.json`` "runtime" (written by the train loop: device, GPU name, autocast
 dtype, grad scaler, torch.compile, pinned memory, prefetch, workers). Serving: an onnxruntime session per
