@@ -255,7 +255,7 @@ def test_the_client_command_prints_a_row_per_image_and_says_what_failed(served_u
     import subprocess
     import sys
 
-    from raymotion.predict import Client, ServiceError
+    from raymotion.client import Client, ServiceError
 
     paths = []
     for i, data in enumerate(_val_images(faces_root, 2)):
@@ -264,7 +264,7 @@ def test_the_client_command_prints_a_row_per_image_and_says_what_failed(served_u
             f.write(data)
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    out = subprocess.run([sys.executable, "-m", "raymotion.predict", *paths, str(bad), "--url", served_url],
+    out = subprocess.run([sys.executable, "-m", "raymotion.client", *paths, str(bad), "--url", served_url],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     lines = out.stdout.strip().splitlines()

@@ -1,8 +1,8 @@
-"""``python -m raymotion.predict IMAGE... [--url URL] [--faces]``: ask a running service, print a table.
+"""``python -m raymotion.client IMAGE... [--url URL] [--faces]``: ask a running service, print a table.
 
 The same calls from Python::
 
-    from raymotion.predict import Client
+    from raymotion.client import Client
     client = Client("http://127.0.0.1:8000")
     client.predict("face.jpg")["label"]            # one pre-cropped face
     client.faces("group.jpg")["faces"]             # every face in a photo, with its box
@@ -98,7 +98,7 @@ def table_rows(path: str, answer: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raymotion.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m raymotion.client", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--url", default=DEFAULT_URL, help="the service (default $RAYMOTION_URL or %(default)s)")
     parser.add_argument("--faces", action="store_true", help="find and classify every face in each photo")
