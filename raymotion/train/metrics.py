@@ -1,13 +1,26 @@
-"""Classification metrics from logits or probabilities (numpy; no sklearn needed)."""
+"""Classification metrics from logits or probabilities: sklearn.metrics and scipy.special, behind the
+names and return types this project's callers use."""
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
+from sklearn import metrics
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows: true class, columns: predicted class."""
-    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    """Rows: true class, columns: predicted class; (num_classes, num_classes) int64, absent classes included."""
+    return metrics.confusion_matrix(labels, preds, labels=np.arange(num_classes))
+
+
+def top2_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose label is among its two highest scores; tied scores rank the lower class
+    index first, as ``argmax`` does (so top-2 accuracy is never below accuracy)."""
+    k = scores.shape[1]
+    if k <= 2:  # every label is in the top two (sklearn warns, and refuses two columns with 0/1 labels)
+        return 1.0
+    # sklearn ranks tied scores by the higher column first: on reversed columns that is the lower class.
+    return float(metrics.top_k_accuracy_score(k - 1 - labels, scores[:, ::-1], k=2, labels=np.arange(k)))
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -16,28 +29,23 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list
     k = len(classes)
     if len(labels) == 0:
         return {"accuracy": float("nan"), "top2_accuracy": float("nan"), "macro_f1": float("nan")}
+    scores = np.asarray(scores)
     preds = scores.argmax(1)
-    cm = confusion_matrix(labels, preds, k)
-    tp = np.diag(cm).astype(np.float64)
-    support, predicted = cm.sum(1), cm.sum(0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    top2 = np.argsort(-scores, axis=1)[:, :2]
+    recall = metrics.recall_score(labels, preds, labels=np.arange(k), average=None, zero_division=0)
     out = {
-        "accuracy": float((preds == labels).mean()),
-        "top2_accuracy": float((top2 == labels[:, None]).any(1).mean()),
+        "accuracy": metrics.accuracy_score(labels, preds),
+        "top2_accuracy": top2_accuracy(scores, labels),
         # Macro over the classes present in the labels: an absent class has no defined recall.
-        "macro_f1": float(f1[support > 0].mean()),
+        "macro_f1": float(metrics.f1_score(labels, preds, labels=np.unique(labels), average="macro",
+                                           zero_division=0)),
     }
     out.update({f"recall_{name}": float(recall[i]) for i, name in enumerate(classes)})
     return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax (shifted by each row's maximum)."""
+    return scipy.special.softmax(logits, axis=1)
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
