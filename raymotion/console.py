@@ -1,5 +1,6 @@
 """The terminal of a long command: everything the process and Ray print goes, complete, to a log file in
-the run directory; the terminal gets the same minus lines known to be harmless noise.
+the run directory; the terminal gets the same minus lines known to be harmless noise. And ``table``, the
+plain-text table every command and benchmark prints.
 
 The filter works on file descriptors 1 and 2, not on ``sys.stdout``: Ray's C++ core worker logs straight
 to fd 2, and the lines of Ray's workers reach the driver through Ray's log monitor. Each noise pattern
@@ -13,7 +14,9 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -158,3 +161,19 @@ def filter_terminal(log_path: str) -> None:
             os.dup2(terminal, fd)
 
     atexit.register(drain)
+
+
+def table(rows: Iterable[Sequence[Any]], columns: Sequence[str], align: str | None = None) -> str:
+    """``rows`` under the header ``columns``, each column as wide as its widest cell, two spaces apart, no
+    trailing spaces. Cells are ``str()``-ed (None: empty), so format numbers before. ``align``: one "<"
+    (left) or ">" (right) per column; default all left."""
+    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
+    align = align or "<" * len(columns)
+    if len(align) != len(columns) or set(align) - set("<>") or any(len(r) != len(columns) for r in cells):
+        raise ValueError(f"{len(columns)} columns, alignment {align!r}, rows of {sorted({len(r) for r in cells})} cells")
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip() for r in cells)
+
+
+def print_table(rows: Iterable[Sequence[Any]], columns: Sequence[str], align: str | None = None) -> None:
+    print(table(rows, columns, align))

@@ -1,12 +1,15 @@
 """The terminal filter of long commands: on a real process's file descriptors, known noise is hidden from
-the terminal and kept in the log; everything else, written any way a process writes, reaches both."""
+the terminal and kept in the log; everything else, written any way a process writes, reaches both. And
+the plain-text table the commands and benchmarks print."""
 
 import os
 import subprocess
 import sys
 import textwrap
 
-from raymotion.console import NOISE, is_noise
+import pytest
+
+from raymotion.console import NOISE, is_noise, table
 
 # Lines as the quick run's terminal had them (Ray's worker prefix and colours included).
 NOISY = [
@@ -96,3 +99,15 @@ def test_a_hidden_warnings_source_line_goes_with_it(tmp_path):
     with os.fdopen(read_fd) as terminal:
         assert terminal.read().splitlines() == ["Traceback (most recent call last):", '  File "/x.py", line 1, in <module>']
     assert len((tmp_path / "log").read_text().splitlines()) == 4
+
+
+def test_table_widths_alignment_and_refusals():
+    text = table([("lenet", 32, "0.91"), ("mobilenet_v2", 224, None)], ["model", "px", "acc"], align="<><")
+    assert text.splitlines() == ["model          px  acc",
+                                 "lenet          32  0.91",
+                                 "mobilenet_v2  224"]  # None is an empty cell; no trailing spaces
+    assert table([("", "")], ["", ""]) == "\n"  # empty columns: zero width, nothing to pad
+    with pytest.raises(ValueError):
+        table([("a", "b")], ["one"])  # a row longer than the header
+    with pytest.raises(ValueError):
+        table([("a",)], ["one"], align="<>")
