@@ -518,86 +518,47 @@ class Preset:
                               f"are not among its students {list(self.students)}")
 
 
-PRESETS: dict[str, Preset] = {
-    # Minutes on 2 CPUs: the two pretrained CNNs and LeNet from scratch, one trial each. Members of similar
-    # strength and different make-up, so that their ensemble beats each (one strong member and a weak one
-    # ensemble to the strong one: the weak one gets weight 0). EfficientNet-Lite0 trains with balanced class
-    # weights, a second, differently biased view of the minority classes, at 96 px (about half MobileNetV2's
-    # speed here). LeNet learns from nothing but these faces, so its mistakes are least like the ImageNet
-    # models': added to the pair, it lifted the out-of-fold gain over the best member from +0.75 to +1.44
-    # points on stored predictions, for about a minute of training. amp: bf16 autocast where the CPU
-    # computes bf16 (amp_dtype "auto"); the time it saves went into input size. Measured gains: README,
-    # "The ensemble's pooling rule".
-    "quick": Preset(
-        name="quick",
-        models=("mobilenet_v2", "efficientnet_lite0", "lenet"),
-        tune=TuneSettings(num_samples=1),
-        train_overrides={
-            # Two shared sources make 21,836 training faces: the budget goes to whole passes over them at a
-            # small input size for MobileNetV2, the member that carries the ensemble; the others draw 6,000
-            # rows an epoch.
-            "*": {"amp": True, "epoch_rows": 6000},
-            "mobilenet_v2": {"epochs": 3, "input_size": 80, "head_epochs": 1, "epoch_rows": 0},
-            # A second view: balanced class weights, and the sources as large as they are (the webcam faces,
-            # the larger source, weigh more than in the other members).
-            "efficientnet_lite0": {"epochs": 3, "input_size": 80, "head_epochs": 1, "class_weighting": "balanced",
-                                   "source_share_power": 1.0},
-            # Equal source shares: the third way of weighting them.
-            "lenet": {"epochs": 6, "input_size": 64, "label_smoothing": 0.0, "early_stopping_patience": 3,
-                      "source_share_power": 0.0},
-        },
-    ),
-    # Every model, one trial each at the search space's start point, early stopping. The packaged-pretrained
-    # CNNs (MobileNetV2, EfficientNet-Lite0 and -Lite2) train first and are the teachers; LeNet and ResNet34
-    # (no weights to start from) and the two hybrid ViTs (pretrained stem, new transformer) then learn from the
-    # teachers (DeiT's recipe of a CNN teacher for a ViT, on our hybrids): ResNet34 and the ViTs online, every
-    # teacher scoring each augmented batch (on the ViT +3.3 points at equal epochs, for 1.65x its minutes:
-    # README, "Online teachers"), LeNet against their stored soft labels (online, the teachers' passes would
-    # cost several times its own, for a member the ensemble has never weighted); last, a
-    # MobileNetV2 student, started from the run's own MobileNetV2, learns online from the ensemble's served
-    # members into RUN_DIR/student (one model's latency; online rather than stored soft labels: README,
-    # "Online teachers").
-    # The budget goes to input size for the pretrained CNNs (MobileNetV2 went from 0.835 at 96 px to 0.866
-    # at 128) and to epochs: at two thirds of these epochs a run took 56 of its 100 minutes on a 2-CPU
-    # machine with bf16 in hardware, and every member was still improving at its last epoch, so the epochs
-    # rose by about half (the README has the runs' minutes and figures). The online students then took most of
-    # what was left: 94 of the 100 minutes on that machine. A CPU without bf16 gets channels_last's speed-up
-    # alone (bench train-step: about 1.1-1.8x float32 instead of 1.6-2.5x): on such a machine the full preset
-    # runs past 100 minutes (an estimate: no such machine was measured).
-    "full": Preset(
-        name="full",
-        models=("lenet", "resnet34", "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "vit", "hf_vit"),
-        tune=TuneSettings(num_samples=1, grace_period=3),
-        samples={"lenet": 2},
-        students=("lenet", "resnet34", "vit", "hf_vit"),
-        student="mobilenet_v2",
-        student_from_member=True,
-        online_teachers=("resnet34", "vit", "hf_vit"),
-        student_online_teachers=True,
-        student_overrides={"epochs": 3, "input_size": 128, "lr": 1e-4, "distill_alpha": 0.8, "label_smoothing": 0.0},
-        train_overrides={
-            # 6,500 rows an epoch: about a whole pass over one shared source's 6,251 faces, so that with both
-            # (21,836) an epoch costs about what it did and draws from both. Not yet run with both sources.
-            "*": {"early_stopping_patience": 3, "distill_alpha": 0.7, "amp": True, "epoch_rows": 6500},
-            "lenet": {"epochs": 12, "input_size": 64, "label_smoothing": 0.0},
-            "resnet34": {"epochs": 12, "input_size": 64, "label_smoothing": 0.0},
-            "mobilenet_v2": {"epochs": 12, "input_size": 128, "head_epochs": 1},
-            "efficientnet_lite0": {"epochs": 11, "input_size": 112, "head_epochs": 1, "class_weighting": "balanced"},
-            "efficientnet_lite2": {"epochs": 6, "input_size": 112, "head_epochs": 1},
-            "vit": {"epochs": 10, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
-            "hf_vit": {"epochs": 10, "input_size": 96, "head_epochs": 1, "label_smoothing": 0.0},
-        },
-    ),
-    # Smoke runs (tests): one tiny epoch shape everywhere; LeNet distilled when a teacher runs beside it.
-    "smoke": Preset(
-        name="smoke",
-        # ASHA stops no trial before its third epoch: what a test sees of a trial's first epochs (a run killed
-        # and resumed midway) must not hang on how one CPU's numerics rank two trials after one epoch.
-        tune=TuneSettings(num_samples=2, grace_period=3),
-        students=("lenet",),
-        train_overrides={"*": {"epochs": 2, "batch_size": 16}},
-    ),
-}
+# The shipped presets, one YAML file each (package data): a file's keys are Preset's fields, less ``name``,
+# which is the file's name.
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def load_preset_file(path: str) -> Preset:
+    """The preset in YAML file ``path``, validated as any Preset (types, ranges, model names, override keys
+    and values); a ConfigError names the bad key or value and the file."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    where = f"preset file {path}"
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: must be a mapping of Preset keys, not {type(doc).__name__}")
+    if "name" in doc:
+        raise ConfigError(f"{where}: 'name' is not a key of a preset file; the preset's name is the file's ({name!r})")
+    check_keys(Preset, map(str, doc), where)
+    try:
+        return Preset(name=name, **doc)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def preset_names(directory: str = PRESETS_DIR) -> list[str]:
+    """The presets shipped in ``directory``: its ``<name>.yaml`` files."""
+    return sorted(entry.removesuffix(".yaml") for entry in os.listdir(directory) if entry.endswith(".yaml"))
+
+
+def load_preset(name: str, directory: str = PRESETS_DIR) -> Preset:
+    """The shipped preset ``name`` (``<directory>/<name>.yaml``), read and validated anew."""
+    if name not in preset_names(directory):
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(preset_names(directory))}")
+    return load_preset_file(os.path.join(directory, f"{name}.yaml"))
+
+
+# Read at import, so that a bad shipped preset fails at once, naming its file.
+PRESETS: dict[str, Preset] = {name: load_preset(name) for name in preset_names()}
 
 
 def parse_set_pairs(pairs: Iterable[str], source: str = "--set") -> dict[str, Any]:
