@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from raymotion import rundir
+from raymotion.console import table as text_table
 from bench import large_photo, peer
 from raymotion.data import index_image_folders, resolve_data_root
 
@@ -86,7 +87,7 @@ def run_data(args: argparse.Namespace) -> dict:
             ("  source stage: Parquet read img/s", summary["source_parquet_images_per_s"]),
             ("  source stage ratio Parquet / folders", summary["ratio_source_parquet_over_folders"]),
             ("  augment stage img/s, uint8 out (mean of both)", summary["augment_images_per_s"])]
-    print("\n" + "\n".join(f"{name:<55} {value:>10.2f}" for name, value in rows))
+    print("\n" + text_table([(name, f"{value:.2f}") for name, value in rows], ["figure", "value"], "<>"))
     return {"benchmark": "data", "args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "rounds": rounds, "pipeline_alone_passes": alone["passes"], "summary": summary}
 

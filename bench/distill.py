@@ -22,6 +22,7 @@ from typing import Any, Callable
 from raymotion import rundir
 from bench.machine import describe_machine
 from raymotion.config import TrainConfig
+from raymotion.console import table as text_table
 from raymotion.data import open_sources
 from raymotion.data.pipeline import load_cached
 from raymotion.train.trainer import build_trainer, input_size_of
@@ -104,11 +105,10 @@ def table(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [f"{result['config']['model']}, {result['config']['epochs']} epochs; {machine['cpu_model']}, flags: "
              f"{' '.join(machine['vector_extensions']) or 'none listed'}",
-             f"{'variant':<10}{'val acc':>9}{'macro-F1':>10}{'best epoch':>12}{'minutes':>9}{'img/s':>8}"]
+             text_table([(row["variant"], f"{row['val_accuracy']:.4f}", f"{row['val_macro_f1']:.4f}", row["best_epoch"],
+                          f"{row['minutes']:.1f}", f"{row['train_images_per_s']:.0f}") for row in result["rows"]],
+                        ["variant", "val acc", "macro-F1", "best epoch", "minutes", "img/s"], "<>>>>>")]
     first = result["rows"][0]
-    for row in result["rows"]:
-        lines.append(f"{row['variant']:<10}{row['val_accuracy']:>9.4f}{row['val_macro_f1']:>10.4f}"
-                     f"{row['best_epoch']:>12}{row['minutes']:>9.1f}{row['train_images_per_s']:>8.0f}")
     for row in result["rows"][1:]:
         lines.append(f"{row['variant']} - {first['variant']}: "
                      f"{100 * (row['val_accuracy'] - first['val_accuracy']):+.1f} points val acc, "

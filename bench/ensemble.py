@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from raymotion.console import table as text_table
 from raymotion.export.ensemble import cross_fitted, cross_fitted_calibration
 from raymotion.export.mixture import RULES
 from raymotion.rundir import read_val_predictions
@@ -76,12 +77,11 @@ def run_ensemble_bench(cfg: EnsembleBenchConfig) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = f"{'members':<70} {'best':>6} " + " ".join(f"{r + ' acc':>15} {'gain':>6} {'log loss':>8}" for r in RULES)
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        cells = " ".join(f"{row[r]['accuracy']:>15.4f} {row[r]['gain_points']:>+6.2f} {row[r]['log_loss']:>8.4f}"
-                         for r in RULES)
-        lines.append(f"{', '.join(row['members']):<70.70} {row['best_member_accuracy']:>6.4f} {cells}")
+    columns = ["members", "best"] + [c for r in RULES for c in (f"{r} acc", "gain", "log loss")]
+    rows = [[", ".join(row["members"])[:70], f"{row['best_member_accuracy']:.4f}"]
+            + [c for r in RULES for c in (f"{row[r]['accuracy']:.4f}", f"{row[r]['gain_points']:+.2f}",
+                                          f"{row[r]['log_loss']:.4f}")] for row in result["rows"]]
+    lines = [text_table(rows, columns, "<" + ">" * (len(columns) - 1))]
     wins, gains = result["lower_log_loss_count"], result["median_gain_points"]
     lines.append("lower out-of-fold log loss: " + ", ".join(f"{r} in {wins[r]}" for r in RULES)
                  + f" of {len(result['rows'])} sets; median gain over the best member: "

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from raymotion.console import table as text_table
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_worker.py")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_PY = os.path.join(REPO, ".venv-peer", "bin", "python")
@@ -153,16 +155,15 @@ def compare(labels: np.ndarray, ensemble: np.ndarray, peer: np.ndarray, classes:
 def format_table(by_source: dict[str, dict[str, Any]], classes: list[str]) -> str:
     """One row per source and model (fer, ensemble, ensemble - fer in points)."""
     cols = ["accuracy", "macro_f1"] + [f"recall_{c}" for c in classes]
-    head = f"{'source':<12} {'images':>6}  {'model':<16}" + "".join(f"{c:>{max(9, len(c) + 1)}}" for c in cols)
-    lines = [head, "-" * len(head)]
+    rows = []
     for name, row in by_source.items():
         for i, (label, fig, pts) in enumerate((("fer", row["fer"], False), ("ensemble", row["ensemble"], False),
                                                ("ensemble - fer", row["ensemble_minus_fer_points"], True))):
             values = [fig["accuracy"], fig["macro_f1"]] + [fig["recall"][c] for c in classes]
-            cells = "".join(f"{(f'{v:+.1f}' if pts else f'{v:.3f}'):>{max(9, len(c) + 1)}}" for v, c in zip(values, cols))
-            lines.append(f"{name if i == 0 else '':<12} {row['images'] if i == 0 else '':>6}  {label:<16}{cells}")
-    lines.append("(figures as fractions; 'ensemble - fer' in points)")
-    return "\n".join(lines)
+            rows.append([name if i == 0 else "", row["images"] if i == 0 else "", label]
+                        + [f"{v:+.1f}" if pts else f"{v:.3f}" for v in values])
+    return "\n".join([text_table(rows, ["source", "images", "model", *cols], "<><" + ">" * len(cols)),
+                      "(figures as fractions; 'ensemble - fer' in points)"])
 
 
 def bench_peer(run_dir: str, python: str, model: str = "tflite", offset: int = 0, batch_size: int = 256,

@@ -23,6 +23,7 @@ import torch
 
 from bench.machine import describe_machine
 from raymotion.config import TrainConfig
+from raymotion.console import table as text_table
 from raymotion.models import create_model, get_model_spec
 from raymotion.train.loop import amp_settings, cpu_computes_bf16, resolve_torch_threads, standardize
 
@@ -111,8 +112,8 @@ def table(result: dict[str, Any]) -> str:
     machine = result["machine"]
     head = (f"{machine['cpu_model']}, {result['threads']} torch threads, flags: "
             f"{' '.join(machine['vector_extensions']) or 'none listed'}; bf16 in hardware: {result['cpu_computes_bf16']}")
-    lines = [head, f"{'model':<20}{'px':>5}" + "".join(f"{v + ' img/s':>26}" for v in VARIANTS)]
-    for row in result["rows"]:
-        cells = "".join(f"{row['images_per_s'][v]:>16.1f} ({row['ratio_to_float32'][v]:.2f}x)" for v in VARIANTS)
-        lines.append(f"{row['model']:<20}{row['input_size']:>5}{cells}")
-    return "\n".join(lines)
+    rows = [[row["model"], row["input_size"]]
+            + [f"{row['images_per_s'][v]:.1f} ({row['ratio_to_float32'][v]:.2f}x)" for v in VARIANTS]
+            for row in result["rows"]]
+    columns = ["model", "px"] + [f"{v} img/s" for v in VARIANTS]
+    return "\n".join([head, text_table(rows, columns, "<" + ">" * (len(columns) - 1))])

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from raymotion.config import TrainConfig, TuneSettings
+from raymotion.console import table as text_table
 from raymotion.tune.spaces import default_spaces_dir
 
 METHODS = {"optuna+asha": ("optuna", "asha"), "random, all epochs": ("random", "fifo")}
@@ -148,12 +149,11 @@ def table(result: dict[str, Any]) -> str:
              f"ASHA grace {c['grace_period']}, reduction {c['reduction_factor']}",
              f"target: exhaustive best macro-F1 {result['exhaustive_best_macro_f1']:.4f} - {c['tolerance']:.2f} "
              f"= {result['target_macro_f1']:.4f}", "",
-             f"{'search':<20}{'seed':>5}{'best F1':>9}{'trial-epochs':>13}{'to target':>10}{'train min':>10}"
-             f"{'to target':>10}{'wall min':>9}"]
-    for r in result["runs"]:
-        lines.append(f"{r['method']:<20}{r['seed']:>5}{r['best_f1']:>9.4f}{r['trial_epochs']:>13}"
-                     f"{r['to_target_trial_epochs']:>10.0f}{r['train_minutes']:>10.2f}{r['to_target_train_minutes']:>10.2f}"
-                     f"{r['wall_minutes']:>9.1f}")
+             text_table([(r["method"], r["seed"], f"{r['best_f1']:.4f}", r["trial_epochs"],
+                          f"{r['to_target_trial_epochs']:.0f}", f"{r['train_minutes']:.2f}",
+                          f"{r['to_target_train_minutes']:.2f}", f"{r['wall_minutes']:.1f}") for r in result["runs"]],
+                        ["search", "seed", "best F1", "trial-epochs", "to target", "train min", "to target", "wall min"],
+                        "<>>>>>>>")]
     t = result["totals_to_target"]
     lines += ["", "to reach the target, summed over seeds (a search that never reached it counts all it spent):"]
     lines += [f"  {m}: {v['trial_epochs']:.0f} trial-epochs, {v['train_minutes']:.2f} training minutes; "

@@ -15,6 +15,8 @@ import csv
 
 from scipy.stats import binomtest
 
+from raymotion.console import print_table
+
 
 ACCURACY_LINE = "# ensemble_val_accuracy:"
 
@@ -43,15 +45,16 @@ def main() -> None:
     rows, acc = read_audit(args.ratings)
     wrong = [r for r in rows if r["label"] != r["ensemble"]]
     right = [r for r in rows if r["label"] == r["ensemble"]]
-    print(f"{'images':<34}{'n':>4}  reading = label        reading = ensemble")
+    table = []
     for name, group in [("ensemble wrong", wrong), ("ensemble right", right),
                         ("ensemble wrong, reader sure", [r for r in wrong if r["certainty"] == "sure"]),
                         ("ensemble right, reader sure", [r for r in right if r["certainty"] == "sure"])]:
         cells = []
         for column in ("label", "ensemble"):
             k, n, (low, high) = share(group, column)
-            cells.append(f"{k:>3} ({k / n:.2f}, {low:.2f}-{high:.2f})")
-        print(f"{name:<34}{len(group):>4}  " + "   ".join(cells))
+            cells.append(f"{k} ({k / n:.2f}, {low:.2f}-{high:.2f})")
+        table.append([name, len(group), *cells])
+    print_table(table, ["images", "n", "reading = label", "reading = ensemble"], "<>>>")
     k_wrong, n_wrong, (low, high) = share(wrong, "label")
     k_right, n_right, _ = share(right, "label")
     print(f"\nreader vs labels over all val (halves weighted by accuracy {acc:.4f}): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import numpy as np
 import pytest
@@ -80,10 +81,20 @@ def test_per_source_table_from_a_real_val_npz(tmp_path):
     assert by["fer2013"]["ensemble_minus_fer_points"]["accuracy"] == pytest.approx(25.0)
     assert by["fer2013"]["fer"]["recall"] == pytest.approx({"angry": 0.0, "happy": 1.0, "sad": 0.5})
     assert by["fer2013"]["ensemble_minus_fer_points"]["recall"]["angry"] == pytest.approx(100.0)
-    table = peer.format_table(by, CLASSES)
-    lines = table.splitlines()
-    assert [ln.split()[0] for ln in lines[2:] if ln and not ln.startswith(" ")][:3] == ["emotions", "fer2013", "pooled"]
-    assert "+25.0" in table and "recall_sad" in lines[0]
+    # The table prints these figures: three rows per source (fer, ensemble, the difference in points).
+    lines = peer.format_table(by, CLASSES).splitlines()
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    assert cells[0] == ["source", "images", "model", "accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)]
+    assert len(lines) == 1 + 3 * len(by) + 1 and lines[-1].startswith("(figures as fractions")
+    for i, source in enumerate(by):
+        fer, ensemble, delta = cells[1 + 3 * i:4 + 3 * i]
+        assert fer[:3] == [source, str(by[source]["images"]), "fer"]
+        assert ensemble[0] == "ensemble" and delta[0] == "ensemble - fer"
+        for printed, model, form in ((fer[3:], "fer", "{:.3f}"), (ensemble[1:], "ensemble", "{:.3f}"),
+                                     (delta[1:], "ensemble_minus_fer_points", "{:+.1f}")):
+            fig = by[source][model]
+            assert printed == [form.format(v) for v in (fig["accuracy"], fig["macro_f1"], *fig["recall"].values())]
+    assert cells[6][:2] == ["ensemble - fer", "+25.0"]  # fer2013 (rows 4-6): accuracy, ensemble - fer
 
 
 def test_predictions_without_paths_are_refused(tmp_path):
