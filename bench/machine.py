@@ -11,11 +11,12 @@ from typing import Any
 VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo (Linux); empty elsewhere."""
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (Linux): "model name", "flags", ...; empty elsewhere.
+    The one reader of that file for the benchmarks."""
     info: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 if not line.strip():
                     if info:
@@ -26,6 +27,13 @@ def _cpuinfo() -> dict[str, str]:
     except OSError:
         pass
     return info
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's avx2, fma and avx512* flags, sorted: what ``grep -o 'avx512[a-z_0-9]*\\|avx2\\|fma'
+    /proc/cpuinfo | sort -u`` shows (full flag names)."""
+    flags = cpu_info(path).get("flags", "").split()
+    return sorted({f for f in flags if f.startswith("avx512") or f in ("avx2", "fma")})
 
 
 def _mem_total_gib() -> float | None:
@@ -45,7 +53,7 @@ def describe_machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     flags = set(cpu.get("flags", "").split())
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

@@ -168,7 +168,7 @@ def format_table(by_source: dict[str, dict[str, Any]], classes: list[str]) -> st
 
 def bench_peer(run_dir: str, python: str, model: str = "tflite", offset: int = 0, batch_size: int = 256,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    from bench.machine import describe_machine
+    from bench.machine import cpu_flags, describe_machine
     from raymotion.rundir import read_manifest
 
     pred = load_val_with_paths(run_dir)  # refused before anything else is read or run
@@ -184,15 +184,6 @@ def bench_peer(run_dir: str, python: str, model: str = "tflite", offset: int = 0
         **scored, "seconds": round(time.perf_counter() - started, 2),
         "machine": describe_machine(), "cpu_flags": cpu_flags(),
     }
-
-
-def cpu_flags() -> list[str]:
-    """What `grep -o 'avx512[a-z_]*\\|avx2\\|fma' /proc/cpuinfo | sort -u` shows (full flag names)."""
-    from bench.machine import _cpuinfo
-
-    flags = _cpuinfo().get("flags", "").split()
-    return sorted({f for f in flags if f.startswith("avx512") or f in ("avx2", "fma")})
-
 
 def score_run(pred, classes: list[str], peer_raw: np.ndarray, peer_labels: list[str]) -> dict[str, Any]:
     """The run's ensemble and the peer on the rows that have an image file (``peer_raw``: the peer's
