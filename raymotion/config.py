@@ -324,7 +324,7 @@ class TrainConfig:
     # as often as equal shares would (temperature sampling, as multilingual models mix languages).
     source_share_power: NonNegative = 0.5
     source_shares: dict[str, NonNegative] = field(default_factory=dict)
-    # 0 = full epochs. Quick presets cap the batches per epoch so that a trial fits in minutes on 2 CPUs.
+    # 0 = full epochs. A cap bounds a trial's time whatever the data's size (tests, benchmarks).
     max_batches_per_epoch: Count = 0
     # Training rows one epoch draws (after source sampling: every source's rate scaled alike), whatever the
     # batch size; 0 = one pass over the training rows. Below their count each epoch is a fresh random part
@@ -332,7 +332,7 @@ class TrainConfig:
     epoch_rows: Count = 0
     seed: int = 0
     # Scaling: device-agnostic; GPU and AMP are switched on here, not in code (laptop and cluster differ
-    # only in these fields, see README "Running on a cluster").
+    # only in these fields, see docs/cluster.md).
     num_workers: AtLeastOne = 1
     cpus_per_worker: Positive = 1.0
     use_gpu: bool = False
@@ -349,8 +349,8 @@ class TrainConfig:
     # float32. "bf16"/"fp16" force that type on either device. See train.loop.amp_settings.
     amp: bool = False
     amp_dtype: AmpDtype = "auto"
-    # Model and batches in NHWC memory (torch.channels_last): oneDNN's CPU convolutions and cuDNN's tensor
-    # cores run faster on it than on NCHW (README, "Notes for 2-CPU machines").
+    # Model and batches in NHWC memory (torch.channels_last): the layout oneDNN's CPU convolutions and
+    # cuDNN's tensor cores are fastest on (bench train-step compares the two).
     channels_last: bool = True
     torch_compile: bool = False  # torch.compile the model in each worker (worth it on GPUs, long first steps)
     # Ray Data iterator: batches fetched ahead of the training step, and host memory pinned for the copy
@@ -403,8 +403,8 @@ class ExportConfig:
 
     # Build static QDQ and dynamic int8 per model and serve the better one when it keeps val accuracy
     # within int8_tolerance_points of fp32 and is faster at batch 1; else fp32, and the manifest says why.
-    # Test-time augmentation in the exported graph: logits averaged over the image and its mirror image
-    # (twice the compute per image; measured gain: see README).
+    # Test-time augmentation in the exported graph: logits averaged over the image and its mirror image,
+    # since a face is as likely either way round (twice the compute per image).
     flip_tta: bool = True
     int8: bool = True
     int8_tolerance_points: NonNegative = 0.5
@@ -413,8 +413,9 @@ class ExportConfig:
     int8_max_latency_ratio: NonNegative = 1.0
     int8_range_images: AtLeastOne = 300  # training images that set static int8's activation ranges (as many again pick its setting)
     latency_seconds: Positive = 10.0  # time budget of the fp32-vs-int8 batch-1 timing, per model
-    # The geometric mean by default: out of fold it had the lower log loss on every set of members runs here
-    # gave (README "The ensemble's pooling rule"); the manifest records both rules' figures either way.
+    # The geometric mean by default: members that err on different classes combine better in log space, where
+    # one member's confident "not this class" outvotes another's mistake (docs/design.md, "The ensemble's
+    # pooling rule"); the manifest records both rules' figures either way.
     ensemble_rule: EnsembleRule = "log-linear"
 
     @staticmethod

@@ -9,10 +9,10 @@ import socket
 import ray
 
 # Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), so a
-# run notices that its workers started, and that they finished, up to one poll late: on short trials a few
-# seconds each. A TorchTrainer.fit() of a one-report loop took 12-15 s at 2 s and 10-12 s at 0.5 s here
-# (3 fits each, README "Tuning"). A poll is one small RPC per worker. Read by processes the raylet
-# starts, so it is set where a raylet starts: here for local instances, in the Makefile for `make ray-up`.
+# run notices that its workers started, and that they finished, up to one poll late: on short trials that
+# is a noticeable share of each fit. A shorter interval costs little: a poll is one small RPC per worker.
+# Read by processes the raylet starts, so it is set where a raylet starts: here for local instances, in
+# the Makefile for `make ray-up`.
 TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 

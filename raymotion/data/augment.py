@@ -4,10 +4,10 @@ Per image, the geometric ops (resized crop, flip, rotation) compose into ONE aff
 photometric ops (contrast, brightness) into ONE 256-entry lookup table; OpenCV applies both to the
 uint8 pixels. The random parameters are drawn for the whole batch at once (numpy).
 
-Why uint8 and OpenCV: on one core, torch's float path (to float, grid_sample, back to uint8) cost
-0.25 ms per 96 px image, this one 0.09 ms with CutMix/MixUp (augment stage of ``python -m
-bench data``: 2,700-3,200 -> 6,700 img/s). On a 2-CPU node the data workers share the cores
-with the trainer, so every millisecond here is taken from it.
+Why uint8 and OpenCV: one warp and one lookup on the uint8 pixels cost far less per image than a
+float path (to float, grid_sample, back to uint8); the augment stage of ``python -m bench data``
+measures it. On a 2-CPU node the data workers share the cores with the trainer, so every millisecond
+here is taken from it.
 Nothing here imports torch: data workers start without it.
 """
 
@@ -95,8 +95,7 @@ def photometric_luts(means: np.ndarray, scale: np.ndarray, offset: np.ndarray) -
     """(n, 256) uint8 tables of v -> c·v + (1 - c)·mean + 255·b, rounded and clamped once.
 
     Contrast scales each image's deviation from its mean grey; brightness adds an offset. As one table
-    the two cost one lookup per pixel, and the rounding and clamping happen once (torch's float path
-    clamped after each op and rounded at the end)."""
+    the two cost one lookup per pixel, and the rounding and clamping happen once, not after each op."""
     v = np.arange(256, dtype=np.float64)
     out = scale[:, None] * v[None] + ((1 - scale) * means + 255.0 * offset)[:, None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

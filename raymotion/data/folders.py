@@ -1,7 +1,7 @@
 """Index a data root laid out as ``{train,val}/<class>/<image>``: the label is the folder name.
 
 Validation happens here, in the driver, before Ray starts anything heavy, so that a wrong root fails
-in a second with one clear message instead of minutes later inside a worker.
+at once with one clear message instead of later inside a worker.
 """
 
 from __future__ import annotations

@@ -70,9 +70,9 @@ class ParquetCache:
         return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet"))
 
     def read(self, split: str) -> ray.data.Dataset:
-        """One read task and one block per file. Ray 2.60's ``read_parquet`` planned the ~13 shards of a
-        split into a single read task yielding 2 blocks: 4-6 s to the first row instead of ~1 s, and a
-        per-epoch block-order shuffle over 2 blocks, which is no shuffle."""
+        """One read task and one block per file: ``read_parquet`` plans a split's shards into as few read
+        tasks and blocks as it likes, which delays the first row and leaves the per-epoch block-order
+        shuffle too few blocks to shuffle."""
         return ray.data.from_arrow_refs([_read_parquet_file.remote(path) for path in self.files(split)])
 
     def arrays(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

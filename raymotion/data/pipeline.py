@@ -39,10 +39,9 @@ def data_task_concurrency() -> int:
     """At most one per-epoch data task per CPU of the cluster.
 
     Ray keeps as many idle worker processes as there are CPUs and kills the rest after a second idle, so
-    uncapped half-CPU tasks start extra workers every epoch. While augmentation used torch, each of them
-    imported it and augmentation alone fell from 2,950 to 1,300 img/s. Data workers no longer import torch
-    (data.augment) and uncapped now measures like capped (6,900 vs 6,600 img/s, 6,251 images at 96 px),
-    so the cap mainly bounds worker processes and their memory.
+    uncapped half-CPU tasks would start extra workers every epoch, each paying its start and imports
+    again. Data workers import no torch (data.augment), so the cap mainly bounds the worker processes
+    and their memory.
     """
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -161,7 +160,7 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
     decoded = materialize(ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
         _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK))
     report = DecodeReport()
-    # An explicit projection UDF: Ray's select_columns on this materialized plan lost the column here.
+    # An explicit projection UDF: Ray's select_columns on this materialized plan can lose the column.
     status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS)
     for batch in status.iter_batches(batch_size=None):
         for kind, path, ok, label in zip(batch["kind"], batch["path"], batch["ok"], batch["label"]):

@@ -19,7 +19,7 @@ from raymotion.data.synthetic import GENERATED_MARKER, make_synthetic_faces
 
 def open_data(root: str | os.PathLike):
     """A class-folder root (``ImageFolders``) or a Parquet cache directory (``ParquetCache``)."""
-    # Imported here: parquet brings pyarrow and ray.data (0.3 s), and a Serve replica imports this package
+    # Imported here: parquet brings pyarrow and ray.data (slow imports), and a Serve replica imports this package
     # (for data.transforms) without ever opening a data root.
     from raymotion.data.parquet import ParquetCache, is_parquet_cache
 

@@ -5,8 +5,8 @@ Each package holds Google's TensorFlow checkpoint converted to lukemelas' Effici
 (``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_fc``). ``lukemelas_to_timm`` renames every key to timm's layout
 by what each tensor is, then the state dict loads strictly.
 
-Two things follow from the weights' TensorFlow origin, and both were checked here on ImageNet predictions
-(see tests/test_models.py and the zoo notes):
+Two things follow from the weights' TensorFlow origin (tests/test_models.py checks the result on an
+ImageNet prediction):
 
 - architecture: timm's ``tf_efficientnet_lite0`` (TF "same" padding, BatchNorm eps 1e-3), not
   ``efficientnet_lite0`` (symmetric PyTorch padding, eps 1e-5). Both have identical state-dict keys, but

@@ -2,7 +2,7 @@
 MobileNetV2's ImageNet-pretrained first blocks (the stem of raymotion's timm ``vit``), not pixels.
 
 The two ViT members are the same hybrid in two implementations, so they compare like for like: a plain
-ViT from scratch learned almost nothing from a few thousand faces (see raymotion/models/vit.py). Here the
+ViT from scratch learns almost nothing from a few thousand faces (see raymotion/models/vit.py). Here the
 transformer is a ``transformers`` model (``num_channels`` = the stem's 96 channels, 1x1 patches over its
 6x6 map at 96 px), written with ``save_pretrained`` into every checkpoint (``transformers/`` beside
 ``model.pt``); ``pretrained=<that directory>`` loads it back, with the stem's ImageNet weights. The module's

@@ -9,8 +9,8 @@ from raymotion.models.weights import load_state_dict, load_strict
 
 
 # torchvision's stem as is (7x7 stride 2 + max-pool): at 64 px the last stage sees a 2x2 map. A CIFAR-style
-# stem (3x3 stride 1, no max-pool) keeps 4x more resolution per side but costs 16x the compute, i.e.
-# hours per epoch on 2 CPUs; not worth it without a measured accuracy gain.
+# stem (3x3 stride 1, no max-pool) keeps 4x more resolution per side but costs 16x the compute, more than
+# a CPU run can afford without an accuracy gain to show for it.
 @register_model("resnet34", input_size=64, head=("fc.",))
 def resnet34(num_classes: int = 3, pretrained: bool | str = False) -> nn.Module:
     """``pretrained``: False / True (nothing packaged: from scratch) or a local path to a torchvision

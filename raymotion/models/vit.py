@@ -1,7 +1,7 @@
 """A small hybrid ViT (timm): transformer blocks over the tokens of an ImageNet-pretrained CNN stem.
 
-No package this project can install ships ViT weights, and a plain ViT from scratch learned almost
-nothing from a few thousand faces (val accuracy at the share of the majority class, runs/full-3). The
+No package this project can install ships ViT weights, and a plain ViT from scratch learns almost
+nothing from a few thousand faces (it has no convolution's built-in locality and must learn it from data). The
 hybrid of Dosovitskiy et al. (2021, "ViT-Hybrid") keeps the transformer and replaces the pixel patches
 by a pretrained CNN's feature map: here MobileNetV2's first 14 blocks (ImageNet weights, the package
 mobilenet_v2 loads), stride 16 and 96 channels, so a 96 px face is a 6x6 grid of 36 tokens. The

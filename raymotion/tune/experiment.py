@@ -128,7 +128,7 @@ class SnapshotCountedSearch(SearchGenerator):
     Tune writes a snapshot as separate files (the trials, the generator's count of suggested trials, the
     searcher's state) and copies them to storage one by one in the background. A driver killed between
     two of those copies leaves a count that has not seen the snapshot's newest trial: the restored run
-    would then suggest one trial more than num_samples (seen in CI: 3 trials of 2)."""
+    would then suggest one trial more than num_samples."""
 
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)

@@ -5,13 +5,13 @@ The estimate is a range, and it assumes every unfinished trial runs all its epoc
 stopping only cut work). A model's seconds per epoch are its own once it has run an epoch that trains the
 whole network. Before that they are predicted from its FLOPs per image at the fastest and at the slowest
 compute rate seen so far in the run (the two ends of the range), and never below what the fastest
-data-bound model managed per image: on a CPU, FLOPs per second differ severalfold between architectures
-(depthwise convolutions run far below dense ones), so no single rate predicts an unseen model (the fastest
-alone, once taken here for an upper bound, undershot). Once every model has run, the two ends meet.
+data-bound model managed per image: on a CPU, FLOPs per second differ widely between architectures
+(depthwise convolutions run far below dense ones), so no single rate predicts an unseen model, not even as
+a bound. Once every model has run, the two ends meet.
 
 Head-only epochs (a pretrained model's frozen backbone, no backward pass through it) give no rate: they
-take a fraction of a full epoch's time, and counting them as full epochs made the estimate swing
-severalfold between consecutive lines, each time a pretrained model began.
+take a fraction of a full epoch's time, and counted as full epochs they would make the estimate swing
+between consecutive lines each time a pretrained model begins.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A trial holds a sliver for itself, whole CPUs for its Train workers, and each epoch asks for a data task
 on top. Ray does not fail a request that cannot be met: it waits, possibly forever (a Serve app left up by
-``make run`` holds 0.75 of this machine's 2 CPUs, and the per-epoch data task then never starts). So the
+``make run`` holds part of a small machine's CPUs, and the per-epoch data task may then never start). So the
 tune sizes its Train workers down to what is free, within a floor, or stops at once and says what holds
 the CPUs and how to free them.
 """
