@@ -471,7 +471,8 @@ class TuneSettings:
 
 @config_dataclass
 class Preset:
-    """A named bundle of defaults for the tune command."""
+    """A named bundle of defaults for the tune command. The shipped ones are YAML files,
+    ``raymotion/presets/<name>.yaml`` (load_preset_file; the format: docs/presets.md)."""
 
     name: str
     models: tuple[str, ...] = ("lenet", "mobilenet_v2")  # what --models defaults to
