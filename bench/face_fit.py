@@ -1,4 +1,4 @@
-"""Fit and check the yuface-box -> training-crop transform of serve.faces on the training data itself.
+"""Fit and check the yuface-box -> training-crop transform of raymotion.predict.faces on the training data itself.
 
     python -m bench.face_fit [--root ../shared/data/emotions] [--count 300] [--seed 0]
 
@@ -8,7 +8,7 @@ the photos go through ``detect_faces``, and the squares are compared with what w
 
 - fit: medians of the square's side and centre offset in units of the detected box width, fitted on
   half the faces and scored (IoU) on the other half, then refitted on all of them for the constants;
-- check: with the constants in serve.faces, each pasted face re-cut by ``crop_face`` at 224 px against
+- check: with the constants in raymotion.predict.faces, each pasted face re-cut by ``crop_face`` at 224 px against
   its original crop (IoU of the squares, mean absolute pixel difference), and the padding choice;
 - ``label_agreement``: the same comparison through any classifier (``classify(uint8 NHWC) -> labels``).
 
@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from raymotion.data.transforms import normalize, resize_rgb
-from serve import faces
+from raymotion.data.transforms import resize_rgb
+from raymotion.predict import faces
 
 BACKGROUNDS = ("gray", "noise", "scene", "smear")
 GRIDS = (1, 2, 3, 4, 6)  # faces per photo side: 1 to 36 faces, large to small
@@ -153,7 +153,7 @@ def match(square: Sequence[int], boxes: Sequence[faces.FaceBox]) -> faces.FaceBo
 @dataclass(frozen=True)
 class Record:
     """One pasted face: where it went, what was detected (None: missed), and its re-cut crop (224 px,
-    with the constants in serve.faces; None when missed)."""
+    with the constants in raymotion.predict.faces; None when missed)."""
     crop: int
     kind: str
     grid: int
@@ -323,23 +323,13 @@ def _agreeing(classify: Callable[[np.ndarray], Sequence], records: Sequence[Reco
 
 
 def run_dir_classifier(run_dir: str) -> Callable[[np.ndarray], list[str]]:
-    """``classify`` for a run directory: its served ensemble, preprocessed as serve.app does."""
-    from raymotion.export.mixture import ensemble_probabilities, temper
-    from raymotion.export.sessions import create_session, onnx_probabilities
-    from raymotion.rundir import read_manifest
+    """``classify`` for a run directory: its served ensemble (raymotion.Predictor), as the service answers."""
+    from raymotion.predict import Predictor
 
-    manifest = read_manifest(run_dir)
-    members = {name: (manifest.models[name], create_session(os.path.join(run_dir, manifest.models[name].serve.file)))
-               for name in manifest.ensemble.served}
+    predictor = Predictor(run_dir)
 
     def classify(images: np.ndarray) -> list[str]:
-        probs = {}
-        for name, (entry, session) in members.items():
-            batch = np.stack([resize_rgb(Image.fromarray(img), entry.input_size) for img in images])
-            probs[name] = temper(onnx_probabilities(session, normalize(batch, entry.mean, entry.std)),
-                                 **entry.calibration)
-        mixed = ensemble_probabilities(probs, manifest.ensemble)
-        return [manifest.classes[i] for i in mixed.argmax(1)]
+        return [answer["label"] for answer in predictor.classify([Image.fromarray(img) for img in images])]
 
     return classify
 
@@ -390,10 +380,10 @@ def report_fit(records: Sequence[Record], extra: int, count: int) -> None:
     print(f"pasted faces: {len(records)} ({count} crops x {len(BACKGROUNDS)} backgrounds, grids {GRIDS}); "
           f"found {len(found)}, missed {len(records) - len(found)}, detections matching no face: {extra}")
     print(f"fitted on all found faces: {fit_crop(found)}")
-    print(f"in serve.faces:            {faces.CROP_FIT}")
+    print(f"in raymotion.predict.faces:            {faces.CROP_FIT}")
     print(f"held-out IoU (fit on half the crops, scored on the other half): {quantiles(held_out_ious(found))}")
     ious = np.array([square_iou(r) for r in found])
-    print(f"IoU with serve.faces constants: {quantiles(ious)}")
+    print(f"IoU with raymotion.predict.faces constants: {quantiles(ious)}")
     print("  fraction >= 0.6 / 0.7 / 0.8: " + " / ".join(f"{(ious >= t).mean():.3f}" for t in (0.6, 0.7, 0.8)))
     for kind in BACKGROUNDS:
         print(f"  {kind:6s} median IoU {np.median([square_iou(r) for r in found if r.kind == kind]):.3f}")

@@ -5,7 +5,7 @@ The run is served on a local Ray of its own (127.0.0.1, a free port), the photos
 with three faces from tests/data/faces pasted in, JPEG). For each photo a fresh ingress replica is deployed
 and warmed up with a small photo; for each request its peak resident set is reset (``/proc/PID/clear_refs``,
 5) and read back (``VmHWM``) afterwards: the rise is its peak during the request over its resident set just
-before. serve/photo.py says what bounds it."""
+before. raymotion/predict/photo.py says what bounds it."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ per image and the fraction of the machine's measured matmul peak that the batch-
 Everything runs in this process, one model at a time, with the same thread count for torch and
 onnxruntime. The ensemble at batch 1 runs its served members (positive weight) one after the other
 (what the Serve ingress costs in CPU time) and combines them as the manifest says
-(``raymotion.export.mixture.ensemble_probabilities``: its rule, weights, temperature and class bias).
+(``raymotion.export.mixture.ensemble_of_raw``: each member's calibration, then the pool's rule, weights,
+temperature and class bias).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from raymotion import rundir
 from bench.machine import describe_machine, measured_peak_gflops
 from raymotion.data.transforms import normalize
-from raymotion.export.mixture import ensemble_probabilities, temper
+from raymotion.export.mixture import ensemble_of_raw
 from raymotion.export.quantize import DEFAULT_RANGE_IMAGES, choose_int8, int8_image_sets
 from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session, interleaved_latency
 from raymotion.models import count_flops, create_model
@@ -250,8 +251,7 @@ def ensemble_rows(manifest: Manifest, members, cfg: BenchConfig, peak: float, cl
                **timings[variant]}
         if all("probs" in picked[n].extra for n in names):
             # Members through their own calibrations first (temperature, class bias), as the bundle and Serve do.
-            probs = ensemble_probabilities({n: temper(picked[n].extra["probs"], **manifest.models[n].calibration)
-                                            for n in names}, ens)
+            probs = ensemble_of_raw({n: picked[n].extra["probs"] for n in names}, manifest)
             metrics = classification_metrics(probs, members[names[0]]["val_y"], classes)
             row.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
         rows.append(finish_row(row, peak))

@@ -24,11 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from raymotion.data.transforms import decode_image, normalize, resize_rgb
-from raymotion.export.mixture import ensemble_probabilities, temper
-from raymotion.export.sessions import INPUT_NAME, OUTPUT_NAME, create_session
+from raymotion.predict import Predictor
 from raymotion.rundir import Manifest, read_manifest
-from raymotion.train.metrics import softmax
 
 
 @dataclass
@@ -52,26 +49,10 @@ class ServeBenchConfig:
 
 # --- in-process -------------------------------------------------------------------------------------------
 
-class InProcessEnsemble:
-    """The served members' files with the served pre-processing and formula, in this process."""
-
-    def __init__(self, run_dir: str, manifest: Manifest, intra_op_threads: int):
-        self.manifest = manifest
-        served = manifest.ensemble.served
-        self.entries = {n: manifest.models[n] for n in served}
-        self.sessions = {n: create_session(os.path.join(run_dir, e.serve.file), intra_op_threads=intra_op_threads)
-                         for n, e in self.entries.items()}
-
-    def __call__(self, jpegs: list[bytes]) -> np.ndarray:
-        images = [decode_image(data) for data in jpegs]
-        sizes = {e.input_size for e in self.entries.values()}
-        by_size = {s: np.stack([resize_rgb(img, s) for img in images]) for s in sizes}
-        per_model = {}
-        for name, entry in self.entries.items():
-            x = normalize(by_size[entry.input_size], entry.mean, entry.std)
-            logits = self.sessions[name].run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-            per_model[name] = temper(softmax(logits.astype(np.float64)), **entry.calibration)
-        return ensemble_probabilities(per_model, self.manifest.ensemble)
+def in_process(run_dir: str, intra_op_threads: int) -> Callable[[list[bytes]], np.ndarray]:
+    """The served ensemble in this process (raymotion.Predictor), sessions as the replicas make them (threads
+    left spinning): JPEG bytes -> pooled probabilities."""
+    return Predictor(run_dir, intra_op_threads=intra_op_threads, stop_spinning_after_run=False).probabilities
 
 
 def time_calls(call: Callable[[], object], seconds: float, max_calls: int = 100_000, warmup: int = 5) -> list[float]:
@@ -88,8 +69,8 @@ def time_calls(call: Callable[[], object], seconds: float, max_calls: int = 100_
 def bench_in_process(cfg: ServeBenchConfig, manifest: Manifest) -> dict[str, Any]:
     """Batch 1 with one onnxruntime thread per model (as each replica runs); batched with one thread and
     with all cores, the better of the two being the ceiling."""
-    one = InProcessEnsemble(cfg.run_dir, manifest, intra_op_threads=1)
-    every = InProcessEnsemble(cfg.run_dir, manifest, intra_op_threads=0)
+    one = in_process(cfg.run_dir, intra_op_threads=1)
+    every = in_process(cfg.run_dir, intra_op_threads=0)
     batch = [cfg.images[i % len(cfg.images)] for i in range(cfg.batch_images)]
     third = cfg.inprocess_seconds / 3
     b1 = time_calls(lambda: one(cfg.images[:1]), third)

@@ -44,13 +44,13 @@ from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from raymotion.data.transforms import InvalidImage, normalize, resize_rgb
-from raymotion.export.mixture import ensemble_probabilities, temper
-from raymotion.export.sessions import create_session, onnx_probabilities
-from raymotion.rundir import MANIFEST, Manifest, ModelEntry, manifest_json, read_manifest, sha256_file
-from serve import faces as face_finder
+from raymotion.data.transforms import InvalidImage
+from raymotion.export.sessions import Member
+from raymotion.predict import faces as face_finder
+from raymotion.predict.predictor import answers, face_crops, faces_answer, pixels_by_size
+from raymotion.rundir import MANIFEST, Manifest, ModelEntry, manifest_json, read_manifest
 from serve import schema
-from serve.photo import Photo, read_photo
+from raymotion.predict.photo import Photo, read_photo
 from serve.page import page_html
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # FastAPI sets no limit of its own
@@ -76,16 +76,14 @@ class ApiError(Exception):
 
 @serve.deployment(health_check_period_s=5)
 class OnnxModel:
-    """One model: normalization and an onnxruntime session; takes uint8 NHWC stacks at its input size."""
+    """One served member (raymotion.export.sessions.Member: its file, normalization and calibration); takes
+    uint8 NHWC stacks at its input size."""
 
-    def __init__(self, name: str, path: str, sha256: str, mean: list[float], std: list[float],
-                 calibration: dict[str, Any], device: str, intra_op_threads: int, max_batch_size: int,
-                 batch_wait_timeout_s: float):
-        if sha256_file(path) != sha256:
-            raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
-        self.name, self.mean, self.std = name, mean, std
-        self.calibration = calibration  # the member's own (manifest models.<name>: temperature, bias)
-        self.session = create_session(path, device=device, intra_op_threads=intra_op_threads)
+    def __init__(self, run_dir: str, name: str, entry: dict[str, Any], device: str, intra_op_threads: int,
+                 max_batch_size: int, batch_wait_timeout_s: float):
+        self.name = name
+        self.member = Member(run_dir, name, ModelEntry.model_validate(entry), check_sha256=True, device=device,
+                             intra_op_threads=intra_op_threads)
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -93,8 +91,7 @@ class OnnxModel:
     async def predict(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         """Each call's (k, S, S, 3) uint8 -> its (k, C) probabilities; concurrent calls share one run."""
         counts = np.cumsum([len(s) for s in stacks])[:-1]
-        x = normalize(np.concatenate(stacks), self.mean, self.std)
-        return np.split(temper(onnx_probabilities(self.session, x), **self.calibration), counts)
+        return np.split(self.member.probabilities(np.concatenate(stacks)), counts)
 
     async def ready(self) -> str:
         return self.name
@@ -258,7 +255,7 @@ async def read_image_bytes(request: Request) -> bytes:
 
 
 def decode(data: bytes) -> Photo:
-    """The photo (serve.photo: large JPEGs decoded reduced); 413 past a pixel limit, 400 if unreadable."""
+    """The photo (raymotion.predict.photo: large JPEGs decoded reduced); 413 past a pixel limit, 400 if unreadable."""
     try:
         return read_photo(data)
     except InvalidImage as err:
@@ -294,34 +291,20 @@ class EnsembleIngress:
 
     async def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         """Each image resized once per distinct input size, every model called once for all of them."""
-        by_size = {size: np.stack([resize_rgb(img, size) for img in images]) for size in set(self.sizes.values())}
+        by_size = pixels_by_size(images, self.sizes.values())
         names = list(self.members)
         results = await asyncio.gather(*(call_replica(self.members[n].predict, by_size[self.sizes[n]], f"model {n}")
                                          for n in names))
-        per_model = dict(zip(names, results))
-        # The function the bundle scored val with: served probabilities are the reported ones.
-        combined = ensemble_probabilities(per_model, self.ensemble)
-        as_dict = lambda p: {c: float(v) for c, v in zip(self.classes, p)}  # noqa: E731
-        return [{"label": self.classes[int(np.argmax(combined[i]))], "probabilities": as_dict(combined[i]),
-                 "models": {n: as_dict(p[i]) for n, p in per_model.items()}} for i in range(len(images))]
+        # The Predictor's pool (raymotion.predict.predictor.answers), which the bundle scored val with.
+        return answers(self.classes, dict(zip(names, results)), self.ensemble)
 
     async def find_faces(self, photo: Photo) -> dict[str, Any]:
         """Every face: found on a small copy, cut from the decoded photo as the training faces were cut;
-        boxes in the original photo's pixels (the decoded image may be a reduced one, serve.photo)."""
-        image = photo.image
-        rgb = np.asarray(image)
-        small, scale_x, scale_y = face_finder.detection_input(rgb, self.face_max_side)
+        boxes in the original photo's pixels (the decoded image may be a reduced one, raymotion.predict.photo)."""
+        small, scale_x, scale_y = face_finder.detection_input(np.asarray(photo.image), self.face_max_side)
         rows = await call_replica(self.detector.detect, small, "the face detector")
-        boxes = face_finder.face_boxes(rows, scale_x, scale_y, rgb.shape[0], rgb.shape[1])
-        crops = [Image.fromarray(face_finder.crop_square(rgb, face_finder.training_crop_box(b, image.width, image.height)))
-                 for b in boxes]
-        del rgb
-        answers = await self.classify(crops) if crops else []
-        faces = []
-        for b, answer in zip(boxes, answers):
-            x, y, w, h = (round(photo.to_original(v)) for v in face_finder.face_extent(b, image.width, image.height))
-            faces.append({"box": {"x": x, "y": y, "width": w, "height": h}, "score": b.score, **answer})
-        return {"image": {"width": photo.width, "height": photo.height}, "faces": faces}
+        boxes, crops = face_crops(photo, rows, scale_x, scale_y)
+        return faces_answer(photo, boxes, await self.classify(crops) if crops else [])
 
     @api.post("/predict", response_model=schema.Prediction | schema.FacesAnswer,
               responses=schema.error_responses(400, 413, 422, 503), openapi_extra=schema.image_body("file"))
@@ -421,8 +404,8 @@ def bind_member(name: str, entry: ModelEntry, run_dir: str, args: AppArgs):
     return OnnxModel.options(
         name=f"model_{name}", num_replicas=args.replicas, max_ongoing_requests=args.model_max_ongoing_requests,
         ray_actor_options=model_actor_options(args), **per_node(args),
-    ).bind(name, os.path.join(run_dir, entry.serve.file), entry.serve.sha256, entry.mean, entry.std,
-           entry.calibration, args.device, args.intra_op_threads, args.max_batch_size, args.batch_wait_timeout_s)
+    ).bind(run_dir, name, entry.model_dump(mode="json"), args.device, args.intra_op_threads, args.max_batch_size,
+           args.batch_wait_timeout_s)
 
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import pytest
 
 from raymotion import rundir
 from raymotion.data import open_data
-from raymotion.export.distill import cached_soft_labels, teacher_soft_labels
+from raymotion.predict.soft_labels import cached_soft_labels, teacher_soft_labels
 
 
 def test_the_student_trained_against_the_teachers_cached_soft_labels(run, faces_root):

@@ -1,4 +1,4 @@
-"""Faces in whole photos (serve.faces) with the real yuface detector, and photo loading (EXIF orientation,
+"""Faces in whole photos (raymotion.predict.faces) with the real yuface detector, and photo loading (EXIF orientation,
 the pixel limit) in raymotion.data.transforms.
 
 The photos are built here from tests/data/faces: nine val crops (three per class, drawn at random among
@@ -24,7 +24,7 @@ from PIL import Image, ImageFile
 from raymotion.data import transforms
 from raymotion.data.transforms import InvalidImage, decode_image, decode_image_kind
 from bench import face_fit
-from serve import faces
+from raymotion.predict import faces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "data", "faces")
@@ -190,7 +190,7 @@ def test_detect_faces_refuses_what_is_not_uint8_rgb():
 
 
 def test_serve_faces_imports_no_torch():
-    code = "import sys, serve.faces; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = "import sys, raymotion.predict.faces; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-2000:]

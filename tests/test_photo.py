@@ -1,4 +1,4 @@
-"""serve.photo without Serve: large JPEGs decoded at reduced scale with their EXIF orientation and their
+"""raymotion.predict.photo without Serve: large JPEGs decoded at reduced scale with their EXIF orientation and their
 original size, other formats through the shared decode with its pixel limit (checked from the header)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from raymotion.data.transforms import MAX_IMAGE_PIXELS, InvalidImage, decode_image
-from serve import photo as photos
+from raymotion.predict import photo as photos
 
 # EXIF orientation -> how a camera stores an upright scene (the inverse of what a viewer applies).
 STORED = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench import face_fit
 from serve.app import MAX_BODY_BYTES
-from serve.photo import MAX_JPEG_PIXELS
+from raymotion.predict.photo import MAX_JPEG_PIXELS
 
 TIMEOUT_S = 60
 FACE_CROPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces")

@@ -62,3 +62,11 @@ def ensemble_probabilities(member_probs: dict[str, np.ndarray], ensemble) -> np.
     """The manifest's ensemble (a ``rundir.Ensemble``: weights, temperature, class bias, rule) of its served
     members' calibrated probabilities: the one function every reader of a run answers with."""
     return combine(member_probs, ensemble.served_weights, ensemble.temperature, ensemble.bias, ensemble.rule)
+
+
+def ensemble_of_raw(raw_member_probs: dict[str, np.ndarray], manifest) -> np.ndarray:
+    """The manifest's ensemble of its members' uncalibrated probabilities (a ``rundir.Manifest``): each member
+    through its own calibration, then the pool; for probabilities computed elsewhere than by the served
+    files (bench models: torch and each ONNX variant)."""
+    return ensemble_probabilities({name: temper(p, **manifest.models[name].calibration)
+                                   for name, p in raw_member_probs.items()}, manifest.ensemble)

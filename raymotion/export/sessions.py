@@ -183,15 +183,31 @@ def onnx_probabilities(session: ort.InferenceSession, images: np.ndarray, batch_
     return softmax(np.concatenate(out).astype(np.float64))
 
 
+class Member:
+    """One served member of a run: its served file's session, its normalization and its own calibration
+    (manifest ``models.<name>``); ``probabilities`` takes compact uint8 NHWC pixels at ``input_size``.
+    What a Serve model replica holds, and what ``raymotion.predict.Predictor`` holds one of per member."""
+
+    def __init__(self, run_dir: str, name: str, entry, *, check_sha256: bool = False, **session_kwargs):
+        from raymotion.rundir import sha256_file
+
+        path = os.path.join(run_dir, entry.serve.file)
+        if check_sha256 and sha256_file(path) != entry.serve.sha256:
+            raise ValueError(f"{path}: sha256 does not match the manifest; the run directory was modified")
+        self.name, self.input_size = name, entry.input_size
+        self.mean, self.std, self.calibration = entry.mean, entry.std, entry.calibration
+        self.session = create_session(path, **session_kwargs)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 at this member's input size -> (N, C) calibrated probabilities, float64."""
+        from raymotion.data.transforms import normalize
+        from raymotion.export.mixture import temper
+
+        return temper(onnx_probabilities(self.session, normalize(pixels, self.mean, self.std)), **self.calibration)
+
+
 def calibrated_member_probabilities(run_dir: str, entries: dict, images_by_size: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
     """Each member's served file on uint8 NHWC images at its own input size, through its own calibration:
     what the ensemble mixes, as Serve computes it. ``entries``: name -> rundir.ModelEntry."""
-    from raymotion.data.transforms import normalize
-    from raymotion.export.mixture import temper
-
-    out = {}
-    for name, entry in entries.items():
-        session = create_session(os.path.join(run_dir, entry.serve.file))
-        raw = onnx_probabilities(session, normalize(images_by_size[entry.input_size], entry.mean, entry.std))
-        out[name] = temper(raw, **entry.calibration)
-    return out
+    return {name: Member(run_dir, name, entry).probabilities(images_by_size[entry.input_size])
+            for name, entry in entries.items()}

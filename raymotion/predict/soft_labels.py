@@ -1,9 +1,9 @@
 """A served ensemble's view of the training images: the soft labels students are distilled from.
 
-The teachers are an exported run directory (its manifest): each served member's file scores the training
-images at its own input size, through its own calibration, and the members mix with the ensemble's fitted
-weights and temperature, exactly as Serve would answer. Computed once per stage and cached in the run
-directory (rundir.SoftLabels); TrainConfig.soft_labels points students at the file.
+The teachers are an exported run directory (its manifest), answering through raymotion.Predictor: each
+served member scores the training images at its own input size, through its own calibration, and the
+members mix as the manifest says, exactly as Serve would answer. Computed once per stage and cached in the
+run directory (rundir.SoftLabels); TrainConfig.soft_labels points students at the file.
 """
 
 from __future__ import annotations
@@ -13,26 +13,22 @@ import os
 import numpy as np
 
 from raymotion import rundir
-from raymotion.export.mixture import ensemble_probabilities
-from raymotion.export.sessions import calibrated_member_probabilities
+from raymotion.predict.predictor import Predictor
 
 
 def teacher_soft_labels(teacher_dir: str, source) -> rundir.SoftLabels:
     """The ensemble of ``teacher_dir`` (a run directory with a manifest) on ``source``'s training split."""
-    manifest = rundir.read_manifest(teacher_dir)
-    if manifest.classes != list(source.classes):
-        raise ValueError(f"teachers in {teacher_dir} know classes {manifest.classes}, the data has {source.classes}")
-    served = {name: manifest.models[name] for name in manifest.ensemble.served}
+    teachers = Predictor(teacher_dir)
+    if teachers.classes != list(source.classes):
+        raise ValueError(f"teachers in {teacher_dir} know classes {teachers.classes}, the data has {source.classes}")
     images, uids = {}, None
-    for size in sorted({entry.input_size for entry in served.values()}):
+    for size in teachers.input_sizes:
         images[size], _, size_uids = source.arrays_with_uids("train", size)
         if uids is not None and not np.array_equal(uids, size_uids):
             raise ValueError(f"training rows at {size}px differ from those at the other teachers' sizes")
         uids = size_uids
-    probs = calibrated_member_probabilities(teacher_dir, served, images)
-    weights = manifest.ensemble.served_weights
-    mixed = ensemble_probabilities(probs, manifest.ensemble)
-    return rundir.SoftLabels(classes=manifest.classes, teachers=weights, uids=uids,
+    mixed = teachers.pool(teachers.pixel_probabilities(images))
+    return rundir.SoftLabels(classes=teachers.classes, teachers=teachers.ensemble.served_weights, uids=uids,
                              probs=mixed.astype(np.float32))
 
 

@@ -28,7 +28,7 @@ from raymotion.data import DataError, Sources, is_generated, open_sources, resol
 from raymotion.data.pipeline import load_cached
 from raymotion.data.synthetic import GENERATED_NOTE
 from raymotion.export.bundle import ExportedMembers, build_run_bundle, results_table, source_table
-from raymotion.export.distill import cached_soft_labels
+from raymotion.predict.soft_labels import cached_soft_labels
 from raymotion.models import count_flops, create_model
 from raymotion.report import write_report
 from raymotion.rundir import (COMMAND, MANIFEST, STUDENT_DIR, Command, Manifest, log_path, member_checkpoint_dir,
