@@ -56,6 +56,13 @@ NOISE = (
           "onnxruntime's static quantizer, once per LayerNorm weight of each ViT candidate (54 lines in a full run): "
           "a rank-1 weight has no axis 1 to quantize per channel and is quantized per tensor, as a vector should be"),
 )
+# A worker that Ray stops with SIGTERM while Python runs a callback (a WeakSet's, as trials end) raises
+# Ray's SystemExit inside it, and Python prints "Exception ignored in: ..." with a traceback ending in
+# "SystemExit: 1": the process was asked to exit and did. Such a block is held back until its last line
+# shows which it is; any other ending (or a block too long to be one) goes to the terminal whole.
+IGNORED_START = re.compile(r"^Exception ignored in: ")
+IGNORED_EXIT = re.compile(r"^SystemExit: \d+$")
+IGNORED_MAX_LINES = 80
 # Written through each pipe at exit: when the reader sees it, everything written before it is out.
 DRAINED = b"\x00raymotion-console-drained\x00\n"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -84,6 +91,7 @@ class LineFilter:
     def __init__(self, terminal_fd: int, log, lock: threading.Lock):
         self.terminal_fd, self.log, self.lock = terminal_fd, log, lock
         self.pending, self.dropped_last = b"", False
+        self.held: list[bytes] = []  # an "Exception ignored in" block, not yet on the terminal
         self.drained = threading.Event()
 
     def feed(self, data: bytes) -> None:
@@ -96,22 +104,44 @@ class LineFilter:
         if raw.endswith(DRAINED):
             if len(raw) > len(DRAINED):  # an unterminated last line came before the mark
                 self.line(raw[:-len(DRAINED)])
+            self.release_held()
             self.drained.set()
             return
         text = raw.decode("utf-8", "replace")
-        # A line that continues a hidden one (a warning's source line) is hidden with it.
-        drop = is_noise(text) or (self.dropped_last and is_continuation(text))
-        self.dropped_last = drop
         with self.lock:
             self.log.write(raw)
             self.log.flush()
+        if self.held or IGNORED_START.search(plain(text)):
+            self.hold(raw, text)
+            return
+        # A line that continues a hidden one (a warning's source line) is hidden with it.
+        drop = is_noise(text) or (self.dropped_last and is_continuation(text))
+        self.dropped_last = drop
         if not drop:
             os.write(self.terminal_fd, raw)
+
+    def hold(self, raw: bytes, text: str) -> None:
+        """One more line of an "Exception ignored in" block: dropped whole at a SystemExit, released at
+        anything that is not a traceback's line."""
+        self.held.append(raw)
+        line = plain(text).rstrip("\n")
+        if IGNORED_EXIT.match(line):
+            self.held, self.dropped_last = [], True
+        elif len(self.held) > IGNORED_MAX_LINES or not (
+                len(self.held) == 1 or line.startswith("Traceback (most recent call last):") or is_continuation(text)):
+            self.release_held()
+
+    def release_held(self) -> None:
+        held, self.held = self.held, []
+        if held:
+            os.write(self.terminal_fd, b"".join(held))
+        self.dropped_last = False
 
     def close(self) -> None:
         if self.pending:
             self.line(self.pending)
             self.pending = b""
+        self.release_held()
 
 
 def _pump(read_fd: int, line_filter: LineFilter) -> None:

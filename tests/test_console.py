@@ -111,3 +111,42 @@ def test_table_widths_alignment_and_refusals():
         table([("a", "b")], ["one"])  # a row longer than the header
     with pytest.raises(ValueError):
         table([("a",)], ["one"], align="<>")
+
+
+def terminal_of(tmp_path, data: bytes) -> list[str]:
+    """What a LineFilter fed ``data`` passes to the terminal; the log must have every line."""
+    import threading
+
+    from raymotion.console import LineFilter
+
+    read_fd, write_fd = os.pipe()
+    with open(tmp_path / "log", "wb") as log:
+        line_filter = LineFilter(write_fd, log, threading.Lock())
+        line_filter.feed(data)
+        line_filter.close()
+    os.close(write_fd)
+    assert (tmp_path / "log").read_bytes() == data
+    with os.fdopen(read_fd) as terminal:
+        return terminal.read().splitlines()
+
+
+# As a trial's end printed it: a Ray worker stopped by SIGTERM inside a WeakSet callback.
+SIGTERM_BLOCK = (b"(RayTrainWorker pid=7) Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f>\n"
+                 b"(RayTrainWorker pid=7) Traceback (most recent call last):\n"
+                 b"(RayTrainWorker pid=7)   File \"/usr/lib/python3.11/_weakrefset.py\", line 39, in _remove\n"
+                 b"(RayTrainWorker pid=7)     def _remove(item, selfref=ref(self)):\n"
+                 b"(RayTrainWorker pid=7)   File \"/x/ray/_private/worker.py\", line 1, in sigterm_handler\n"
+                 b"(RayTrainWorker pid=7) SystemExit: 1\n")
+
+
+def test_a_workers_sigterm_exit_inside_a_callback_is_hidden_and_logged(tmp_path):
+    epoch = b"[lenet] trial 1/1 epoch 2/2 full: 90 img/s\n"
+    assert terminal_of(tmp_path, epoch + SIGTERM_BLOCK + b"exported lenet\n") == [epoch.decode().strip(), "exported lenet"]
+
+
+def test_an_ignored_exception_that_is_not_an_exit_reaches_the_terminal_whole(tmp_path):
+    block = SIGTERM_BLOCK.replace(b"SystemExit: 1", b"ValueError: a real one")
+    assert terminal_of(tmp_path, block + b"after\n") == block.decode().splitlines() + ["after"]
+    # Cut off before its last line (the process ended): released at close, nothing lost.
+    cut = b"".join(SIGTERM_BLOCK.splitlines(keepends=True)[:3])
+    assert terminal_of(tmp_path, cut) == cut.decode().splitlines()
