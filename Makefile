@@ -58,7 +58,7 @@ browser:
 export RAY_AUTH_MODE := token
 # The head runs Serve with Ray's own throughput switch (RAY_SERVE_THROUGHPUT_OPTIMIZED: direct ingress, no
 # proxy hop; gRPC between replicas; user code on the replica's loop; buffered request logs), read when the
-# head's processes start. Measured with and without: README, "Serve measurements". Ray Train's controller
+# head's processes start. Measured with and without: docs/serving.md, "Serve measurements". Ray Train's controller
 # polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each run notices its workers
 # started and finished up to a poll later; 0.5 s (raymotion.runtime.TRAIN_POLL_ENV) cuts that wait per trial.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -112,7 +112,7 @@ $(PEER_STAMP):
 	$(PEER_VENV)/bin/python bench/peer_worker.py --check
 	touch $(PEER_STAMP)
 
-# A GPU cluster on AWS from cluster.yaml (README, "Running on a cluster"): the same tune command as `make job`,
+# A GPU cluster on AWS from cluster.yaml (docs/cluster.md): the same tune command as `make job`,
 # with flags for GPUs and several nodes; data root and run directory on the nodes' shared file system. Run
 # `ray dashboard cluster.yaml` in another terminal first (it forwards the head's dashboard to 127.0.0.1:8265).
 # Clusters started by `ray up` on Ray 2.60 run without token authentication (only local heads have it).

@@ -184,7 +184,7 @@ def run_cluster(args: argparse.Namespace) -> None:
 
     os.environ.pop("RAY_ADDRESS", None)  # its own cluster, never one already running
     out = os.path.abspath(args.out or os.path.join("runs", f"cluster-{time.strftime('%Y%m%d-%H%M%S')}"))
-    filter_terminal(rundir.log_path(out, "cluster.log"))  # Ray's known noise off the terminal (README)
+    filter_terminal(rundir.log_path(out, "cluster.log"))  # Ray's known noise off the terminal (raymotion.console.filter_terminal)
     run_cluster_check(ClusterCheckConfig(out=out, epochs=args.epochs, serve=args.serve),
                       log=lambda line: print(line, flush=True))
     print(f"\nwrote {os.path.join(out, 'cluster.json')}")

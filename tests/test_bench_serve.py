@@ -1,5 +1,5 @@
 """``python -m bench serve`` end to end on the session's run, every phase cut to about a second
-(the figures: the real data's run, README; here only that each phase ran and was reported)."""
+(the figures: the real data's run, docs/serving.md; here only that each phase ran and was reported)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ def test_bench_serve_measures_every_phase_and_writes_table_and_json(run, faces_r
         [sys.executable, "-m", "bench", "serve", run[0], "--data", faces_root, "--concurrency", "2",
          "--seconds", "1.5", "--max-requests", "40", "--batch-images", "4", "--inprocess-seconds", "1.5",
          "--fault-seconds", "4", "--fault-concurrency", "2",
-         # One fault run (a replica killed, the only one of its model): the mechanism; both runs are README's.
+         # One fault run (a replica killed, the only one of its model): the mechanism; both runs are in docs/serving.md.
          "--fault-replicas", "1",
          # The floor app's phases are the same load loop on another app: its app answers in test_serve_floor.
          "--no-floor", "--json", str(out)],

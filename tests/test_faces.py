@@ -29,7 +29,7 @@ from raymotion.predict import faces
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "data", "faces")
 # Per face: the fitted square's held-out IoU is 0.68 at its 5th percentile over 1,180 found val faces
-# (README), so 0.6 leaves a margin. A square a tenth off can still pass it: the fit itself is checked by
+# (docs/serving.md), so 0.6 leaves a margin. A square a tenth off can still pass it: the fit itself is checked by
 # test_the_fitted_square_beats_squares_a_tenth_off.
 MIN_IOU = 0.6
 

@@ -1,7 +1,7 @@
 """The GPU path is configuration: on this CPU-only machine, each setting must select its path (devices,
 autocast dtypes, grad scaler, compile, pinned/prefetched batches, onnxruntime providers, Ray resources for
 Train workers and Serve replicas). Nothing here needs a GPU; what only a GPU can show is
-scripts/gpu_check.sh's job (README, "Running on a cluster")."""
+scripts/gpu_check.sh's job (docs/cluster.md)."""
 
 import onnxruntime as ort
 import pytest

@@ -10,14 +10,14 @@ val), and those calibrated probabilities are what the weights mix. An over-confi
 loses the log-loss selection to a worse but humbler one, and the mixture of calibrated members needs only
 a small final correction. The bias is there for prior shift: a member trained with class weights (or on a
 rebalanced sample) believes in other class frequencies than val has, and no temperature can move
-probability mass between classes. (What real runs showed: README.md, "int8 and ensemble measurements".)
+probability mass between classes. (What real runs showed: docs/results.md, "int8 and ensemble measurements".)
 
 Two pooling rules (``mixture``): the weighted mean of the calibrated members ("linear": greedy selection,
 then a temperature) and their weighted geometric mean ("log-linear": weights, temperature and a class bias
 fitted jointly). A member that is confidently wrong where the others are right is outvoted in the mean but
 vetoes in the geometric mean, and members that err on different classes (a class-weighted member beside
 an unweighted one) combine better in log space; the bundle records both rules' out-of-fold figures, and
-README "The ensemble's pooling rule" what runs measured.
+docs/results.md "The ensemble's pooling rule, measured" what runs measured.
 
 ``METHODS[rule]`` (recorded in the manifest) states the procedure step by step; here is why it is shaped so:
   * Weights minimise the val log loss (NLL), not accuracy. Accuracy is piecewise constant in the weights

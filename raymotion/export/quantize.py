@@ -8,7 +8,7 @@ raymotion means a member's probability temperature and class bias (export.ensemb
 Static QDQ is preferred because onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into
 QLinearConv kernels, while dynamic quantization's ConvInteger rescales activations on every call and was
 slower than fp32 on the x86 CPUs measured. ``StaticQuantConfig`` holds the settings measured fastest at
-equal accuracy; the figures (they go stale) are in README.md, "int8 and ensemble measurements".
+equal accuracy; the figures (they go stale) are in docs/results.md, "int8 and ensemble measurements".
 """
 
 from __future__ import annotations

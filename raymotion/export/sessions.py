@@ -117,8 +117,8 @@ def create_session(path: str, *, device: Device = "cpu", intra_op_threads: int =
                    stop_spinning_after_run: bool = False) -> ort.InferenceSession:
     """An onnxruntime session; ``device`` picks CUDA / TensorRT first when present, CPU stays the fallback.
 
-    The defaults are onnxruntime's own; nothing measured better on a 2-core CPU (figures: README, "Notes
-    for 2-CPU machines"):
+    The defaults are onnxruntime's own; nothing measured better on a 2-core CPU (figures: docs/design.md,
+    "Notes for 2-CPU machines"):
       * ``intra_op_threads=0`` (a thread per core, spinning): fastest alone, but several sessions on one
         machine (one Serve replica per model) should each take 1, or their spinning threads collide.
       * ``stop_spinning_after_run=True``: for sessions run one after the other in one process, so that one

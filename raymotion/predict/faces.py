@@ -9,7 +9,7 @@ This runs inside Serve replicas: numpy, PIL, OpenCV and yuface only (no torch). 
 inside its wheel, so nothing is downloaded at run time. It parallelises with OpenMP: a replica should
 run with OMP_NUM_THREADS set to its CPU share (Ray sets it for its workers).
 
-The constants of ``training_crop_box`` were fitted by ``python -m bench.face_fit`` (see the README,
+The constants of ``training_crop_box`` were fitted by ``python -m bench.face_fit`` (see docs/serving.md,
 "Faces in whole photos").
 """
 
@@ -41,7 +41,7 @@ class CropFit:
     aspect: float  # box height / width: restores the clipped side of a face cut by the image border
 
 
-# Medians over val crops pasted at known squares into photos, from `python -m bench.face_fit` (README).
+# Medians over val crops pasted at known squares into photos, from `python -m bench.face_fit` (docs/serving.md).
 CROP_FIT = CropFit(side=1.142, shift_x=0.0, shift_y=-0.019, aspect=1.27)
 
 
@@ -242,7 +242,7 @@ def training_crop_box(box: FaceBox, width: int, height: int, fit: CropFit = CROP
 def crop_square(rgb: np.ndarray, square: tuple[int, int, int, int], border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
     """``rgb[y0:y1, x0:x1]`` where the square may reach outside the image; the missing part is filled by
     ``border`` (an OpenCV border mode): by default it repeats the edge pixels, which kept crops closer to
-    the originals than black did (README)."""
+    the originals than black did (docs/serving.md)."""
     x0, y0, x1, y1 = square
     height, width = rgb.shape[:2]
     inner = rgb[max(0, y0):min(height, y1), max(0, x0):min(width, x1)]
