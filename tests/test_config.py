@@ -3,6 +3,8 @@ when a config is built."""
 
 import dataclasses
 import os
+import re
+import typing
 from types import SimpleNamespace
 
 import pytest
@@ -214,7 +216,27 @@ def test_a_bad_enum_value_fails_when_the_config_is_built():
         TuneSettings(mode="maximise")
     with pytest.raises(ConfigError, match=r"ExportConfig.ensemble_rule must be one of 'linear', 'log-linear', not 'mean'"):
         ExportConfig(ensemble_rule="mean")
-    assert TrainConfig(class_weighting="balanced", mode="min").mode == "min"
+
+
+CHOICE_FIELDS = [(cls, f.name) for cls in (TrainConfig, TuneSettings, ExportConfig, Augmentation)
+                 for f in dataclasses.fields(cls)
+                 if typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Literal]
+
+
+@pytest.mark.parametrize("cls, name", CHOICE_FIELDS, ids=[f"{c.__name__}.{n}" for c, n in CHOICE_FIELDS])
+def test_every_choice_a_refusal_offers_is_one_the_config_takes(cls, name):
+    with pytest.raises(ConfigError, match=rf"{cls.__name__}.{name} must be one of .*, not 'nosuch'") as refused:
+        cls(**{name: "nosuch"})
+    offered = re.findall(r"'([^']*)'", str(refused.value).split("must be one of ")[1].split(", not ")[0])
+    assert len(offered) >= 2
+    for choice in offered:
+        assert getattr(cls(**{name: choice}), name) == choice
+
+
+def test_the_choice_fields_are_all_found():
+    assert {f"{c.__name__}.{n}" for c, n in CHOICE_FIELDS} >= {
+        "TrainConfig.mode", "TrainConfig.class_weighting", "TuneSettings.search", "TuneSettings.scheduler",
+        "ExportConfig.ensemble_rule"}
 
 
 def test_augmentation_fields_go_by_their_own_names_and_travel_as_one_nested_record():

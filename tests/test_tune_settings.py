@@ -3,10 +3,11 @@ the session's end-to-end run do that)."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -22,11 +23,34 @@ def test_each_search_and_scheduler_setting_selects_its_tune_class():
     assert optuna.searcher.max_concurrent == 3 and isinstance(optuna.searcher.searcher, OptunaSearch)
     assert isinstance(search_algorithm(TuneSettings(search="random"), space), BasicVariantGenerator)
     assert isinstance(trial_scheduler(TuneSettings(scheduler="fifo"), 5), FIFOScheduler)
-    asha = trial_scheduler(TuneSettings(scheduler="asha", grace_period=2, reduction_factor=3), 5)
-    # On the reported epoch: Tune's own iteration count restarts when a trial continues after a fault.
-    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "epoch" and asha._max_t == 5
+    assert isinstance(trial_scheduler(TuneSettings(scheduler="asha"), 5), ASHAScheduler)
     with pytest.raises(ConfigError, match="search"):
         TuneSettings(search="grid")
+
+
+def test_asha_stops_trials_by_the_settings_grace_period_reduction_factor_and_epochs():
+    """Results fed to the scheduler as Tune's loop does (no trials run): what it stops shows the settings
+    arrived. On the reported epoch: Tune's own iteration count restarts when a trial continues after a fault."""
+    asha = trial_scheduler(TuneSettings(scheduler="asha", grace_period=2, reduction_factor=3), 5)
+    asha.set_search_properties("val_source_macro_f1", "max")
+    trials = {name: SimpleNamespace(trial_id=name) for name in "abcde"}
+    for trial in trials.values():
+        asha.on_trial_add(None, trial)
+
+    def report(name: str, epoch: int, f1: float) -> str:
+        return asha.on_trial_result(None, trials[name], {"epoch": epoch, "val_source_macro_f1": f1})
+
+    for epoch in (1, 2):
+        for name, f1 in zip("abc", (0.9, 0.5, 0.1)):
+            report(name, epoch, f1)
+    # Grace period 2: epoch 1 is never judged (with 1, the worst so far would stop here).
+    assert report("d", 1, 0.0) == TrialScheduler.CONTINUE
+    # The rung at epoch 2 keeps the top third: 0.55 is below the 2/3 quantile of 0.1, 0.5, 0.9 (0.63);
+    # with the default reduction factor 2 the cut is the median, 0.5, and d would go on.
+    assert report("d", 2, 0.55) == TrialScheduler.STOP
+    # No rung at 4 (the next is 6); the run's 5 epochs are the end.
+    assert [report("e", 2, 0.7), report("e", 4, 0.7), report("e", 5, 0.7)] == [
+        TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
 
 
 def test_a_space_with_every_key_pinned_runs_the_base_config_not_optuna():
