@@ -13,16 +13,18 @@ a success, and how long until /healthz answers 200 again (``fault_replicas``: 2 
 
 from __future__ import annotations
 
-import http.client
 import os
 import statistics
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import urllib3
+from urllib3 import HTTPConnectionPool
+from urllib3.exceptions import HTTPError
+from urllib3.filepost import encode_multipart_formdata
 
 from raymotion.predict import Predictor
 from raymotion.rundir import Manifest, read_manifest
@@ -88,10 +90,8 @@ def _ms(seconds: list[float], q: float) -> float:
 # --- HTTP load ----------------------------------------------------------------------------------------------
 
 def multipart(images: list[bytes], field_name: str = "files") -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{i}.jpg\"\r\n"
-             f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(images)]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    """A multipart/form-data body of JPEG files under one field name, and its Content-Type."""
+    return encode_multipart_formdata([(field_name, (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)])
 
 
 @dataclass
@@ -103,27 +103,23 @@ class Outcome:
 
 def client_loop(port: int, requests_: list[tuple[str, bytes, str]], deadline: float, budget: list[int],
                 lock: threading.Lock, out: list[Outcome]) -> None:
-    """One closed-loop client on one keep-alive connection, until the deadline or the shared budget ends."""
-    conn, i = http.client.HTTPConnection("127.0.0.1", port, timeout=30), 0
-    while time.perf_counter() < deadline:
-        with lock:
-            if budget[0] <= 0:
-                break
-            budget[0] -= 1
-        path, body, kind = requests_[i % len(requests_)]
-        i += 1
-        t0 = time.perf_counter()
-        try:
-            conn.request("POST", path, body=body, headers={"Content-Type": kind})
-            response = conn.getresponse()
-            response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException):
-            status = 0
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        out.append(Outcome(t0, time.perf_counter() - t0, status))
-    conn.close()
+    """One closed-loop client on one keep-alive connection (urllib3 reconnects after an error), until the
+    deadline or the shared budget ends."""
+    with HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False, timeout=30) as pool:
+        i = 0
+        while time.perf_counter() < deadline:
+            with lock:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            path, body, kind = requests_[i % len(requests_)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status = pool.request("POST", path, body=body, headers={"Content-Type": kind}).status
+            except HTTPError:  # no answer: a reset, a timeout, a refused connection
+                status = 0
+            out.append(Outcome(t0, time.perf_counter() - t0, status))
 
 
 def load(port: int, requests_: list[tuple[str, bytes, str]], concurrency: int, seconds: float,
@@ -177,11 +173,9 @@ def wait_healthy(port: int, timeout_s: float) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
+            if urllib3.request("GET", f"http://127.0.0.1:{port}/healthz", retries=False, timeout=5).status == 200:
                 return time.perf_counter() - started
-        except (OSError, http.client.HTTPException):
+        except HTTPError:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"the service on port {port} was not healthy within {timeout_s:.0f} s")
