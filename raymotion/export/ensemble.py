@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import logsumexp
+from sklearn import metrics
 
 from raymotion.export.mixture import EPS, RULES, Rule, combine, log_probs, temper
 from raymotion.train.metrics import classification_metrics, confusion_matrix, expected_calibration_error, softmax
@@ -130,9 +131,9 @@ def calibrate_members(member_probs: dict[str, np.ndarray], calibrations: dict[st
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-probability of the true class (natural log)."""
-    labels = np.asarray(labels, np.int64)
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None)).mean())
+    """Mean negative log-probability of the true class (natural log): sklearn's, told every class (a val
+    split or fold may lack one)."""
+    return float(metrics.log_loss(labels, probs, labels=np.arange(probs.shape[1])))
 
 
 def fit_weights(member_probs: dict[str, np.ndarray], labels: np.ndarray, rounds: int = ROUNDS) -> dict[str, float]:
