@@ -385,7 +385,7 @@ def checked_configs(args: argparse.Namespace, preset: Preset, models: list[str],
     epochs report (its classes and sources name some of them)."""
     check_model_names(models, "--models")
     preset.check()
-    if args.num_samples is not None:  # a count of trials, checked as the preset's are (a 0 was ignored)
+    if args.num_samples is not None:  # a count of trials, checked as the preset's are: 0 is refused, not ignored
         try:
             dataclasses.replace(preset.tune, num_samples=args.num_samples)
         except ConfigError as err:
