@@ -8,7 +8,8 @@ replicas on distinct nodes, a worker node removed mid-trial and under load (benc
 ``python -m bench train-step``: training steps per second in float32, channels_last and bf16 autocast.
 ``python -m bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers.
 ``python -m bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer).
-``python -m bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo."""
+``python -m bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo.
+``python -m bench infer RUN_DIR``: raymotion.infer on Ray Data vs a plain single-process loop, crops and photos."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import time
 
 from raymotion import rundir
 from raymotion.console import table as text_table
-from bench import large_photo, peer
+from bench import infer, large_photo, peer
 from raymotion.data import index_image_folders, resolve_data_root
 
 
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     add_distill_arguments(sub)
     peer.add_arguments(sub)
     large_photo.add_arguments(sub)
+    infer.add_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
     ens.add_argument("--min-members", type=int, default=2, help="smallest member set tried")
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     commands = {"gpu": run_gpu, "cluster": run_cluster, "tune": run_tune, "models": run_models, "serve": run_serve,
                 "ensemble": run_ensemble, "train-step": run_train_step, "distill": run_distill,
                 "peer": lambda a: peer.command(a, write_result),
-                "large-photo": lambda a: large_photo.command(a, write_result)}
+                "large-photo": lambda a: large_photo.command(a, write_result),
+                "infer": lambda a: infer.command(a, write_result)}
     if args.command in commands:
         commands[args.command](args)
         return
