@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from bench.machine import cpu_flags
 from raymotion.data.transforms import resize_rgb
 from raymotion.predict import faces
 
@@ -291,35 +291,42 @@ def edge_check(crops: Sequence[np.ndarray], seed: int, size: int = 224) -> dict[
 # --- label agreement with any classifier --------------------------------------------------------------
 
 def label_agreement(classify: Callable[[np.ndarray], Sequence], crops: Sequence[np.ndarray], seed: int = 0,
-                    size: int = 224, batch: int = 64) -> dict[str, float]:
+                    size: int = 224, batch: int = 64, labels: Sequence | None = None) -> dict[str, float]:
     """How often ``classify`` (uint8 NHWC -> labels) gives a face found in a photo the label it gives the
     original crop: over every pasted face (a missed face disagrees) and over the found ones. The photos
-    are those of ``measure`` (same crops and seed, same photos)."""
+    are those of ``measure`` (same crops and seed, same photos).
+
+    With ``labels`` (each crop's true label) also what a user loses: accuracy on the original crops, and
+    on the pasted faces (found ones, and all of them with a missed face counted wrong), each pasted face
+    scored against its crop's true label."""
     originals = [resize_rgb(Image.fromarray(c), size) for c in crops]
     reference = _classify_all(classify, originals, batch)
-    agree = found = total = 0
+    truth = list(labels) if labels is not None else reference
+    agree = right = found = total = 0
     pending: list[Record] = []
+
+    def score(records: Sequence[Record]) -> tuple[int, int]:
+        predicted = classify(np.stack([r.recrop for r in records])) if records else []
+        return (sum(p == reference[r.crop] for p, r in zip(predicted, records)),
+                sum(p == truth[r.crop] for p, r in zip(predicted, records)))
+
     for records, _ in measure(crops, seed, size):
         total += len(records)
         pending += [r for r in records if r.recrop is not None]
         if len(pending) >= batch:
-            agree += _agreeing(classify, pending, reference)
-            found += len(pending)
-            pending = []
-    agree += _agreeing(classify, pending, reference)
-    found += len(pending)
-    return {"faces": total, "found": found, "agree_all": agree / total, "agree_found": agree / max(1, found)}
+            agreed, correct = score(pending)
+            agree, right, found, pending = agree + agreed, right + correct, found + len(pending), []
+    agreed, correct = score(pending)
+    agree, right, found = agree + agreed, right + correct, found + len(pending)
+    result = {"faces": total, "found": found, "agree_all": agree / total, "agree_found": agree / max(1, found)}
+    if labels is not None:
+        result.update(accuracy_crops=float(np.mean([p == t for p, t in zip(reference, truth)])),
+                      accuracy_found=right / max(1, found), accuracy_all=right / total)
+    return result
 
 
 def _classify_all(classify: Callable[[np.ndarray], Sequence], images: Sequence[np.ndarray], batch: int) -> list:
     return [label for i in range(0, len(images), batch) for label in classify(np.stack(images[i:i + batch]))]
-
-
-def _agreeing(classify: Callable[[np.ndarray], Sequence], records: Sequence[Record], reference: Sequence) -> int:
-    if not records:
-        return 0
-    labels = classify(np.stack([r.recrop for r in records]))
-    return sum(label == reference[r.crop] for label, r in zip(labels, records))
 
 
 def run_dir_classifier(run_dir: str) -> Callable[[np.ndarray], list[str]]:
@@ -346,16 +353,6 @@ def detection_ms(side: tuple[int, int], repeats: int = 10) -> float:
         faces.detect_faces(photo)
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return "unknown"
-    flags = set(re.findall(r"\b(avx512[a-z_0-9]*|avx2|fma)\b", text))
-    return " ".join(sorted(flags)) or "none of avx2/fma/avx512"
 
 
 def quantiles(values: np.ndarray) -> str:
@@ -408,7 +405,7 @@ def report_pixels(crops: Sequence[np.ndarray], records: Sequence[Record], mad: S
 
 def report_timing() -> None:
     print(f"detect_faces: {detection_ms((640, 480)):.0f} ms at 640x480, {detection_ms((6000, 4000)):.0f} ms at "
-          f"6000x4000 (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); CPU flags: {cpu_flags()}")
+          f"6000x4000 (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); CPU flags: {' '.join(cpu_flags()) or 'none of avx2/fma/avx512'}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -419,15 +416,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", help="also: label agreement of this run's served ensemble")
     args = parser.parse_args(argv)
-    crops, _ = load_crops(args.root, "val", args.count, args.seed)
+    crops, paths = load_crops(args.root, "val", args.count, args.seed)
     records, mad, extra = collect(crops, args.seed, 224)
     report_fit(records, extra, len(crops))
     report_pixels(crops, records, mad, args.seed, 224)
     report_timing()
     if args.run_dir:
-        result = label_agreement(run_dir_classifier(args.run_dir), crops, args.seed)
+        labels = [os.path.basename(os.path.dirname(p)) for p in paths]  # root/val/<class>/x.jpg
+        result = label_agreement(run_dir_classifier(args.run_dir), crops, args.seed, labels=labels)
         print(f"label agreement ({args.run_dir}): {result['agree_all']:.4f} of all {result['faces']} pasted faces, "
               f"{result['agree_found']:.4f} of the {result['found']} found")
+        print(f"accuracy against the true labels: crops {result['accuracy_crops']:.4f}; pasted faces found "
+              f"{result['accuracy_found']:.4f} ({result['accuracy_found'] - result['accuracy_crops']:+.4f}), all "
+              f"{result['accuracy_all']:.4f} (a missed face counted wrong)")
 
 
 if __name__ == "__main__":

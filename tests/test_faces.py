@@ -268,17 +268,26 @@ def test_a_huge_image_is_refused_before_it_is_decoded(width, height, monkeypatch
 # --- the fitting tool's label agreement ----------------------------------------------------------------
 
 def test_label_agreement_counts_a_face_as_agreeing_when_it_gets_its_crops_label(crops):
+    """Agreement, and accuracy with each crop's own index as its true label."""
     # A "classifier" that names the fixture crop a face looks most like: a well-cut face gets its own name.
     def nearest_crop(batch: np.ndarray) -> list[int]:
         return [int(np.argmax([similarity(image, crop) for crop in crops])) for image in batch]
 
-    result = face_fit.label_agreement(nearest_crop, crops, seed=0, batch=8)
+    truth = list(range(len(crops)))
+    result = face_fit.label_agreement(nearest_crop, crops, seed=0, batch=8, labels=truth)
     assert result["faces"] == len(crops) * len(face_fit.BACKGROUNDS)
     assert result["found"] >= 0.9 * result["faces"]
     # Chance would be 1/9; thumbnails of these faces alone name about 0.8 of the cuts right.
     assert result["agree_found"] >= 0.6 and result["agree_all"] <= result["agree_found"]
-    constant = face_fit.label_agreement(lambda batch: [0] * len(batch), crops, seed=0)
+    # Right on every original, so right on a pasted face exactly when it agrees.
+    assert result["accuracy_crops"] == 1.0
+    assert result["accuracy_found"] == result["agree_found"] and result["accuracy_all"] == result["agree_all"]
+    constant = face_fit.label_agreement(lambda batch: [0] * len(batch), crops, seed=0, labels=truth)
     assert constant["agree_found"] == 1.0 and constant["agree_all"] == constant["found"] / constant["faces"]
+    # Right on crop 0 alone: once of the crops, and where crop 0 was found (once per background at most).
+    assert constant["accuracy_crops"] == 1 / len(crops)
+    assert 0 < constant["accuracy_found"] * constant["found"] <= len(face_fit.BACKGROUNDS)
+    assert constant["accuracy_all"] == pytest.approx(constant["accuracy_found"] * constant["found"] / constant["faces"])
 
 
 # --- faces cut by the border: the restored box and its landmarks --------------------------------------
