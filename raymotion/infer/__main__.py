@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[InferConfig, str | None]:
                    help="seconds between progress lines (0: none)")
     p.add_argument("--address", help="Ray cluster to join; \"local\": a new local instance (default: RAY_ADDRESS, "
                                      "else the cluster of the last `ray start` when it answers, else a new local one)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # inputs may follow the options too
     missing = [path for path in [args.run_dir, *args.inputs] if not os.path.exists(path)]
     if missing:
         p.error(f"no such file or folder: {', '.join(missing)}")

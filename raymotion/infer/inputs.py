@@ -26,6 +26,9 @@ PARQUET_EXTENSIONS = (".parquet", ".pq")
 MAX_FILE_BYTES = 512 * 2**20
 # Names an image-bytes column of a Parquet table goes by, when it has several binary columns.
 BYTES_COLUMN_NAMES = ("image", "bytes", "jpeg", "png", "data", "content", "img")
+# A Parquet row group is read by one task (its column chunk cannot be cut without reading it): above this
+# many rows, planning says that the file's images are searched for faces one after another.
+LARGE_ROW_GROUP = 2048
 # A video's frame count comes from its container, which estimates it for some formats (WebM): reading
 # that stops this many seconds short of it (or more) is reported as a truncated video.
 TRUNCATION_SLACK_S = 0.5
@@ -47,8 +50,10 @@ class Unit:
 
 @dataclass
 class Listing:
-    """What planning found beside the units: files in folders that are none of the kinds read."""
+    """What planning found beside the units: files in folders that are none of the kinds read, and
+    Parquet files whose row groups are too large to share out."""
     skipped: list[str] = field(default_factory=list)
+    large_row_groups: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,10 @@ def plan_units(inputs: Sequence[str], *, fps: float | None, column: str | None =
         if kind == "video":
             videos.extend(video_units(path, fps, segment_s))
         elif kind == "parquet":
-            tables.extend(parquet_units(path, column))
+            found = parquet_units(path, column)
+            if any(u.expected > LARGE_ROW_GROUP for u in found):
+                listing.large_row_groups.append(path)
+            tables.extend(found)
         else:
             images.append(Unit("image", path))
     return videos + tables + images, listing

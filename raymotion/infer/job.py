@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from raymotion import rundir
 from raymotion.config import AtLeastOne, ConfigError, Count, NonNegative, Positive, config_dataclass
-from raymotion.infer.inputs import Unit, plan_units
+from raymotion.infer.inputs import LARGE_ROW_GROUP, Unit, plan_units
 from raymotion.infer.table import Writer, check_format, output_schema
 from raymotion.infer.timeline import per_second, plot_timeline, shares, with_tracks, write_timeline
 from raymotion.predict.faces import MAX_SIDE
@@ -98,6 +98,8 @@ class InferResult:
     labels: Counter = field(default_factory=Counter)
     actors: int = 0
     stats: str = ""  # Ray Data's execution stats: its operators, their tasks and times
+    first_rows_s: float = 0.0  # from the start to the first rows back: planning, workers and actors starting
+    first_images: int = 0  # the images those first rows answered
 
     def closing_line(self) -> str:
         rate = self.images / self.seconds if self.seconds else 0.0
@@ -249,6 +251,9 @@ def run_inference(cfg: InferConfig, log: Callable[[str], None] | None = None) ->
         f"{res.threads} thread(s), {res.device}; members {', '.join(members)}")
     if res.note:
         log(f"infer: {res.note}")
+    for path in listing.large_row_groups:
+        log(f"infer: {path} has row groups of over {LARGE_ROW_GROUP} rows, each read by one task; for more tasks "
+            f"write it with smaller ones (pyarrow.parquet.write_table(..., row_group_size=256))")
     groups = unit_groups(units, cfg.crops)
     writer = Writer(cfg.out, output_schema(classes, members))
     video_batches = []
@@ -269,12 +274,15 @@ def run_inference(cfg: InferConfig, log: Callable[[str], None] | None = None) ->
                             # would then run inside the model actors, one image at a time.
                             memory=actor_memory(cfg.run_dir, manifest, members))
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            first = not result.rows
             is_video = pc.fill_null(pc.equal(batch.column("kind"), "video"), False)
             video = batch.filter(is_video)
             if video.num_rows:
                 video_batches.append(video)
             writer.write(batch.filter(pc.invert(is_video)))
             _count(result, batch)
+            if first:
+                result.first_rows_s, result.first_images = time.perf_counter() - started, result.images
             progress.update(result)
         result.stats = ds.stats()
     videos = with_tracks(pa.concat_tables(video_batches)) if video_batches else None
