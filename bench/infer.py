@@ -100,13 +100,13 @@ def plain_photos(predictor, paths: Sequence[str], batch_size: int) -> tuple[floa
 
 
 def ray_infer(run_dir: str, paths: Sequence[str], crops: bool, batch_size: int, out_dir: str,
-              actors: int, threads: int) -> tuple[float, list[str], dict[str, Any]]:
+              actors: int, threads: int, actor_cpus: float) -> tuple[float, list[str], dict[str, Any]]:
     from raymotion.infer import InferConfig, run_inference
     from raymotion.infer.table import read_table
 
     out = os.path.join(out_dir, f"ray-{'crops' if crops else 'photos'}-{time.monotonic_ns()}.parquet")
     cfg = InferConfig(run_dir=run_dir, inputs=tuple(paths), out=out, crops=crops, batch_size=batch_size,
-                      progress_s=0, actors=actors, threads=threads)
+                      progress_s=0, actors=actors, threads=threads, actor_cpus=actor_cpus)
     result = run_inference(cfg, log=lambda line: None)
     table = read_table(out)
     return result.seconds, [l for l in table.column("label").to_pylist() if l is not None], {
@@ -115,7 +115,7 @@ def ray_infer(run_dir: str, paths: Sequence[str], crops: bool, batch_size: int, 
 
 
 def measure(run_dir: str, crop_paths: Sequence[str], photo_paths: Sequence[str], batch_size: int, rounds: int,
-            out_dir: str, actors: int = 0, threads: int = 0,
+            out_dir: str, actors: int = 0, threads: int = 0, actor_cpus: float = 1.0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     from raymotion import Predictor
 
@@ -128,7 +128,7 @@ def measure(run_dir: str, crop_paths: Sequence[str], photo_paths: Sequence[str],
         for r in range(rounds):
             seconds, plain_labels = plain(predictor, paths, batch_size)
             plain_s.append(seconds)
-            seconds, ray_labels, info = ray_infer(run_dir, paths, crops, batch_size, out_dir, actors, threads)
+            seconds, ray_labels, info = ray_infer(run_dir, paths, crops, batch_size, out_dir, actors, threads, actor_cpus)
             ray_s.append(seconds)
             start_s.append(info["first_rows_s"])
             after.append((len(paths) - info["first_images"]) / max(1e-9, seconds - info["first_rows_s"]))
@@ -172,9 +172,11 @@ def command(args: argparse.Namespace, write_result: Callable[[dict, str], None])
         print(f"data: {len(crop_paths)} val crops of {root}; {len(photo_paths)} photos of 4 pasted crops, 960x720; "
               f"batch {args.batch_size}; {args.rounds} rounds; Ray CPUs {ray.cluster_resources().get('CPU')}", flush=True)
         cases = measure(os.path.abspath(args.run_dir), crop_paths, photo_paths, args.batch_size, args.rounds, tmp,
-                        actors=args.actors, threads=args.threads, log=lambda line: print(line, flush=True))
+                        actors=args.actors, threads=args.threads, actor_cpus=args.actor_cpus,
+                        log=lambda line: print(line, flush=True))
     result = {"benchmark": "infer", "run_dir": os.path.abspath(args.run_dir), "data": root,
               "batch_size": args.batch_size, "rounds": args.rounds, "cases": cases,
+              "infer_options": {"actors": args.actors, "threads": args.threads, "actor_cpus": args.actor_cpus},
               "machine": {"cpu_model": cpu_info().get("model name", platform.processor()), "cpu_flags": cpu_flags(),
                           "cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"),
                           # Others' work on the machine slows both sides alike, but not necessarily equally.
@@ -196,5 +198,6 @@ def add_arguments(sub) -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating (plain, ray) rounds; medians reported")
     p.add_argument("--actors", type=int, default=0, help="raymotion.infer --actors (0: its default)")
     p.add_argument("--threads", type=int, default=0, help="raymotion.infer --threads (0: its default)")
+    p.add_argument("--actor-cpus", type=float, default=1.0, help="raymotion.infer --actor-cpus")
     p.add_argument("--address", help="Ray address (default: a running cluster, else a local instance)")
     p.add_argument("--json", help="output JSON (default runs/bench/infer-<time>.json)")
