@@ -9,6 +9,8 @@ Over HTTP: closed-loop clients (one keep-alive connection each) at each concurre
 Faults: at concurrency ``fault_concurrency`` one replica of the largest model is killed (a Ray actor kill)
 mid-load, with 2 replicas per model and with 1: failed requests, status codes, the longest time without
 a success, and how long until /healthz answers 200 again (``fault_replicas``: 2 per model, then 1).
+Verdicts (``verdicts``): the figures against Serve's floor (bench/serve_floor.py) and the models' own time,
+each with its bar and margin.
 """
 
 from __future__ import annotations
@@ -304,7 +306,8 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
 
     serve.shutdown()
     return {"machine": machine, "config": {k: v for k, v in asdict(cfg).items() if k != "images"},
-            "in_process": inproc, "http": http, "floor": floor, "faults": faults, "ratios": ratios(inproc, http, floor)}
+            "in_process": inproc, "http": http, "floor": floor, "faults": faults, "ratios": ratios(inproc, http, floor),
+            "verdicts": verdicts(inproc, http, floor)}
 
 
 def ratios(inproc: dict[str, Any], http: list[dict[str, Any]], floor: list[dict[str, Any]] = ()) -> dict[str, float]:
@@ -326,6 +329,73 @@ def floor_ratios(inproc: dict[str, Any], floor: list[dict[str, Any]]) -> dict[st
     low = min(full, key=lambda r: r["concurrency"])
     return {"no_work_app_req_per_s_over_in_process_batched": max(r["images_per_s"] for r in full) / inproc["batched_images_per_s"],
             "no_work_app_c1_p50_ms": low["p50_ms"]}
+
+
+# Issue 36's bars, restated against Serve's floor: a request at concurrency 1 may cost at most this much over
+# the no-work app plus the models' own batch-1 time, and several images per request must reach this fraction
+# of the models' batched rate in process.
+LATENCY_BAR_MS = 2.0
+BATCH_BAR = 0.8
+
+
+def verdicts(inproc: dict[str, Any], http: list[dict[str, Any]], floor: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Each figure against what Serve's floor (the no-work app with every member, serve_floor) and the models'
+    in-process time allow, with its bar and margin (margin > 0: met by that much). Without the floor only
+    the batch verdict can be stated; the others say why not."""
+    low = min(r["concurrency"] for r in http if r["route"] == "/predict")
+    c1 = next(r for r in http if r["route"] == "/predict" and r["concurrency"] == low)
+    batched = inproc["batched_images_per_s"]
+    best_batch = max(r["images_per_s"] for r in http if r["route"] == "/predict/batch")
+    out: dict[str, Any] = {
+        "batch_throughput": {"images_per_s": best_batch, "in_process_batched_images_per_s": batched,
+                             "ratio": best_batch / batched, "bar": BATCH_BAR, "margin": best_batch / batched - BATCH_BAR,
+                             "met": best_batch / batched >= BATCH_BAR}}
+    full = [r for r in floor if r["members"] == max(x["members"] for x in floor)] if floor else []
+    floor_low = next((r for r in full if r["concurrency"] == low), None)
+    if floor_low is None:
+        why = "not measured: no floor (--no-floor)" if not floor else f"not measured: no floor phase at concurrency {low}"
+        out["latency"] = {"measured": False, "why": why}
+    else:
+        allowed = floor_low["p50_ms"] + inproc["batch1_p50_ms"]
+        excess = c1["p50_ms"] - allowed
+        out["latency"] = {"measured": True, "concurrency": low, "http_p50_ms": c1["p50_ms"],
+                          "floor_p50_ms": floor_low["p50_ms"], "in_process_batch1_p50_ms": inproc["batch1_p50_ms"],
+                          "excess_ms": excess, "bar_ms": LATENCY_BAR_MS, "margin_ms": LATENCY_BAR_MS - excess,
+                          "met": excess <= LATENCY_BAR_MS}
+    if not full:
+        out["single_throughput"] = {"measured": False, "why": "not measured: no floor (--no-floor)"}
+    else:
+        # Serve's hops and the models' work share the same CPUs: an image costs the floor's time per request
+        # plus the models' batched time per image, so together they allow at most 1 / (1/F + 1/M).
+        floor_rate = max(r["images_per_s"] for r in full)
+        bound = 1 / (1 / floor_rate + 1 / batched)
+        best_single = max(r["images_per_s"] for r in http if r["route"] == "/predict")
+        out["single_throughput"] = {"measured": True, "images_per_s": best_single, "floor_req_per_s": floor_rate,
+                                    "in_process_batched_images_per_s": batched, "bound_images_per_s": bound,
+                                    "ratio": best_single / bound}
+    return out
+
+
+def verdict_lines(v: dict[str, Any]) -> list[str]:
+    lines = []
+    lat = v["latency"]
+    if lat["measured"]:
+        lines.append(f"/predict p50 at concurrency {lat['concurrency']} - (floor {lat['floor_p50_ms']:.1f} + in-process "
+                     f"batch-1 {lat['in_process_batch1_p50_ms']:.1f}) = {lat['excess_ms']:+.1f} ms; bar <= "
+                     f"+{lat['bar_ms']:.0f} ms: {'met' if lat['met'] else 'NOT met'} (margin {lat['margin_ms']:+.1f} ms)")
+    else:
+        lines.append(f"/predict p50 against floor + in-process batch-1: {lat['why']}")
+    b = v["batch_throughput"]
+    lines.append(f"/predict/batch {b['images_per_s']:.0f} img/s / in-process batched {b['in_process_batched_images_per_s']:.0f}"
+                 f" = {b['ratio']:.2f}; bar >= {b['bar']:.2f}: {'met' if b['met'] else 'NOT met'} (margin {b['margin']:+.2f})")
+    one = v["single_throughput"]
+    if one["measured"]:
+        lines.append(f"/predict {one['images_per_s']:.0f} img/s / the bound floor and models allow together "
+                     f"1/(1/{one['floor_req_per_s']:.0f} + 1/{one['in_process_batched_images_per_s']:.0f}) = "
+                     f"{one['bound_images_per_s']:.0f} img/s: {one['ratio']:.2f} of it (no bar)")
+    else:
+        lines.append(f"/predict img/s against the floor's and models' bound: {one['why']}")
+    return lines
 
 
 def table(result: dict[str, Any]) -> str:
@@ -358,4 +428,6 @@ def table(result: dict[str, Any]) -> str:
         lines += [f"no-work app (Serve's floor) best req/s / in-process batched img/s: "
                   f"{r['no_work_app_req_per_s_over_in_process_batched']:.2f}; its p50 at concurrency 1: "
                   f"{r['no_work_app_c1_p50_ms']:.1f} ms"]
+    if "verdicts" in result:
+        lines += ["", "verdicts against Serve's floor:"] + ["  " + line for line in verdict_lines(result["verdicts"])]
     return "\n".join(lines)
