@@ -21,14 +21,16 @@ import argparse
 import glob
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from bench.machine import cpu_flags
+from raymotion.console import print_table
 from raymotion.data.transforms import resize_rgb
 from raymotion.predict import faces
 
@@ -161,10 +163,23 @@ class Record:
     square: Square
     box: faces.FaceBox | None
     recrop: np.ndarray | None
+    true_recrop: np.ndarray | None = None  # the pasted square re-cut (found faces, when asked)
 
 
-def measure(crops: Sequence[np.ndarray], seed: int, size: int = 224) -> Iterator[tuple[list[Record], int]]:
-    """Per photo: a Record per pasted face, and how many detections matched no pasted face."""
+# How a found face is cut from its photo: the box's training square, or aligned by its landmarks.
+CUTS: dict[str, Callable[[np.ndarray, faces.FaceBox, int], np.ndarray]] = {
+    "square": faces.crop_face, "aligned": faces.aligned_face}
+
+
+def true_square(photo: np.ndarray, square: Square, size: int) -> np.ndarray:
+    """The pasted square itself re-cut from the photo: what a perfect detector would give."""
+    return resize_rgb(Image.fromarray(np.ascontiguousarray(faces.crop_square(photo, square))), size)
+
+
+def measure(crops: Sequence[np.ndarray], seed: int, size: int = 224, cut: str = "square",
+            with_true_square: bool = False) -> Iterator[tuple[list[Record], int]]:
+    """Per photo: a Record per pasted face (``cut`` from the photo; with ``with_true_square``, the pasted
+    square re-cut too), and how many detections matched no pasted face."""
     rng = np.random.default_rng(seed)
     for kind, grid, side, squares, indices in layout_photos(len(crops), rng):
         photo = render(kind, side, squares, indices, crops, rng)
@@ -172,8 +187,9 @@ def measure(crops: Sequence[np.ndarray], seed: int, size: int = 224) -> Iterator
         records = []
         for index, square in zip(indices, squares):
             box = match(square, boxes)
-            recrop = faces.crop_face(photo, box, size) if box else None
-            records.append(Record(index, kind, grid, side, square, box, recrop))
+            recrop = CUTS[cut](photo, box, size) if box else None
+            truth = true_square(photo, square, size) if with_true_square and box else None
+            records.append(Record(index, kind, grid, side, square, box, recrop, truth))
         used = {r.box for r in records if r.box}
         yield records, sum(b not in used for b in boxes)
 
@@ -193,6 +209,16 @@ def fit_crop(records: Sequence[Record]) -> faces.CropFit:
                          shift_x=round(float(np.median(((sq[:, 0] + sq[:, 2]) / 2 - box_cx) / w)), 3),
                          shift_y=round(float(np.median(((sq[:, 1] + sq[:, 3]) / 2 - box_cy) / w)), 3),
                          aspect=round(float(np.median(h / w)), 2))
+
+
+def fit_template(records: Sequence[Record]) -> tuple[tuple[float, float], ...]:
+    """The five landmarks' medians as fractions of the pasted square (faces.ALIGN_TEMPLATE's fit): where
+    they lie in a training crop."""
+    found = [r for r in records if r.box and r.box.landmarks]
+    points = np.array([r.box.landmarks for r in found], float).reshape(len(found), 5, 2)
+    sq = np.array([r.square for r in found], float)
+    normalised = (points - sq[:, None, :2]) / (sq[:, 2] - sq[:, 0])[:, None, None]
+    return tuple((round(float(x), 3), round(float(y), 3)) for x, y in np.median(normalised, axis=0))
 
 
 def square_iou(record: Record, fit: faces.CropFit = faces.CROP_FIT) -> float:
@@ -291,37 +317,48 @@ def edge_check(crops: Sequence[np.ndarray], seed: int, size: int = 224) -> dict[
 # --- label agreement with any classifier --------------------------------------------------------------
 
 def label_agreement(classify: Callable[[np.ndarray], Sequence], crops: Sequence[np.ndarray], seed: int = 0,
-                    size: int = 224, batch: int = 64, labels: Sequence | None = None) -> dict[str, float]:
-    """How often ``classify`` (uint8 NHWC -> labels) gives a face found in a photo the label it gives the
-    original crop: over every pasted face (a missed face disagrees) and over the found ones. The photos
-    are those of ``measure`` (same crops and seed, same photos).
+                    size: int = 224, batch: int = 64, labels: Sequence | None = None,
+                    cut: str = "square") -> dict[str, float]:
+    """How often ``classify`` (uint8 NHWC -> labels) gives a face found in a photo (``cut`` from it: see
+    CUTS) the label it gives the original crop: over every pasted face (a missed face disagrees) and over
+    the found ones. The photos are those of ``measure`` (same crops and seed, same photos).
 
     With ``labels`` (each crop's true label) also what a user loses: accuracy on the original crops, and
     on the pasted faces (found ones, and all of them with a missed face counted wrong), each pasted face
-    scored against its crop's true label."""
+    scored against its crop's true label; and the same two figures for the pasted squares re-cut as they
+    were pasted (``*_true_square``, found faces): what the photo's resolution alone costs, whatever the cut."""
     originals = [resize_rgb(Image.fromarray(c), size) for c in crops]
     reference = _classify_all(classify, originals, batch)
     truth = list(labels) if labels is not None else reference
-    agree = right = found = total = 0
+    counts = dict.fromkeys(("agree", "right", "agree_true", "right_true"), 0)
+    found = total = 0
     pending: list[Record] = []
 
-    def score(records: Sequence[Record]) -> tuple[int, int]:
-        predicted = classify(np.stack([r.recrop for r in records])) if records else []
-        return (sum(p == reference[r.crop] for p, r in zip(predicted, records)),
-                sum(p == truth[r.crop] for p, r in zip(predicted, records)))
+    def score(records: Sequence[Record]) -> None:
+        if not records:
+            return
+        for suffix, images in (("", [r.recrop for r in records]), ("_true", [r.true_recrop for r in records])):
+            if suffix and labels is None:
+                continue
+            predicted = classify(np.stack(images))
+            counts["agree" + suffix] += sum(p == reference[r.crop] for p, r in zip(predicted, records))
+            counts["right" + suffix] += sum(p == truth[r.crop] for p, r in zip(predicted, records))
 
-    for records, _ in measure(crops, seed, size):
+    for records, _ in measure(crops, seed, size, cut, with_true_square=labels is not None):
         total += len(records)
         pending += [r for r in records if r.recrop is not None]
         if len(pending) >= batch:
-            agreed, correct = score(pending)
-            agree, right, found, pending = agree + agreed, right + correct, found + len(pending), []
-    agreed, correct = score(pending)
-    agree, right, found = agree + agreed, right + correct, found + len(pending)
-    result = {"faces": total, "found": found, "agree_all": agree / total, "agree_found": agree / max(1, found)}
+            score(pending)
+            found, pending = found + len(pending), []
+    score(pending)
+    found += len(pending)
+    result = {"faces": total, "found": found, "agree_all": counts["agree"] / total,
+              "agree_found": counts["agree"] / max(1, found)}
     if labels is not None:
         result.update(accuracy_crops=float(np.mean([p == t for p, t in zip(reference, truth)])),
-                      accuracy_found=right / max(1, found), accuracy_all=right / total)
+                      accuracy_found=counts["right"] / max(1, found), accuracy_all=counts["right"] / total,
+                      agree_true_square=counts["agree_true"] / max(1, found),
+                      accuracy_true_square=counts["right_true"] / max(1, found))
     return result
 
 
@@ -378,6 +415,8 @@ def report_fit(records: Sequence[Record], extra: int, count: int) -> None:
           f"found {len(found)}, missed {len(records) - len(found)}, detections matching no face: {extra}")
     print(f"fitted on all found faces: {fit_crop(found)}")
     print(f"in raymotion.predict.faces:            {faces.CROP_FIT}")
+    print(f"landmark template fitted (fractions of the square): {fit_template(found)}")
+    print(f"ALIGN_TEMPLATE in raymotion.predict.faces:          {faces.ALIGN_TEMPLATE}")
     print(f"held-out IoU (fit on half the crops, scored on the other half): {quantiles(held_out_ious(found))}")
     ious = np.array([square_iou(r) for r in found])
     print(f"IoU with raymotion.predict.faces constants: {quantiles(ious)}")
@@ -414,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                        "emotions"), help="root/val/<class>/*.jpg")
     parser.add_argument("--count", type=int, default=300, help="val crops to paste")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", help="also: label agreement of this run's served ensemble")
+    parser.add_argument("--run-dir", help="also: label agreement and accuracy of this run's served ensemble")
+    parser.add_argument("--cut", choices=[*CUTS, "both"], default="both",
+                        help="with --run-dir: how found faces are cut (default: both, side by side)")
     args = parser.parse_args(argv)
     crops, paths = load_crops(args.root, "val", args.count, args.seed)
     records, mad, extra = collect(crops, args.seed, 224)
@@ -422,14 +463,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     report_pixels(crops, records, mad, args.seed, 224)
     report_timing()
     if args.run_dir:
-        labels = [os.path.basename(os.path.dirname(p)) for p in paths]  # root/val/<class>/x.jpg
-        result = label_agreement(run_dir_classifier(args.run_dir), crops, args.seed, labels=labels)
-        print(f"label agreement ({args.run_dir}): {result['agree_all']:.4f} of all {result['faces']} pasted faces, "
-              f"{result['agree_found']:.4f} of the {result['found']} found")
-        print(f"accuracy against the true labels: crops {result['accuracy_crops']:.4f}; pasted faces found "
-              f"{result['accuracy_found']:.4f} ({result['accuracy_found'] - result['accuracy_crops']:+.4f}), all "
-              f"{result['accuracy_all']:.4f} (a missed face counted wrong)")
+        report_labels(args.run_dir, crops, [os.path.basename(os.path.dirname(p)) for p in paths],  # root/val/<class>/
+                      args.seed, CUTS if args.cut == "both" else [args.cut])
 
+
+def report_labels(run_dir: str, crops: Sequence[np.ndarray], labels: Sequence[str], seed: int,
+                  cuts: Iterable[str]) -> list[dict[str, Any]]:
+    """Agreement and accuracy of the run's served ensemble on the pasted faces, per way of cutting them."""
+    classify = run_dir_classifier(run_dir)
+    rows = [{"cut": cut, **label_agreement(classify, crops, seed, labels=labels, cut=cut)} for cut in cuts]
+    r0 = rows[0]
+    print(f"\n{run_dir}: {r0['faces']} pasted faces, {r0['found']} found; crops' own accuracy "
+          f"{r0['accuracy_crops']:.4f}; the pasted squares re-cut as pasted (a perfect detector): accuracy "
+          f"{r0['accuracy_true_square']:.4f}, agreement {r0['agree_true_square']:.4f}")
+    print_table([(r["cut"], f"{r['accuracy_found']:.4f}", f"{100 * (r['accuracy_found'] - r['accuracy_crops']):+.1f}",
+                  f"{r['accuracy_all']:.4f}", f"{r['agree_found']:.4f}", f"{r['agree_all']:.4f}") for r in rows],
+                ["cut", "acc found", "vs crops, points", "acc all", "agree found", "agree all"], "<>>>>>")
+    return rows
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ import sys
 import zlib
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
@@ -324,3 +325,54 @@ def test_a_whole_face_keeps_its_detected_box(crops):
     (box,) = faces.detect_faces(image)
     assert faces.face_extent(box, 640, 480) == (box.x, box.y, box.width, box.height)
     assert box.landmarks is not None and len(box.landmarks) == 10
+
+
+# --- faces aligned by their landmarks ------------------------------------------------------------------
+
+def test_the_similarity_transform_recovers_a_rotation_scale_and_shift():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale = 0.3, 1.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ (scale * rotation).T + [5.0, -3.0]
+    np.testing.assert_allclose(faces.similarity_transform(src, dst), np.hstack([scale * rotation, [[5.0], [-3.0]]]),
+                               atol=1e-9)
+    # A mirror image is not a similarity: the best proper one maps it no better than the identity would.
+    mirrored = src * [-1, 1]
+    m = faces.similarity_transform(src, mirrored)
+    assert np.linalg.det(m[:, :2]) > 0
+
+
+def test_an_aligned_cut_undoes_a_tilted_head(crops):
+    """Each crop pasted upright and, in another photo, tilted by 20 degrees: the aligned cuts (landmarks to
+    the template) of the two look alike, more than the boxes' squares do, which keep the tilt."""
+    squares = grid(3, 3, 300, [200] * 9)
+
+    def pasted(angle: float) -> tuple[np.ndarray, list[faces.FaceBox]]:
+        image = np.full((900, 900, 3), 120, np.uint8)
+        for crop, (x0, y0, x1, y1) in zip(crops, squares):
+            side = x1 - x0
+            turn = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
+            image[y0:y1, x0:x1] = cv2.warpAffine(face_fit.resize_crop(crop, side), turn, (side, side),
+                                                 borderMode=cv2.BORDER_REPLICATE)
+        found = faces.detect_faces(image)
+        boxes = [face_fit.match(square, found) for square in squares]
+        assert all(b is not None and b.landmarks is not None for b in boxes)
+        return image, boxes
+
+    (upright, upright_boxes), (tilted, tilted_boxes) = pasted(0), pasted(20)
+    pairs = list(zip(upright_boxes, tilted_boxes))
+
+    def mean_similarity(cut) -> float:
+        return float(np.mean([similarity(cut(tilted, b), cut(upright, a)) for a, b in pairs]))
+
+    aligned = faces.aligned_face(tilted, tilted_boxes[0], 224)
+    assert aligned.shape == (224, 224, 3) and aligned.dtype == np.uint8
+    squares_alike = mean_similarity(lambda image, box: faces.crop_face(image, box, 224))
+    first_guess = mean_similarity(lambda image, box: faces.aligned_face(image, box, 224, refine_rounds=0))
+    refined = mean_similarity(lambda image, box: faces.aligned_face(image, box, 224))
+    # yuface's first landmarks undo about half the tilt; found again on the straightened face, most of it.
+    assert refined > squares_alike + 0.08 and refined > first_guess + 0.04, (squares_alike, first_guess, refined)
+    # Without landmarks: the box's training square, unchanged.
+    box = replace(tilted_boxes[0], landmarks=None)
+    np.testing.assert_array_equal(faces.aligned_face(tilted, box, 224), faces.crop_face(tilted, box, 224))

@@ -62,6 +62,12 @@ class LandmarkSupport:
 LANDMARK_SUPPORT = LandmarkSupport(above_eyes=1.4, below_mouth=0.95, width=2.9, width_by_eyes=2.7, height_by_eyes=3.3)
 
 
+# Where the five landmarks (right eye, left eye, nose tip, right and left mouth corner, as yuface names
+# them: right is the image's left) lie in a training crop, as fractions of its side: medians over val
+# crops pasted at known squares into photos (``python -m bench.face_fit`` prints the fit).
+ALIGN_TEMPLATE = ((0.291, 0.376), (0.702, 0.375), (0.491, 0.604), (0.330, 0.781), (0.674, 0.780))
+
+
 @dataclass(frozen=True)
 class FaceBox:
     """A face in original image pixels (x, y: top-left; clipped to the image) and yuface's score in
@@ -260,3 +266,58 @@ def crop_face(rgb: np.ndarray, box: FaceBox, size: int) -> np.ndarray:
     _check_rgb(rgb)
     square = crop_square(rgb, training_crop_box(box, rgb.shape[1], rgb.shape[0]))
     return resize_rgb(Image.fromarray(np.ascontiguousarray(square)), size)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 rotation + uniform scale + shift that maps the (K, 2) points ``src`` closest to ``dst`` in
+    least squares (Umeyama's closed form, reflections excluded): deterministic, unlike OpenCV's robust
+    estimators, and with five landmarks there is no outlier to reject."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    a, b = src - src_mean, dst - dst_mean
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / max(a.var(0).sum(), 1e-12))
+    shift = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, shift[:, None]])
+
+
+def _refined_landmarks(rgb: np.ndarray, points: np.ndarray, template: np.ndarray, rounds: int) -> np.ndarray:
+    """The landmarks found again on the face turned upright by the last estimate (a canvas twice the
+    template's box, the face in its middle), mapped back to the photo. yuface's landmarks lean towards
+    upright, so a tilted head's first estimate undoes only part of its tilt; each round undoes most of
+    what is left."""
+    side = 160  # the template box on the canvas: yuface finds faces of that size reliably
+    for _ in range(rounds):
+        to_canvas = similarity_transform(points, template * side + side / 2)
+        canvas = cv2.warpAffine(rgb, to_canvas, (2 * side, 2 * side), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        found = [b for b in detect_faces(canvas) if b.landmarks is not None]
+        if not found:
+            break
+        middle = min(found, key=lambda b: abs(b.x + b.width / 2 - side) + abs(b.y + b.height / 2 - side))
+        back = np.linalg.inv(np.vstack([to_canvas, [0.0, 0.0, 1.0]]))[:2]
+        points = np.asarray(middle.landmarks, np.float64).reshape(5, 2) @ back[:, :2].T + back[:, 2]
+    return points
+
+
+def aligned_face(rgb: np.ndarray, box: FaceBox, size: int,
+                 template: tuple[tuple[float, float], ...] = ALIGN_TEMPLATE, refine_rounds: int = 1) -> np.ndarray:
+    """The face as a uint8 ``size`` x ``size`` x 3 crop whose five landmarks sit where a training crop's
+    do (``template``): upright, and framed by the eyes and mouth rather than by the box's edges, after
+    ``refine_rounds`` rounds of finding the landmarks again on the straightened face (each a detection on
+    a small canvas). Off-image parts repeat the edge pixels (as ``crop_square``). Without landmarks, the
+    box's training square."""
+    _check_rgb(rgb)
+    if box.landmarks is None:
+        return crop_face(rgb, box, size)
+    target = np.asarray(template, np.float64)
+    points = _refined_landmarks(rgb, np.asarray(box.landmarks, np.float64).reshape(5, 2), target, refine_rounds)
+    # Warped at the face's own resolution (at least ``size``), then resized by the project's resize:
+    # a warp straight to a much smaller side would alias where resize_rgb averages.
+    shrink = float(np.hypot(*similarity_transform(points, target * size)[:, 0]))  # output px per photo px
+    side = int(min(4 * size, max(size, round(size / max(shrink, 1e-6)))))
+    warped = cv2.warpAffine(rgb, similarity_transform(points, target * side), (side, side),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return warped if side == size else resize_rgb(Image.fromarray(warped), size)
