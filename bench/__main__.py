@@ -9,6 +9,7 @@ replicas on distinct nodes, a worker node removed mid-trial and under load (benc
 ``python -m bench distill RUN_DIR --model vit``: a distilled member again, stored soft labels vs online teachers.
 ``python -m bench peer RUN_DIR``: the fer library's own model beside the run's ensemble, per source (make peer).
 ``python -m bench large-photo RUN_DIR``: the Serve ingress's peak memory rise per 12/108/200 MP photo.
+``python -m bench camera RUN_DIR``: the page's live camera in headless Chromium: answered frames/s, drops, latency.
 ``python -m bench infer RUN_DIR``: raymotion.infer on Ray Data vs a plain single-process loop, crops and photos."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 
 from raymotion import rundir
 from raymotion.console import table as text_table
-from bench import infer, large_photo, peer
+from bench import camera, infer, large_photo, peer
 from raymotion.data import index_image_folders, resolve_data_root
 
 
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     add_distill_arguments(sub)
     peer.add_arguments(sub)
     large_photo.add_arguments(sub)
+    camera.add_arguments(sub)
     infer.add_arguments(sub)
     ens = sub.add_parser("ensemble", help="linear vs log-linear pooling of the runs' members, out of fold (no model runs)")
     ens.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories scored on the same val set")
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
                 "ensemble": run_ensemble, "train-step": run_train_step, "distill": run_distill,
                 "peer": lambda a: peer.command(a, write_result),
                 "large-photo": lambda a: large_photo.command(a, write_result),
+                "camera": lambda a: camera.command(a, write_result),
                 "infer": lambda a: infer.command(a, write_result)}
     if args.command in commands:
         commands[args.command](args)

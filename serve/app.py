@@ -281,13 +281,14 @@ def public_models(manifest: Manifest, run_dir: str, version: str) -> dict[str, A
 @serve.ingress(api)
 class EnsembleIngress:
     def __init__(self, manifest: dict[str, Any], public: dict[str, Any], face_max_side: int,
-                 detector: DeploymentHandle, *members: DeploymentHandle):
+                 detector: DeploymentHandle, *members: DeploymentHandle, answer_delay_s: float = 0.0):
         typed = Manifest.model_validate(manifest)  # the JSON travels; the typed view is rebuilt here
         self.classes = typed.classes
         self.members = dict(zip(typed.ensemble.served, members))
         self.sizes = {name: typed.models[name].input_size for name in typed.ensemble.served}
         self.ensemble = typed.ensemble
         self.public, self.face_max_side, self.detector = public, face_max_side, detector
+        self.answer_delay_s = answer_delay_s
 
     async def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         """Each image resized once per distinct input size, every model called once for all of them."""
@@ -309,6 +310,8 @@ class EnsembleIngress:
     @api.post("/predict", response_model=schema.Prediction | schema.FacesAnswer,
               responses=schema.error_responses(400, 413, 422, 503), openapi_extra=schema.image_body("file"))
     async def predict(self, request: Request, faces: bool = Query(False, description="find and classify every face")):
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         photo = await asyncio.to_thread(decode, await read_image_bytes(request))
         if faces:
             return await self.find_faces(photo)
@@ -317,6 +320,8 @@ class EnsembleIngress:
     @api.post("/predict/batch", response_model=schema.BatchAnswer, responses=schema.error_responses(400, 413, 503),
               openapi_extra=schema.image_body("files", many=True))
     async def predict_batch(self, request: Request):
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "send multipart/form-data with one 'files' part per image")
         uploads = await read_uploads(request, "files", MAX_BODY_BYTES, max_files=schema.MAX_BATCH_IMAGES,
@@ -379,6 +384,9 @@ class AppArgs(BaseModel):
     face_replicas: int = Field(1, ge=1)
     face_cpus: float = Field(0.25, gt=0)
     face_max_side: int = Field(640, ge=64)  # photos are scaled to this long side before face detection
+    # Every POST /predict and /predict/batch waits this long before it is read (asyncio.sleep: no CPU): a slow
+    # server on demand, to watch a client degrade (the browser test's camera drops frames). 0 in service.
+    answer_delay_s: float = Field(0.0, ge=0, le=30)
     # On a cluster: at most this many replicas of any one deployment per node (1: a lost node takes one
     # replica of each, and the others keep answering). None: Serve's default (spread where it can).
     max_replicas_per_node: int | None = Field(None, ge=1)
@@ -429,4 +437,4 @@ def build_app(args: AppArgs):
         name="ingress", num_replicas=args.ingress_replicas, max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests, ray_actor_options={"num_cpus": args.ingress_cpus}, **per_node(args),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
-    ).bind(manifest_json(manifest), public, args.face_max_side, detector, *members)
+    ).bind(manifest_json(manifest), public, args.face_max_side, detector, *members, answer_delay_s=args.answer_delay_s)

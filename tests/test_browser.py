@@ -8,7 +8,6 @@ serving GET /, GET /models and POST /predict?faces=1. Chromium and its driver co
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -16,81 +15,30 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import requests
-from PIL import Image, ImageOps
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-FACES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "faces")
+from bench import browser
+
 WAIT_S = 60  # every wait below is bounded by this
 TIMEOUT_S = 60  # per API request
-BACKGROUND = (226, 230, 234)  # the canvas the face crops are pasted on
+_paste = browser.paste
+_console = browser.console
 
 
 def _face_crops() -> list[str]:
-    if not os.path.isdir(FACES_DIR):
-        pytest.skip(f"{FACES_DIR} is absent: the face photos this test pastes together are not on this branch")
-    crops = sorted(glob.glob(os.path.join(FACES_DIR, "*.jpg")))
-    assert crops, f"{FACES_DIR} holds no *.jpg"
+    crops = browser.face_crops()
+    if not crops:
+        pytest.skip(f"{browser.FACES_DIR} holds no *.jpg: the face photos this test pastes together are not on this branch")
     return crops
 
 
-def _paste(crops: list[str], columns: int, side: int, gap: int) -> Image.Image:
-    """The crops, each fitted into a side x side cell (aspect kept, centred), on a plain canvas in a grid with
-    gap pixels between and around."""
-    rows = -(-len(crops) // columns)
-    canvas = Image.new("RGB", (columns * side + (columns + 1) * gap, rows * side + (rows + 1) * gap), BACKGROUND)
-    for i, path in enumerate(crops):
-        with Image.open(path) as im:
-            face = ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (side, side), Image.BICUBIC)
-        r, c = divmod(i, columns)
-        canvas.paste(face, (gap + c * (side + gap) + (side - face.width) // 2,
-                            gap + r * (side + gap) + (side - face.height) // 2))
-    return canvas
-
-
-def _write_y4m(image: Image.Image, path: str, frames: int = 5) -> None:
-    """YUV4MPEG2, 4:2:0 with JPEG (full-range BT.601) chroma siting: what Chromium's fake camera plays."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-    h, w = rgb.shape[:2]
-    assert h % 2 == 0 and w % 2 == 0, (w, h)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
-    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
-    sub = lambda p: p.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731
-    planes = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, sub(cb), sub(cr)))
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            f.write(b"FRAME\n" + planes)
-
-
 def _chrome(*arguments: str):
-    """A headless Chromium on the system's driver (never Selenium Manager, which would download one)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing: install Chromium and its driver first with `make browser` "
-                    "(apt-get install -y chromium chromium-driver); `make test` and .ci/run do it")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,1000", "--no-first-run", "--disable-extensions", *arguments):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-def _console(driver) -> str:
+    """A headless Chromium on the system's driver (bench.browser.chrome); a missing one fails, saying why."""
     try:
-        return "\n".join(f"{e['level']}: {e['message']}" for e in driver.get_log("browser"))
-    except Exception as err:  # the log is for failure messages only
-        return f"(no browser log: {err})"
+        return browser.chrome(*arguments)
+    except browser.BrowserMissing as err:
+        pytest.fail(str(err))
 
 
 def _api_faces(served_url: str, data: bytes) -> dict:
@@ -220,60 +168,132 @@ def test_server_error_is_shown_as_text(served_url, driver, tmp_path):
     assert not driver.find_elements("css selector", "#boxes .face")
 
 
-# Wraps the page's fetch of /predict: records when each request starts and the most in flight at once, and
-# holds the first two answers back a second (longer than the camera's 400 ms between frames), so that a page
-# that sent a frame while one was in flight would be caught.
+# --- the camera -----------------------------------------------------------------------------------------
+# Wraps the page's fetch of /predict, as an observer beside the page's own counters: when each request
+# starts and ends, and the most in flight at once.
 COUNT_FETCHES = """
-window.__predict = {starts: [], done: 0, inFlight: 0, maxInFlight: 0};
+window.__predict = {starts: [], ends: [], inFlight: 0, maxInFlight: 0};
 const original = window.fetch;
 window.fetch = async (...args) => {
   const s = window.__predict;
   if (!String(args[0]).includes("predict")) return original(...args);
   s.starts.push(performance.now());
-  const held = s.starts.length <= 2;
   s.inFlight++; s.maxInFlight = Math.max(s.maxInFlight, s.inFlight);
-  try {
-    const response = await original(...args);
-    if (held) await new Promise((resolve) => setTimeout(resolve, 1000));
-    return response;
-  } finally { s.inFlight--; s.done++; }
+  try { return await original(...args); }
+  finally { s.inFlight--; s.ends.push(performance.now()); }
 };
 """
+READ_CAMERA = """
+const d = document.getElementById('camera').dataset;
+const counters = Object.fromEntries(['frames', 'sent', 'answered', 'dropped', 'stale', 'failed', 'inFlight',
+                                     'inFlightLimit'].map((k) => [k, Number(d[k] || 0)]));
+return {...counters, on: d.on, frameSize: d.frameSize, fetches: window.__predict};
+"""
+BOX_LABELS = "return [...document.querySelectorAll('#boxes .face')].map((el) => el.dataset.label);"
+SLOW_S = 0.5  # the slow app's answer delay (serve.app.AppArgs.answer_delay_s)
+
+
+def _camera_video(tmp_path, crops: list[str]) -> str:
+    """A looped second of 640x480 at 30 fps in which the faces drift: every camera frame differs."""
+    video = str(tmp_path / "camera.y4m")
+    browser.write_y4m(browser.drifting_frames(crops, (640, 480), side=200, frames=30), video, fps=30)
+    return video
+
+
+def _camera_page(url: str, video: str, query: str = ""):
+    driver = _chrome(*browser.fake_camera_arguments(video))
+    driver.get(f"{url}/{query}")
+    driver.execute_script(COUNT_FETCHES)
+    driver.find_element("id", "camera").click()
+    return driver
+
+
+def _check_counts(c: dict, limit: int) -> None:
+    """What the page's counters must say at any moment: every camera frame is sent, dropped or (the newest)
+    not yet either; every frame sent is answered, discarded, failed or in flight; never more in flight
+    than the limit, and the page sent exactly the requests its fetch saw."""
+    assert c["inFlightLimit"] == limit and 0 <= c["inFlight"] <= limit, c
+    assert c["frames"] - c["sent"] - c["dropped"] in (0, 1), c
+    assert c["sent"] == c["answered"] + c["stale"] + c["failed"] + c["inFlight"], c
+    assert c["sent"] == len(c["fetches"]["starts"]) and c["fetches"]["maxInFlight"] <= limit, c
+
+
+def _stops(driver) -> None:
+    camera = driver.find_element("id", "camera")
+    camera.click()
+    assert camera.get_attribute("data-on") == "0"
+    sent = len(driver.execute_script("return window.__predict.starts"))
+    time.sleep(1.0)
+    assert len(driver.execute_script("return window.__predict.starts")) == sent  # stopped means stopped
 
 
 def test_camera_frames_get_boxes(served_url, tmp_path):
     crops = _face_crops()[:2]
-    frame = _paste(crops, columns=2, side=200, gap=80)  # 2 x 200 + 3 x 80 = 640 by 360: even sides
-    video = tmp_path / "camera.y4m"
-    _write_y4m(frame, str(video))
-    driver = _chrome("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                     f"--use-file-for-fake-video-capture={video}")
+    driver = _camera_page(served_url, _camera_video(tmp_path, crops))
     try:
-        driver.get(f"{served_url}/")
-        driver.execute_script(COUNT_FETCHES)
-        camera = driver.find_element("id", "camera")
-        camera.click()
-        _wait(driver, lambda d: d.find_elements("css selector", "#boxes .face") or _settled(d) == "error",
-              "a face box over the camera's frames (or an error)")
+        # Read in one script: the boxes are redrawn with every answer, so an element found in one call may
+        # be gone by the next.
+        labels = _wait(driver, lambda d: d.execute_script(BOX_LABELS) or _settled(d) == "error",
+                       "a face box over the camera's frames (or an error)")
         error = driver.find_element("id", "error").text
         assert not error, (driver.find_element("id", "status").text, error, _console(driver))
         driver.save_screenshot(str(tmp_path / "camera.png"))
-        assert camera.get_attribute("data-on") == "1"
-        faces = driver.find_elements("css selector", "#boxes .face")
-        assert 1 <= len(faces) <= len(crops)
-        assert all(f.get_attribute("data-label") in _classes(served_url) for f in faces)
-        assert driver.execute_script("return document.getElementById('video').videoWidth") == frame.width
-        # Frames keep going, one request at a time, at a bounded rate (400 ms apart at least; 350 allows
-        # for the JPEG encoding between the page's timer and its fetch).
-        _wait(driver, lambda d: d.execute_script("return window.__predict.done") >= 5, "5 answered camera frames")
-        stats = driver.execute_script("return window.__predict")
-        assert stats["maxInFlight"] == 1, stats
-        assert min(np.diff(stats["starts"])) >= 350, stats
-        camera.click()
-        assert camera.get_attribute("data-on") == "0"
-        sent = len(driver.execute_script("return window.__predict.starts"))
-        time.sleep(1.0)
-        assert len(driver.execute_script("return window.__predict.starts")) == sent  # stopped means stopped
+        assert 1 <= len(labels) <= len(crops)
+        assert set(labels) <= set(_classes(served_url)), labels
+        assert driver.execute_script("return document.getElementById('video').videoWidth") == 640
+        # Frames keep being answered, up to the page's default of two in flight, each sent at 480 px.
+        _wait(driver, lambda d: d.execute_script(READ_CAMERA)["answered"] >= 5, "5 answered camera frames")
+        counts = driver.execute_script(READ_CAMERA)
+        assert counts["on"] == "1" and counts["frameSize"] == "480x360", counts
+        _check_counts(counts, limit=2)
+        assert not driver.find_element("id", "error").text
+        _stops(driver)
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def slow_url(run, served_url):
+    """The session's run served again at /slow, every answer held SLOW_S first (the app's own setting,
+    answer_delay_s): a server slower than the camera."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    args = AppArgs(run_dir=run[0], model_cpus=0.05, ingress_cpus=0.05, face_cpus=0.05, answer_delay_s=SLOW_S)
+    serve.run(build_app(args), name="slow", route_prefix="/slow", blocking=False)
+    url = f"{served_url}/slow"
+    deadline = time.monotonic() + WAIT_S
+    while True:  # blocking=False: wait until the app answers
+        try:
+            if requests.get(f"{url}/healthz", timeout=TIMEOUT_S).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the slow app never answered"
+        time.sleep(0.5)
+    yield url
+    serve.delete("slow")
+
+
+def test_camera_drops_frames_when_the_server_is_slow(slow_url, tmp_path):
+    driver = _camera_page(slow_url, _camera_video(tmp_path, _face_crops()[:2]), "?camera_inflight=1")
+    try:
+        _wait(driver, lambda d: d.execute_script(READ_CAMERA)["answered"] >= 2, "2 answered camera frames")
+        samples = []
+        for _ in range(6):
+            samples.append(driver.execute_script(READ_CAMERA))
+            _check_counts(samples[-1], limit=1)
+            time.sleep(SLOW_S)
+        first, last = samples[0], samples[-1]
+        # The camera goes on presenting frames while each answer is held: those are dropped, not kept for
+        # later, so a frame sent is always the newest and the requests go strictly one after another.
+        assert last["answered"] > first["answered"] and last["dropped"] > first["dropped"], (first, last)
+        fetches = last["fetches"]
+        assert fetches["maxInFlight"] == 1
+        assert all(start >= end for start, end in zip(fetches["starts"][1:], fetches["ends"])), fetches
+        assert not driver.find_element("id", "error").text
+        _stops(driver)
     finally:
         driver.quit()
 
