@@ -37,6 +37,7 @@ class CameraBenchConfig:
     seconds: float = 10.0  # the measured window, per variant
     warmup_seconds: float = 3.0  # after the first answer, before the window opens
     variants: tuple[str, ...] = ("inflight=2,side=480,quality=0.7",)
+    rounds: int = 1  # each variant this many times, interleaved (the machine's other load varies)
     camera_fps: int = 30  # the fake camera's frame rate (the y4m's header)
     camera_frames: int = 90  # frames in the looped y4m
     faces: int = 2
@@ -75,10 +76,14 @@ return {now: performance.now(), on: d.on, size: d.frameSize || '', limit: d.inFl
 """ % list(COUNTERS)
 READ_MEASURES = """
 const [t0, t1] = arguments;
-return performance.getEntriesByName('raymotion:camera-answer')
-  .filter((e) => e.startTime + e.duration > t0 && e.startTime + e.duration <= t1)
-  .map((e) => [e.duration, (e.detail && e.detail.faces) || 0]);
+const inside = (e) => e.startTime + e.duration > t0 && e.startTime + e.duration <= t1;
+return {answers: performance.getEntriesByName('raymotion:camera-answer').filter(inside)
+                   .map((e) => [e.duration, (e.detail && e.detail.faces) || 0]),
+        fetches: performance.getEntriesByType('resource').filter((e) => e.name.includes('predict') && inside(e))
+                   .map((e) => e.duration)};
 """
+# The browser keeps 250 resource timings unless told otherwise: enough room for every request of a window.
+KEEP_RESOURCE_TIMINGS = "performance.setResourceTimingBufferSize(1000000);"
 
 
 def window(driver, seconds: float) -> dict[str, Any]:
@@ -89,12 +94,17 @@ def window(driver, seconds: float) -> dict[str, Any]:
     last = driver.execute_script(READ_PAGE)
     span = (last["now"] - first["now"]) / 1000
     diff = {k: last["counters"][k] - first["counters"][k] for k in COUNTERS}
-    measures = driver.execute_script(READ_MEASURES, first["now"], last["now"])
+    timings = driver.execute_script(READ_MEASURES, first["now"], last["now"])
+    measures, fetches = timings["answers"], timings["fetches"]
     latencies = [m[0] for m in measures]
-    pct = lambda q: float(np.percentile(latencies, q)) if latencies else float("nan")  # noqa: E731
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     return {"seconds": span, **diff, "answered_per_s": diff["answered"] / span, "camera_fps": diff["frames"] / span,
-            "dropped_per_s": diff["dropped"] / span, "latency_p50_ms": pct(50), "latency_p95_ms": pct(95),
-            "latency_max_ms": max(latencies, default=float("nan")), "latencies_ms": latencies,
+            "dropped_per_s": diff["dropped"] / span, "latency_p50_ms": pct(latencies, 50),
+            "latency_p95_ms": pct(latencies, 95), "latency_max_ms": max(latencies, default=float("nan")),
+            "latencies_ms": latencies,
+            # The request alone (the browser's Resource Timing: request sent to answer received); the rest of
+            # the latency is the page's own work (grab, JPEG encoding, JSON, drawing).
+            "fetch_p50_ms": pct(fetches, 50), "fetch_p95_ms": pct(fetches, 95),
             "faces_per_answer": statistics.mean(m[1] for m in measures) if measures else float("nan"),
             "frame_size": last["size"], "in_flight_limit": last["limit"], "error": last["error"]}
 
@@ -108,6 +118,7 @@ def run_variant(url: str, y4m: str, variant: str, cfg: CameraBenchConfig, log: C
     driver = browser.chrome(*browser.fake_camera_arguments(y4m))
     try:
         driver.get(f"{url}/?{urlencode(query)}")
+        driver.execute_script(KEEP_RESOURCE_TIMINGS)
         WebDriverWait(driver, START_TIMEOUT_S).until(
             lambda d: d.find_element("id", "classes").get_attribute("data-state") != "loading")
         driver.find_element("id", "camera").click()
@@ -120,7 +131,11 @@ def run_variant(url: str, y4m: str, variant: str, cfg: CameraBenchConfig, log: C
                                f"#status {driver.find_element('id', 'status').text!r}; browser log:\n"
                                f"{browser.console(driver)}") from err
         time.sleep(cfg.warmup_seconds)
-        row = {"variant": variant, "query": query, **window(driver, cfg.seconds)}
+        load_before = os.getloadavg()[0]
+        row = {"variant": variant, "query": query, **window(driver, cfg.seconds),
+               # The 1-minute load average around the window, this benchmark's own processes included: on a
+               # machine shared with other jobs it says how much else ran.
+               "load1_before": load_before, "load1_after": os.getloadavg()[0]}
         driver.find_element("id", "camera").click()
     finally:
         driver.quit()
@@ -162,30 +177,45 @@ def run_camera_bench(cfg: CameraBenchConfig, log: Callable[[str], None] = print)
             url = serve_run(cfg, free_port())
             log(f"serving {cfg.run_dir} at {url}; camera: {cfg.faces} drifting faces, {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]} "
                 f"at {cfg.camera_fps} fps; {cfg.seconds:.0f} s per variant after {cfg.warmup_seconds:.0f} s of warm-up")
-            rows = [run_variant(url, y4m, v, cfg, log) for v in cfg.variants]
+            rows = [{"round": i + 1, **run_variant(url, y4m, v, cfg, log)}
+                    for i in range(cfg.rounds) for v in cfg.variants]
         finally:
             serve.shutdown()
     return {"benchmark": "camera", "machine": machine, "cpu_flags": cpu_flags(), "config": asdict(cfg),
-            "target_answered_per_s": TARGET_FPS, "rows": rows}
+            "target_answered_per_s": TARGET_FPS, "rows": rows, "summary": summarize(rows)}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant, the median over its rounds of answered frames/s and latency."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        out[variant] = {"rounds": len(mine), **{k: statistics.median(r[k] for r in mine)
+                                                for k in ("answered_per_s", "latency_p50_ms", "latency_p95_ms",
+                                                          "fetch_p50_ms", "dropped_per_s")}}
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
     from raymotion.console import table as text_table
 
-    rows = [(r["variant"], r["frame_size"], f"{r['camera_fps']:.1f}", f"{r['answered_per_s']:.1f}", r["dropped"],
+    rows = [(r["round"], r["variant"], r["frame_size"], f"{r['camera_fps']:.1f}", f"{r['answered_per_s']:.1f}", r["dropped"],
              r["stale"], r["failed"], f"{r['latency_p50_ms']:.0f}", f"{r['latency_p95_ms']:.0f}",
-             f"{r['faces_per_answer']:.2f}") for r in result["rows"]]
+             f"{r['fetch_p50_ms']:.0f}", f"{r['faces_per_answer']:.2f}",
+             f"{r['load1_before']:.1f}/{r['load1_after']:.1f}") for r in result["rows"]]
     m, cfg = result["machine"], result["config"]
     lines = [f"cpu: {m['cpu_model']} ({m['usable_cpus']} usable); flags: {' '.join(result['cpu_flags'])}",
              f"RAY_SERVE_THROUGHPUT_OPTIMIZED={int(cfg['throughput_optimized'])}; window {cfg['seconds']:.0f} s per "
              f"variant; answer_delay_s={cfg['app_args'].get('answer_delay_s', 0)}", "",
-             text_table(rows, ["variant", "sent", "camera fps", "answered/s", "dropped", "stale", "failed", "p50 ms",
-                               "p95 ms", "faces/answer"], "<<>>>>>>>>")]
-    for r in result["rows"]:
-        met = r["answered_per_s"] >= result["target_answered_per_s"]
-        lines.append(f"{r['variant']}: {r['answered_per_s']:.1f} answered frames/s, bar >= "
-                     f"{result['target_answered_per_s']:.0f}: {'met' if met else 'NOT met'} "
-                     f"(margin {r['answered_per_s'] - result['target_answered_per_s']:+.1f})")
+             text_table(rows, ["round", "variant", "sent", "camera fps", "answered/s", "dropped", "stale", "failed",
+                               "p50 ms", "p95 ms", "fetch p50 ms", "faces/answer", "load1"], ">" + "<" * 2 + ">" * 10),
+             "", "median over rounds:"]
+    target = result["target_answered_per_s"]
+    for variant, s in summarize(result["rows"]).items():
+        met = s["answered_per_s"] >= target
+        lines.append(f"  {variant}: {s['answered_per_s']:.1f} answered frames/s (rounds {s['rounds']}), latency p50 "
+                     f"{s['latency_p50_ms']:.0f} ms p95 {s['latency_p95_ms']:.0f} ms; bar >= {target:.0f}: "
+                     f"{'met' if met else 'NOT met'} (margin {s['answered_per_s'] - target:+.1f})")
     return "\n".join(lines)
 
 
@@ -198,7 +228,7 @@ def command(args: argparse.Namespace, write_result: Callable[[dict, str], None])
     if args.answer_delay_s:
         app_args["answer_delay_s"] = args.answer_delay_s
     cfg = CameraBenchConfig(run_dir=os.path.abspath(args.run_dir), seconds=args.seconds,
-                            warmup_seconds=args.warmup_seconds, variants=tuple(args.variants.split(";")),
+                            warmup_seconds=args.warmup_seconds, variants=tuple(args.variants.split(";")), rounds=args.rounds,
                             camera_fps=args.camera_fps, faces=args.faces, app_args=app_args,
                             throughput_optimized=args.throughput_optimized)
     for v in cfg.variants:
@@ -217,6 +247,7 @@ def add_arguments(sub) -> None:
     p.add_argument("--variants", default=CameraBenchConfig.variants[0],
                    help="';'-separated page settings, each 'inflight=N,side=PX,quality=Q' (any subset; the page's "
                         "defaults for the rest)")
+    p.add_argument("--rounds", type=int, default=1, help="each variant this many times, interleaved; medians reported")
     p.add_argument("--camera-fps", type=int, default=30, help="the fake camera's frame rate")
     p.add_argument("--faces", type=int, default=2, help="faces in the camera's picture")
     p.add_argument("--answer-delay-s", type=float, default=0.0,
