@@ -169,6 +169,10 @@ def run_camera_bench(cfg: CameraBenchConfig, log: Callable[[str], None] = print)
     log(f"cpu: {machine['cpu_model']}, {machine['usable_cpus']} usable, flags {' '.join(cpu_flags())}")
     # Serve reads its throughput switch when its processes start: set before Ray starts them.
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.throughput_optimized else "0"
+    # With the switch on, a stopped ingress replica serves on for at least this long (30 s by default) so that
+    # an external load balancer can take it out first; nothing here balances across replicas, and the
+    # benchmark deletes and redeploys apps between its phases.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     start_local_ray()
     rows = []
     with tempfile.TemporaryDirectory(prefix="raymotion-camera-") as tmp:

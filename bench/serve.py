@@ -289,6 +289,10 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] = print) -
     # Its own Ray and Serve, whatever else runs here: a clean instance, and a proxy on a port of its own.
     # Serve reads its throughput switch when its processes start, so it is set before Ray starts them.
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.throughput_optimized else "0"
+    # With the switch on, a stopped ingress replica serves on for at least this long (30 s by default) so that
+    # an external load balancer can take it out first; nothing here balances across replicas, and the
+    # benchmark deletes and redeploys apps between its phases.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     start_local_ray()
     port = free_port()
     deploy(cfg, port)
