@@ -73,6 +73,19 @@ def _wait(driver, condition, what: str):
                     f"{len(driver.find_elements('css selector', '#boxes .face'))} .face; browser log:\n{_console(driver)}")
 
 
+def wait_until_answered(url: str, what: str) -> None:
+    """Until GET ``url`` answers 200 (an app deployed with serve.run(blocking=False)), at most WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            if requests.get(url, timeout=TIMEOUT_S).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{what} never answered"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def driver():
     d = _chrome()
@@ -263,15 +276,7 @@ def slow_url(run, served_url):
     args = AppArgs(run_dir=run[0], model_cpus=0.05, ingress_cpus=0.05, face_cpus=0.05, answer_delay_s=SLOW_S)
     serve.run(build_app(args), name="slow", route_prefix="/slow", blocking=False)
     url = f"{served_url}/slow"
-    deadline = time.monotonic() + WAIT_S
-    while True:  # blocking=False: wait until the app answers
-        try:
-            if requests.get(f"{url}/healthz", timeout=TIMEOUT_S).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, "the slow app never answered"
-        time.sleep(0.5)
+    wait_until_answered(f"{url}/healthz", "the slow app")
     yield url
     serve.delete("slow")
 
@@ -330,15 +335,7 @@ def four_class_url(ray_session, served_url, tmp_path_factory):
     serve.run(build_app(AppArgs(run_dir=out, model_cpus=0.05, ingress_cpus=0.05, face_cpus=0.05)), name="four",
               route_prefix="/four", blocking=False)
     url = f"{served_url}/four"
-    deadline = time.monotonic() + WAIT_S
-    while True:  # blocking=False: wait until the app answers
-        try:
-            if requests.get(f"{url}/models", timeout=TIMEOUT_S).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, "the four-class app never answered"
-        time.sleep(0.5)
+    wait_until_answered(f"{url}/models", "the four-class app")
     yield url
     serve.delete("four")
 
