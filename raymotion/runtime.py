@@ -74,7 +74,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS") or last_started_cluster()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and last_started_cluster():
+        # "auto" now finds that same cluster, and joins it as Ray joins a cluster it found: in token mode
+        # when a token is at hand (Ray 2.59+ heads started here use token auth; a shell that never set
+        # RAY_AUTH_MODE would otherwise be refused). An explicit address never switches the mode.
+        address = "auto"
     if address and address != "local":
         ray.init(address=address, logging_level=logging.WARNING)
         return False

@@ -48,12 +48,15 @@ def fresh_home():
     pip_conf = os.path.expanduser("~/.config/pip")
     if os.path.isdir(pip_conf):
         shutil.copytree(pip_conf, os.path.join(home, ".config", "pip"))
-    # Short: Ray's unix socket paths under the temp dir must stay under 108 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="rmh-", dir="/tmp")
+    # Short: Ray's unix socket paths under the temp dir must stay under 108 bytes. Named "ray" inside a
+    # folder of its own: with RAY_TMPDIR at that folder, a client finds this head as it finds /tmp/ray's.
+    base = tempfile.mkdtemp(prefix="rmh-", dir="/tmp")
+    temp_dir = os.path.join(base, "ray")
+    os.mkdir(temp_dir)
     yield home, temp_dir
     kill_processes_under(temp_dir)
     shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # What Ray's State API (and with it Ray Train's placement-group cleaner) resolves as "the" cluster inside a
@@ -110,6 +113,13 @@ def test_make_ray_up_makes_a_token_on_a_machine_without_one(ray_session, fresh_h
     assert driver.returncode == 0, driver.stderr[-3000:]
     # The head's CPU, then the port a worker of the head resolves as its cluster: the head's own.
     assert driver.stdout.split()[-2:] == ["1", str(gcs)], driver.stdout
+    # raymotion's own commands (no --address) join the head `ray start` made from a shell that never set
+    # RAY_AUTH_MODE: the token is at hand. The head's temp dir holds the address file they read.
+    joined = subprocess.run(
+        [sys.executable, "-c", "from raymotion.runtime import init_ray; import ray; "
+                               "print(init_ray(), int(ray.cluster_resources()['CPU']))"],
+        cwd=REPO, env=dict(env, RAY_TMPDIR=os.path.dirname(temp_dir)), capture_output=True, text=True, timeout=120)
+    assert joined.returncode == 0 and joined.stdout.split()[-2:] == ["False", "1"], joined.stdout + joined.stderr[-3000:]
     # Two heads on this machine now: the session's workers still resolve the session's cluster.
     assert resolved_port_in_a_worker() == ray_session.get_runtime_context().gcs_address.rsplit(":", 1)[1]
     url = f"http://127.0.0.1:{dashboard}/api/jobs/"
