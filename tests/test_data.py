@@ -367,3 +367,24 @@ def test_a_materialize_waits_for_a_free_cpu_within_its_bound(ray_session):
         for holder in holders:
             ray.kill(holder)
     assert wait_for_a_free_cpu(timeout_s=30)
+
+
+def test_decoding_beside_a_holder_of_most_cpus_runs_on_what_is_free(ray_session, faces_root):
+    """A service (make run's) holds most of the CPUs: `data prepare` and the tune's decode must still run,
+    on the fraction left, rather than wait for whole CPUs that do not come free while it runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    free = ray_session.available_resources()["CPU"]
+    held = placement_group([{"CPU": round(free - 0.3, 2)}])
+    ray_session.get(held.ready(), timeout=60)
+    pool = ThreadPoolExecutor(1)
+    decoding = pool.submit(load_cached, index_image_folders(faces_root), 24)
+    try:
+        cached, _ = decoding.result(timeout=120)
+    finally:
+        # Removing the holder lets a decode that waited finish, so the thread ends either way.
+        remove_placement_group(held)
+        pool.shutdown()
+    assert cached["train"].count() == 300 and cached["val"].count() == 60

@@ -35,6 +35,14 @@ ROWS_PER_BLOCK = 256
 # whole CPU would deadlock a 2-CPU node, where the Train worker holds one and the Tune trial a sliver.
 STREAM_TASK_CPUS = 0.5
 
+def task_cpus(wanted: float = 1.0) -> float:
+    """The CPUs a one-off decode task asks for: ``wanted``, or what is free now when less is (a service or
+    another job holding part of the cluster), so that decoding runs, more slowly, instead of waiting for
+    CPUs that will not come free while that holder runs."""
+    free = ray.available_resources().get("CPU", 0.0)
+    return wanted if free >= wanted else max(0.05, int(free * 100) / 100)
+
+
 def data_task_concurrency() -> int:
     """At most one per-epoch data task per CPU of the cluster.
 
@@ -158,10 +166,10 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
     random.Random(shuffle_seed).shuffle(rows)
     num_blocks = max(2, -(-len(rows) // ROWS_PER_BLOCK))
     decoded = materialize(ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
-        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK))
+        _decode_resize, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK, num_cpus=task_cpus()))
     report = DecodeReport()
     # An explicit projection UDF: Ray's select_columns on this materialized plan can lose the column.
-    status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS)
+    status = decoded.map_batches(_status_columns, batch_size=ROWS_PER_BLOCK, num_cpus=task_cpus(STREAM_TASK_CPUS))
     for batch in status.iter_batches(batch_size=None):
         for kind, path, ok, label in zip(batch["kind"], batch["path"], batch["ok"], batch["label"]):
             if not ok:
@@ -171,7 +179,7 @@ def decode_split(split: Split, size: int, shuffle_seed: int = 0) -> tuple[ray.da
             report.kept_labels[int(label)] += 1
             if kind != "rgb":
                 report.converted[kind] += 1
-    good = materialize(decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS))
+    good = materialize(decoded.map_batches(_keep_ok, batch_size=ROWS_PER_BLOCK, num_cpus=task_cpus(STREAM_TASK_CPUS)))
     return good, report
 
 
@@ -221,7 +229,8 @@ def load_cached(source: ImageFolders | ParquetCache | Sources, size: int) -> tup
         for split in ("train", "val"):
             ds = source.read(split)
             if source.size != size:  # a cache at another size: resize once, never decode JPEGs
-                ds = ds.map_batches(_resize_batch, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK)
+                ds = ds.map_batches(_resize_batch, fn_kwargs={"size": size}, batch_size=ROWS_PER_BLOCK,
+                                    num_cpus=task_cpus())
             cached[split] = materialize(ds)
         report = DecodeReport()
         skipped = source.meta.get("skipped", {})
