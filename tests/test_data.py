@@ -369,7 +369,7 @@ def test_a_materialize_waits_for_a_free_cpu_within_its_bound(ray_session):
     assert wait_for_a_free_cpu(timeout_s=30)
 
 
-def test_decoding_beside_a_holder_of_most_cpus_runs_on_what_is_free(ray_session, faces_root):
+def test_decoding_beside_a_holder_of_most_cpus_runs_on_what_is_free(ray_session, faces_root, tmp_path):
     """A service (make run's) holds most of the CPUs: `data prepare` and the tune's decode must still run,
     on the fraction left, rather than wait for whole CPUs that do not come free while it runs."""
     from concurrent.futures import ThreadPoolExecutor
@@ -380,9 +380,15 @@ def test_decoding_beside_a_holder_of_most_cpus_runs_on_what_is_free(ray_session,
     held = placement_group([{"CPU": round(free - 0.3, 2)}])
     ray_session.get(held.ready(), timeout=60)
     pool = ThreadPoolExecutor(1)
-    decoding = pool.submit(load_cached, index_image_folders(faces_root), 24)
+    from raymotion.data.__main__ import prepare_parquet
+
+    def decode_and_write():
+        prepare_parquet(faces_root, str(tmp_path / "cache"), 24)  # decode, then write Parquet
+        return load_cached(index_image_folders(faces_root), 24)
+
+    decoding = pool.submit(decode_and_write)
     try:
-        cached, _ = decoding.result(timeout=120)
+        cached, _ = decoding.result(timeout=150)
     finally:
         # Removing the holder lets a decode that waited finish, so the thread ends either way.
         remove_placement_group(held)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def prepare_parquet(root: str, out: str, size: int, address: str | None = None) -> None:
     from raymotion.data.parquet import write_cache_meta
-    from raymotion.data.pipeline import DecodeReport, decode_split
+    from raymotion.data.pipeline import DecodeReport, decode_split, task_cpus
     from raymotion.runtime import init_ray
 
     folders = index_image_folders(root)
@@ -54,7 +54,7 @@ def prepare_parquet(root: str, out: str, size: int, address: str | None = None) 
     report, counts = DecodeReport(), {}
     for split in ("train", "val"):
         ds, split_report = decode_split(folders.split(split), size)
-        ds.write_parquet(os.path.join(out, split))
+        ds.write_parquet(os.path.join(out, split), ray_remote_args={"num_cpus": task_cpus()})
         report.add(split_report)
         # Counted during decoding: no second pass over the images.
         counts[split] = {c: split_report.kept_labels[i] for i, c in enumerate(folders.classes)}
