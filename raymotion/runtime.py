@@ -74,13 +74,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address and last_started_cluster():
-        # "auto" now finds that same cluster, and joins it as Ray joins a cluster it found: in token mode
-        # when a token is at hand (Ray 2.59+ heads started here use token auth; a shell that never set
-        # RAY_AUTH_MODE would otherwise be refused). An explicit address never switches the mode.
-        address = "auto"
+    address = address or os.environ.get("RAY_ADDRESS") or last_started_cluster()
     if address and address != "local":
+        # Ray 2.59+ heads started with `ray start` use token auth, and Ray turns a client's token mode on
+        # only when it finds the cluster itself (address "auto"): a shell that never set RAY_AUTH_MODE is
+        # refused by an explicit address (--address, or the one command.json keeps for --resume). A
+        # token-mode client joins a cluster without auth too, so the mode goes on whenever a token is at
+        # hand and the user chose none, by Ray's own rule for that.
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         ray.init(address=address, logging_level=logging.WARNING)
         return False
     start_local_ray(num_cpus)

@@ -113,13 +113,15 @@ def test_make_ray_up_makes_a_token_on_a_machine_without_one(ray_session, fresh_h
     assert driver.returncode == 0, driver.stderr[-3000:]
     # The head's CPU, then the port a worker of the head resolves as its cluster: the head's own.
     assert driver.stdout.split()[-2:] == ["1", str(gcs)], driver.stdout
-    # raymotion's own commands (no --address) join the head `ray start` made from a shell that never set
-    # RAY_AUTH_MODE: the token is at hand. The head's temp dir holds the address file they read.
-    joined = subprocess.run(
-        [sys.executable, "-c", "from raymotion.runtime import init_ray; import ray; "
-                               "print(init_ray(), int(ray.cluster_resources()['CPU']))"],
-        cwd=REPO, env=dict(env, RAY_TMPDIR=os.path.dirname(temp_dir)), capture_output=True, text=True, timeout=120)
-    assert joined.returncode == 0 and joined.stdout.split()[-2:] == ["False", "1"], joined.stdout + joined.stderr[-3000:]
+    # raymotion's own commands join that head from a shell that never set RAY_AUTH_MODE, the token being at
+    # hand: found as the last `ray start` (its temp dir holds the address file) and named by --address.
+    for address in ("None", f"'127.0.0.1:{gcs}'"):
+        joined = subprocess.run(
+            [sys.executable, "-c", "from raymotion.runtime import init_ray; import ray; "
+                                   f"print(init_ray({address}), int(ray.cluster_resources()['CPU']))"],
+            cwd=REPO, env=dict(env, RAY_TMPDIR=os.path.dirname(temp_dir)), capture_output=True, text=True, timeout=120)
+        assert joined.returncode == 0 and joined.stdout.split()[-2:] == ["False", "1"], \
+            address + joined.stdout + joined.stderr[-3000:]
     # Two heads on this machine now: the session's workers still resolve the session's cluster.
     assert resolved_port_in_a_worker() == ray_session.get_runtime_context().gcs_address.rsplit(":", 1)[1]
     url = f"http://127.0.0.1:{dashboard}/api/jobs/"
