@@ -152,3 +152,16 @@ def test_ctrl_c_stops_the_run_where_it_is_and_resume_continues_it(ray_session, f
     assert len(trial_dirs) == 1
     reported = pd.read_csv(trial_dirs[0])["epoch"]
     assert reported.is_unique and reported.max() == epochs, list(reported)
+
+    # Resumed once more, finished, beside a holder of all but 0.3 of the CPUs (make run's service, say):
+    # nothing trains, so it needs no trial's CPUs, and it exports the kept model again.
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": round(ray_session.available_resources()["CPU"] - 0.3, 2)}])
+    ray_session.get(held.ready(), timeout=60)
+    try:
+        again = subprocess.run(tune_command(address, "--resume", run_dir), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=600)
+    finally:
+        remove_placement_group(held)
+    assert again.returncode == 0 and "lenet: already tuned in this run (1 trials); kept" in again.stdout, again.stdout[-3000:]

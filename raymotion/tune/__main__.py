@@ -207,13 +207,13 @@ def tune_stage(ctx: RunContext, bases: dict[str, TrainConfig], trials: dict[str,
     checkpoints, extra = {}, {}
     for model, base in bases.items():
         label = (labels or {}).get(model, model)
-        base, note = check_resources(base)  # before decoding: fail fast, or fit what is free
-        if note:
-            print(f"{label}: {note}", flush=True)
         result = read_tune_result(run_dir, model) if ctx.args.resume else None
-        if result:
+        if result:  # needs no CPUs: a finished run resumes beside a service that holds them
             print(f"\n{label}: already tuned in this run ({result.trials} trials); kept", flush=True)
         else:
+            base, note = check_resources(base)  # before decoding: fail fast, or fit what is free
+            if note:
+                print(f"{label}: {note}", flush=True)
             result = tune_one(label, base, dataclasses.replace(ctx.settings, num_samples=trials[model]), ctx, run_dir)
         checkpoints[model] = copy_checkpoint(result, member_checkpoint_dir(run_dir, model))
         extra[model] = {"tune": {"trials": result.trials, "stopped_early": result.stopped_early,
