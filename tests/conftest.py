@@ -3,6 +3,7 @@ run of the tune command on it, served on 127.0.0.1 (shared by the end-to-end, AP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -65,6 +66,20 @@ def faces_root(tmp_path_factory) -> str:
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def cpus_held_but(ray, left: float):
+    """A placement group holding all of the session's free CPUs but ``left`` (as make run's service holds
+    most of a 2-CPU machine), removed on leaving: whatever waited for CPUs then gets them."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": round(ray.available_resources()["CPU"] - left, 2)}])
+    ray.get(held.ready(), timeout=60)
+    try:
+        yield held
+    finally:
+        remove_placement_group(held)
 
 
 @pytest.fixture(scope="session")

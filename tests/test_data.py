@@ -374,23 +374,17 @@ def test_decoding_beside_a_holder_of_most_cpus_runs_on_what_is_free(ray_session,
     on the fraction left, rather than wait for whole CPUs that do not come free while it runs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray.util.placement_group import placement_group, remove_placement_group
-
-    free = ray_session.available_resources()["CPU"]
-    held = placement_group([{"CPU": round(free - 0.3, 2)}])
-    ray_session.get(held.ready(), timeout=60)
-    pool = ThreadPoolExecutor(1)
+    from conftest import cpus_held_but
     from raymotion.data.__main__ import prepare_parquet
 
     def decode_and_write():
         prepare_parquet(faces_root, str(tmp_path / "cache"), 24)  # decode, then write Parquet
         return load_cached(index_image_folders(faces_root), 24)
 
-    decoding = pool.submit(decode_and_write)
+    pool = ThreadPoolExecutor(1)
     try:
-        cached, _ = decoding.result(timeout=150)
+        with cpus_held_but(ray_session, 0.3):
+            cached, _ = pool.submit(decode_and_write).result(timeout=150)
     finally:
-        # Removing the holder lets a decode that waited finish, so the thread ends either way.
-        remove_placement_group(held)
-        pool.shutdown()
+        pool.shutdown()  # after the holder is gone: a decode that waited then finishes, and the thread ends
     assert cached["train"].count() == 300 and cached["val"].count() == 60

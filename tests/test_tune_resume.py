@@ -155,13 +155,9 @@ def test_ctrl_c_stops_the_run_where_it_is_and_resume_continues_it(ray_session, f
 
     # Resumed once more, finished, beside a holder of all but 0.3 of the CPUs (make run's service, say):
     # nothing trains, so it needs no trial's CPUs, and it exports the kept model again.
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from conftest import cpus_held_but
 
-    held = placement_group([{"CPU": round(ray_session.available_resources()["CPU"] - 0.3, 2)}])
-    ray_session.get(held.ready(), timeout=60)
-    try:
+    with cpus_held_but(ray_session, 0.3):
         again = subprocess.run(tune_command(address, "--resume", run_dir), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, timeout=600)
-    finally:
-        remove_placement_group(held)
     assert again.returncode == 0 and "lenet: already tuned in this run (1 trials); kept" in again.stdout, again.stdout[-3000:]

@@ -35,13 +35,6 @@ ROWS_PER_BLOCK = 256
 # whole CPU would deadlock a 2-CPU node, where the Train worker holds one and the Tune trial a sliver.
 STREAM_TASK_CPUS = 0.5
 
-def task_cpus(wanted: float = 1.0) -> float:
-    """The CPUs a one-off decode task asks for: ``wanted``, or what is free now when less is (a service or
-    another job holding part of the cluster), so that decoding runs, more slowly, instead of waiting for
-    CPUs that will not come free while that holder runs."""
-    free = ray.available_resources().get("CPU", 0.0)
-    return wanted if free >= wanted else max(0.05, int(free * 100) / 100)
-
 
 def data_task_concurrency() -> int:
     """At most one per-epoch data task per CPU of the cluster.
@@ -78,6 +71,14 @@ def wait_for_a_free_cpu(timeout_s: float = FREE_CPU_WAIT_S) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def task_cpus(wanted: float = 1.0) -> float:
+    """The CPUs a one-off decode task asks for: ``wanted``, or what is free now when less is (a service or
+    another job holding part of the cluster), so that decoding runs, more slowly, instead of waiting for
+    CPUs that will not come free while that holder runs."""
+    free = ray.available_resources().get("CPU", 0.0)
+    return wanted if free >= wanted else max(0.05, int(free * 100) / 100)
 
 
 def materialize(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -214,7 +215,7 @@ def load_sources(sources: Sources, size: int) -> tuple[dict[str, ray.data.Datase
             report.add(part_report)
             for split, ds in cached.items():
                 parts[split].append(ds.map_batches(_as_source, fn_kwargs={"source": index, "uid_offset": part.offsets[split]},
-                                                   batch_size=ROWS_PER_BLOCK, num_cpus=STREAM_TASK_CPUS))
+                                                   batch_size=ROWS_PER_BLOCK, num_cpus=task_cpus(STREAM_TASK_CPUS)))
     return {split: materialize(ds[0].union(*ds[1:])) if len(ds) > 1 or not isinstance(ds[0], MaterializedDataset)
             else ds[0] for split, ds in parts.items()}, report
 
